@@ -1,0 +1,144 @@
+"""The `medssl` command line. Each subcommand parses flags and calls one function of the package."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from medssl import __version__
+from medssl.errors import MedsslError
+
+
+def fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must lie strictly between 0 and 1")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+    return value
+
+
+def data_options() -> argparse.ArgumentParser:
+    """Flags every command that reads a dataset shares."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", required=True, help="a name from `medssl datasets`")
+    g.add_argument("--data-root", help="the unpacked download, or the folder above it "
+                   "(default: $MEDSSL_DATA_ROOT or ./data)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the carved splits (default 0)")
+    g.add_argument("--val-fraction", type=fraction, default=None,
+                   help="share of the training pool carved out for validation (default 0.15)")
+    g.add_argument("--test-fraction", type=fraction, default=None,
+                   help="share carved out for test where the download has no test split (default 0.2)")
+    g.add_argument("--split-file", help="reuse the split.csv of an earlier run exactly")
+    g.add_argument("--csv-path-column", default="path", help="csv dataset: image path column")
+    g.add_argument("--csv-label-column", default="label", help="csv dataset: label column")
+    g.add_argument("--csv-split-column", default=None, help="csv dataset: optional split column")
+    g.add_argument("--csv-group-column", default=None,
+                   help="csv dataset: optional patient/lesion id column for grouped splits")
+    g.add_argument("--workers", type=positive_int, default=None,
+                   help="processes that decode images (default: all CPU cores)")
+    return p
+
+
+def data_config(args: argparse.Namespace):
+    from medssl.data import DataConfig, ReadOptions
+
+    return DataConfig(
+        dataset=args.dataset, data_root=args.data_root, seed=args.seed,
+        val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+        split_file=args.split_file,
+        read_options=ReadOptions(args.csv_path_column, args.csv_label_column,
+                                 args.csv_group_column, args.csv_split_column))
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from medssl.data import all_adapters
+    from medssl.data.registry import indent
+
+    for a in all_adapters():
+        classes = f"{len(a.classes)} classes" if a.classes else "classes from the data"
+        print(f"{a.name:<11} {a.title} ({classes})")
+        print(f"            download: {a.download}")
+        print(indent(a.expected_tree, " " * 12))
+        print()
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from medssl.data import check_images, open_dataset, summary
+    from medssl.data.splits import write_split_csv
+
+    table = open_dataset(data_config(args))
+    check_images(table, args.workers, progress=not args.json and sys.stderr.isatty())
+    report = summary(table)
+    if args.split_out and report["usable"]:
+        write_split_csv(table.samples, args.split_out)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_check(report, args.split_out)
+    return 0 if report["usable"] else 1
+
+
+def print_check(report: dict, split_out: str | None) -> None:
+    import pandas as pd
+
+    print(f"dataset: {report['dataset']}   root: {report['root']}")
+    print(f"images: {report['total']}   groups: {report['groups']}   classes: {len(report['classes'])}")
+    # Classes as rows: class names can be long (`pigmented benign keratosis`), splits are three.
+    counts = pd.DataFrame(report["splits"]).loc[report["classes"]]
+    counts["total"] = counts.sum(axis=1)
+    counts.loc["total"] = counts.sum(axis=0)
+    print(counts.to_string())
+    for note in report["notes"]:
+        print(f"note: {note}")
+    for p in report["problems"]:
+        print(f"{p['severity']}: {p['path']}: {p['problem']}")
+    errors = sum(p["severity"] == "error" for p in report["problems"])
+    if report["usable"]:
+        print("usable: yes" + (f" (split written to {split_out})" if split_out else ""))
+    else:
+        print(f"usable: no, {errors} error(s) above" +
+              (f"; split not written to {split_out}" if split_out else ""))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medssl", description="SSL vs ImageNet vs random prior weights on your medical images.")
+    parser.add_argument("--version", action="version", version=f"medssl {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("datasets", help="list the datasets with download pages and expected trees")
+    p.set_defaults(func=cmd_datasets)
+
+    p = sub.add_parser("check", parents=[data_options()],
+                       help="count images per split and class, and list every problem")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--split-out", help="write the split as CSV (path,label,group,split)")
+    p.set_defaults(func=cmd_check)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except MedsslError as exc:
+        print(f"medssl: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("medssl: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,5 @@
+"""The one exception a user is meant to see: its message names the file or value and the fix."""
+
+
+class MedsslError(Exception):
+    """A problem with the user's input (data, flags, files). The CLI prints it without a traceback."""

@@ -1,0 +1,33 @@
+import json
+
+import pytest
+
+from medssl.cli import main
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path, monkeypatch):
+    """Every test gets its own cache and no default data root from the environment."""
+    monkeypatch.setenv("MEDSSL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("MEDSSL_DATA_ROOT", raising=False)
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run `medssl ARGS...` in-process; returns (exit code, stdout, stderr)."""
+    def run(*args):
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return code, out, err
+    return run
+
+
+@pytest.fixture
+def check_json(cli):
+    """`medssl check --json` as a dict, plus its exit code."""
+    def run(*args):
+        code, out, err = cli("check", "--json", *args)
+        assert out, err
+        return code, json.loads(out)
+    return run

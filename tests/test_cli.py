@@ -1,0 +1,117 @@
+"""The command line: listings, the check report, and one clear message for each bad input."""
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from medssl.data import fixtures as fx
+
+
+def run_medssl(*args):
+    """The real command in a fresh process, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "medssl", *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_datasets_lists_every_dataset_with_its_download(cli):
+    code, out, _ = cli("datasets")
+    assert code == 0
+    for name in ["ham10000", "isic", "covid19", "chest_xray", "idrid", "folder", "csv", "demo"]:
+        assert f"\n{name} " in "\n" + out
+    assert "kaggle.com/datasets/pranavraikokte/covid19-image-dataset" in out
+    assert "Train/<class>/ISIC_xxxxxxx.jpg" in out
+
+
+def test_wrong_root_names_what_was_expected_without_traceback(tmp_path):
+    (tmp_path / "something_else").mkdir()
+    result = run_medssl("check", "--dataset", "covid19", "--data-root", tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert f"{tmp_path} does not hold the Covid19" in result.stderr
+    assert "train/{Covid,Normal,Viral Pneumonia}" in result.stderr
+    assert "kaggle.com/datasets/pranavraikokte/covid19-image-dataset" in result.stderr
+
+
+def test_missing_root_and_default_root_are_explained(cli, tmp_path, monkeypatch):
+    code, _, err = cli("check", "--dataset", "isic", "--data-root", tmp_path / "nope")
+    assert code == 2 and "nope does not exist" in err
+    monkeypatch.chdir(tmp_path)
+    code, _, err = cli("check", "--dataset", "idrid")
+    assert code == 2 and "no --data-root given" in err and "B. Disease Grading/" in err
+
+
+def test_unknown_dataset_and_bad_flags(cli):
+    code, _, err = cli("check", "--dataset", "mnist")
+    assert code == 2 and "Unknown dataset 'mnist'" in err and "ham10000" in err
+    with pytest.raises(SystemExit) as exit_:
+        cli("check", "--dataset", "demo", "--val-fraction", "1.5")
+    assert exit_.value.code == 2
+
+
+def test_zero_byte_and_truncated_images_are_named(tmp_path):
+    root = fx.make_idrid(tmp_path, per_class=4)
+    (root / "1. Original Images" / "a. Training Set" / "IDRiD_002.jpg").write_bytes(b"")
+    data = fx.image_bytes("JPEG", "RGB", size=64)
+    (root / "1. Original Images" / "b. Testing Set" / "IDRiD_003.jpg").write_bytes(data[:200])
+    result = run_medssl("check", "--dataset", "idrid", "--data-root", root)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "a. Training Set/IDRiD_002.jpg: empty file" in result.stdout
+    assert "b. Testing Set/IDRiD_003.jpg: truncated" in result.stdout
+    assert "usable: no" in result.stdout
+
+
+def test_metadata_without_its_label_column(tmp_path, cli):
+    root = fx.make_ham10000(tmp_path, per_class=3)
+    meta = root / "HAM10000_metadata.csv"
+    pd.read_csv(meta).drop(columns=["dx"]).to_csv(meta, index=False)
+    code, _, err = cli("check", "--dataset", "ham10000", "--data-root", root)
+    assert code == 2
+    assert "HAM10000_metadata.csv has no column 'dx'" in err
+
+
+def test_label_outside_the_class_list(tmp_path, cli):
+    root = fx.make_ham10000(tmp_path, per_class=3)
+    meta = root / "HAM10000_metadata.csv"
+    df = pd.read_csv(meta)
+    df.loc[4, "dx"] = "melanomaa"
+    df.to_csv(meta, index=False)
+    code, out, _ = cli("check", "--dataset", "ham10000", "--data-root", root)
+    assert code == 1
+    assert "HAM10000_metadata.csv row 6: unknown label dx='melanomaa'" in out
+
+
+def test_training_preparation_refuses_layout_errors(tmp_path):
+    from medssl.data import DataConfig, prepare
+    from medssl.errors import MedsslError
+
+    root = fx.make_isic(tmp_path, per_class=3)
+    (root / "Train" / "melanomas").mkdir()
+    (root / "Train" / "melanomas" / "x.jpg").write_bytes(fx.image_bytes())
+    with pytest.raises(MedsslError, match="unknown class folder 'melanomas'"):
+        prepare(DataConfig("isic", str(root)), progress=False)
+
+
+def test_json_report_and_split_out(tmp_path, cli):
+    root = fx.make_covid19(tmp_path, per_class=10)
+    code, out, _ = cli("check", "--dataset", "covid19", "--data-root", root, "--json",
+                       "--split-out", tmp_path / "split.csv")
+    report = json.loads(out)
+    assert code == 0
+    assert {"dataset", "total", "splits", "groups", "problems"} <= set(report)
+    assert report["dataset"] == "covid19" and report["total"] == 60
+    assert set(report["splits"]) == {"train", "val", "test"}
+    split = pd.read_csv(tmp_path / "split.csv")
+    assert list(split.columns) == ["path", "label", "group", "split"]
+    assert len(split) == 60
+    code, out, _ = cli("check", "--dataset", "covid19", "--data-root", root, "--json",
+                       "--seed", "9", "--split-file", tmp_path / "split.csv")
+    again = json.loads(out)
+    assert again["splits"] == report["splits"]
+
+
+def test_python_dash_m_and_console_script_agree(tmp_path):
+    result = run_medssl("--version")
+    assert result.returncode == 0 and result.stdout.startswith("medssl ")

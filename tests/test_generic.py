@@ -1,0 +1,91 @@
+"""The generic datasets: any ImageFolder tree, any CSV, and the built-in demo."""
+
+import hashlib
+
+import pytest
+
+from medssl.data import DataConfig, ReadOptions, open_dataset
+from medssl.data import demo
+from medssl.data import fixtures as fx
+from medssl.errors import MedsslError
+
+
+def make_tree(root, splits=("",), classes=("cats", "dogs"), n=6):
+    for split in splits:
+        for cls in classes:
+            for i in range(n):
+                fx.write(root / split / cls / f"{i}.png", fx.image_bytes("PNG"))
+    fx.write(root / ".DS_Store", b"junk")
+    return root
+
+
+def test_folder_flat_classes_get_carved_splits(tmp_path):
+    root = make_tree(tmp_path / "mine", n=10)
+    s = open_dataset(DataConfig("folder", str(root))).samples
+    assert len(s) == 20
+    assert set(s["split"]) == {"train", "val", "test"}
+
+
+def test_folder_with_split_dirs_keeps_them(tmp_path):
+    root = make_tree(tmp_path / "mine", splits=("train", "val", "test"))
+    table = open_dataset(DataConfig("folder", str(root)))
+    assert table.classes == ["cats", "dogs"]
+    s = table.samples
+    assert (s["split"] == s["path"].str.split("/").str[0]).all()
+
+
+def test_folder_empty_class_is_an_error(tmp_path):
+    root = make_tree(tmp_path / "mine", n=8)
+    (root / "birds").mkdir()
+    table = open_dataset(DataConfig("folder", str(root)))
+    assert [p.path for p in table.errors] == ["birds/"]
+
+
+def write_csv(folder, text):
+    (folder / "labels.csv").write_text(text)
+    return folder / "labels.csv"
+
+
+def test_csv_paths_relative_to_the_csv_with_custom_columns(tmp_path):
+    make_tree(tmp_path / "imgs", n=6)
+    rows = "".join(f"imgs/{c}/{i}.png,{c},p{i // 2}\n" for c in ("cats", "dogs") for i in range(6))
+    csv = write_csv(tmp_path, "\ufefffile,diagnosis,patient\r\n" + rows + "\n")
+    opts = ReadOptions(path_column="file", label_column="diagnosis", group_column="patient")
+    table = open_dataset(DataConfig("csv", str(csv), read_options=opts))
+    assert len(table.samples) == 12 and table.classes == ["cats", "dogs"]
+    assert (table.samples.groupby("group")["split"].nunique() == 1).all()
+    # the folder holding exactly one CSV works as --data-root too
+    assert open_dataset(DataConfig("csv", str(tmp_path), read_options=opts)).samples.equals(table.samples)
+
+
+def test_csv_problems_missing_files_and_escaping_paths(tmp_path):
+    make_tree(tmp_path / "imgs", n=6)
+    rows = "".join(f"imgs/{c}/{i}.png,{c}\n" for c in ("cats", "dogs") for i in range(6))
+    write_csv(tmp_path, "path,label\n" + rows + "imgs/cats/99.png,cats\n../secret.png,cats\n")
+    table = open_dataset(DataConfig("csv", str(tmp_path)))
+    problems = {p.path: p.problem for p in table.errors}
+    assert "missing on disk" in problems["imgs/cats/99.png"]
+    assert "stay inside" in problems["labels.csv row 15"]
+
+
+def test_csv_without_its_label_column(tmp_path):
+    write_csv(tmp_path, "path,diagnosis\na.png,x\n")
+    with pytest.raises(MedsslError, match="has no column 'label'.*--csv-label-column"):
+        open_dataset(DataConfig("csv", str(tmp_path)))
+
+
+def test_demo_is_generated_once_deterministically(tmp_path, isolated_cache):
+    table = open_dataset(DataConfig("demo"))
+    assert table.root == (isolated_cache / f"demo-v{demo.VERSION}").resolve()
+    assert table.classes == demo.CLASSES
+    assert 300 <= len(table.samples) <= 600
+    assert table.samples["group"].nunique() == len(demo.CLASSES) * demo.LESIONS_PER_CLASS
+    assert (table.samples.groupby("group")["split"].nunique() == 1).all()
+
+    def digest(root):
+        return hashlib.sha256(b"".join(p.read_bytes() for p in sorted(root.rglob("*.png")))).hexdigest()
+
+    other = tmp_path / "elsewhere"
+    again = open_dataset(DataConfig("demo", str(other)))
+    assert again.root != table.root
+    assert digest(again.root) == digest(table.root)

@@ -62,10 +62,13 @@ def test_csv_problems_missing_files_and_escaping_paths(tmp_path):
     make_tree(tmp_path / "imgs", n=6)
     rows = "".join(f"imgs/{c}/{i}.png,{c}\n" for c in ("cats", "dogs") for i in range(6))
     write_csv(tmp_path, "path,label\n" + rows + "imgs/cats/99.png,cats\n../secret.png,cats\n")
+    fx.write(tmp_path / "imgs" / "cats" / "unlisted.png", fx.image_bytes("PNG"))
     table = open_dataset(DataConfig("csv", str(tmp_path)))
     problems = {p.path: p.problem for p in table.errors}
     assert "missing on disk" in problems["imgs/cats/99.png"]
     assert "stay inside" in problems["labels.csv row 15"]
+    warnings = {p.path: p.problem for p in table.problems if p.severity == "warning"}
+    assert warnings == {"imgs/cats/unlisted.png": "image not listed in labels.csv; ignored"}
 
 
 def test_csv_without_its_label_column(tmp_path):

@@ -1,0 +1,223 @@
+"""Fake downloads in each published layout, with tiny images, for tests and dry runs.
+
+`per_class=None` writes the real image counts (HAM10000 10,015 with 7,470 lesions, ISIC 2239+118,
+Covid19 251+66, chest X-ray 5,856, IDRiD 413+103); a number caps every class of every split, for
+fast tests. Each carries the quirks of the real download: duplicate trees, `__MACOSX`, `._*`,
+`.DS_Store`, metadata variants, CRLF, mixed extensions and colour modes.
+
+    python -m medssl.data.fixtures covid19 /tmp/fixtures     # prints the folder it wrote
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+APPLEDOUBLE = b"\x00\x05\x16\x07\x00\x02\x00\x00" + b"Mac OS X        " + bytes(58)
+
+HAM_COUNTS = {"nv": 6705, "mel": 1113, "bkl": 1099, "bcc": 514, "akiec": 327, "vasc": 142, "df": 115}
+HAM_LESION_SIZES = {1: 5514, 2: 1423, 3: 490, 4: 34, 5: 5, 6: 4}  # images per lesion, real
+ISIC_COUNTS = {  # (train, test)
+    "actinic keratosis": (114, 16), "basal cell carcinoma": (376, 16), "dermatofibroma": (95, 16),
+    "melanoma": (438, 16), "nevus": (357, 16), "pigmented benign keratosis": (462, 16),
+    "seborrheic keratosis": (77, 3), "squamous cell carcinoma": (181, 16), "vascular lesion": (139, 3)}
+COVID_COUNTS = {"Covid": (111, 26), "Normal": (70, 20), "Viral Pneumonia": (70, 20)}
+CHEST_COUNTS = {"train": {"NORMAL": 1341, "PNEUMONIA": 3875}, "val": {"NORMAL": 8, "PNEUMONIA": 8},
+                "test": {"NORMAL": 234, "PNEUMONIA": 390}}
+IDRID_COUNTS = {"train": [134, 20, 136, 74, 49], "test": [34, 5, 32, 19, 13]}
+
+
+@lru_cache(maxsize=None)
+def image_bytes(fmt: str = "JPEG", mode: str = "RGB", size: int = 8, seed: int = 0) -> bytes:
+    """A tiny real image, encoded once and written as many times as needed."""
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    img = Image.fromarray(arr).convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, fmt)
+    return buf.getvalue()
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def _cap(n: int, per_class: int | None) -> int:
+    return n if per_class is None else min(n, per_class)
+
+
+def _junk(folder: Path) -> None:
+    write(folder / ".DS_Store", b"\x00\x00\x00\x01Bud1")
+
+
+def make_ham10000(parent: Path, per_class: int | None = None, kaggle: bool = False,
+                  metadata: str = "csv", flat: bool = False, seed: int = 0) -> Path:
+    """Dataverse layout (or Kaggle's, with lowercase duplicate folders and hmnist CSVs).
+
+    `metadata`: "csv", "tab" (tab-separated, quoted, as Dataverse serves it) or "noext".
+    """
+    rng = np.random.default_rng(seed)
+    root = parent / ("skin-cancer-mnist-ham10000" if kaggle else "HAM10000")
+    counts = {dx: _cap(n, per_class) for dx, n in HAM_COUNTS.items()}
+    if per_class is None:
+        sizes = [s for s, k in HAM_LESION_SIZES.items() for _ in range(k)]
+    else:
+        sizes, left = [], sum(counts.values())
+        while left:
+            sizes.append(min(left, int(rng.integers(1, 4))))
+            left -= sizes[-1]
+    # Largest lesions first, each to a class that still needs that many images, weighted by need,
+    # so that the per-class totals come out exact.
+    need, rows, image_no = dict(counts), [], 24306
+    for lesion_no, size in enumerate(sorted(sizes, reverse=True)):
+        fits = [dx for dx in need if need[dx] >= size]
+        weights = np.array([need[dx] for dx in fits], dtype=float)
+        dx = fits[int(rng.choice(len(fits), p=weights / weights.sum()))]
+        need[dx] -= size
+        for _ in range(size):
+            rows.append((f"HAM_{lesion_no:07d}", f"ISIC_{image_no:07d}", dx))
+            image_no += 1
+    order = rng.permutation(len(rows))
+    rows = [rows[i] for i in order]
+
+    header = ["lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization"]
+    if not kaggle:
+        header.append("dataset")
+    lines = []
+    for i, (lesion, image, dx) in enumerate(rows):
+        age = "" if i % 170 == 0 else f"{float(rng.integers(1, 18) * 5):.1f}"
+        values = [lesion, image, dx, "histo", age, "male", "back"] + ([] if kaggle else ["vidir_modern"])
+        lines.append(values)
+    if metadata == "tab":
+        text = "\t".join(header) + "\n" + "".join(
+            "\t".join(f'"{v}"' if not v.replace(".", "").isdigit() else v for v in vals) + "\n"
+            for vals in lines)
+        name = "HAM10000_metadata.tab"
+    else:
+        text = ",".join(header) + "\n" + "".join(",".join(vals) + "\n" for vals in lines)
+        name = "HAM10000_metadata.csv" if metadata == "csv" else "HAM10000_metadata"
+    write(root / name, text.encode())
+
+    jpg = image_bytes("JPEG", "RGB")
+    folders = ["HAM10000_images_part_1", "HAM10000_images_part_2"]
+    if kaggle:
+        folders += ["ham10000_images_part_1", "ham10000_images_part_2"]
+        write(root / "hmnist_8_8_L.csv", b"pixel0000,label\n0,2\n")
+    half = min(5000, len(rows) // 2)
+    for i, (_, image, _) in enumerate(rows):
+        if flat:
+            write(root / f"{image}.jpg", jpg)
+            continue
+        part = 0 if i < half else 1
+        for f in folders[part::2]:
+            write(root / f / f"{image}.jpg", jpg)
+    _junk(root)
+    write(parent / "__MACOSX" / root.name / "._HAM10000_metadata.csv", APPLEDOUBLE)
+    return root
+
+
+def make_isic(parent: Path, per_class: int | None = None, reupload_copies: int = 3) -> Path:
+    root = parent / "Skin cancer ISIC The International Skin Imaging Collaboration"
+    jpg, image_no = image_bytes("JPEG", "RGB"), 10000
+    for split_no, split in enumerate(("Train", "Test")):
+        for cls, counts in ISIC_COUNTS.items():
+            folder = root / split / cls
+            for _ in range(_cap(counts[split_no], per_class)):
+                write(folder / f"ISIC_{image_no:07d}.jpg", jpg)
+                image_no += 1
+            _junk(folder)
+    # Some re-uploads carry browser copies `name(1).jpg` beside `name.jpg`: not new images.
+    train_nevus = sorted((root / "Train" / "nevus").glob("*.jpg"))
+    for p in train_nevus[:reupload_copies]:
+        write(p.with_name(f"{p.stem}(1).jpg"), jpg)
+    return root
+
+
+def make_covid19(parent: Path, per_class: int | None = None) -> Path:
+    """Mixed .jpeg/.jpg/.png, grayscale and RGB; the same file name in several classes."""
+    root = parent / "Covid19-dataset"
+    kinds = [(".jpeg", "JPEG", "RGB"), (".jpg", "JPEG", "L"), (".png", "PNG", "RGB"),
+             (".jpeg", "JPEG", "L"), (".png", "PNG", "L")]
+    for split_no, split in enumerate(("train", "test")):
+        for cls, counts in COVID_COUNTS.items():
+            for i in range(_cap(counts[split_no], per_class)):
+                ext, fmt, mode = kinds[i % len(kinds)]
+                write(root / split / cls / f"{i + 1:02d}{ext}", image_bytes(fmt, mode))
+    return root
+
+
+def make_chest_xray(parent: Path, per_class: int | None = None, duplicate_tree: bool = True,
+                    seed: int = 0) -> Path:
+    """`chest_xray/` with a nested full duplicate, `__MACOSX` AppleDoubles and `.DS_Store`s.
+
+    Pneumonia files are `person<N>_<bacteria|virus>_<M>.jpeg`, several per patient; patient
+    numbers never repeat across splits. Normal files carry no patient id.
+    """
+    rng = np.random.default_rng(seed)
+    outer = parent / "chest_xray"
+    trees = [outer, outer / "chest_xray"] if duplicate_tree else [outer]
+    gray, rgb = image_bytes("JPEG", "L"), image_bytes("JPEG", "RGB")
+    person, image_no = 1, 1
+    files: list[tuple[str, bytes]] = []
+    for split, classes in CHEST_COUNTS.items():
+        for cls, n in classes.items():
+            n = _cap(n, per_class)
+            made = 0
+            while made < n:
+                if cls == "NORMAL":
+                    prefix = "NORMAL2-IM" if made % 3 else "IM"
+                    names = [f"{prefix}-{image_no:04d}-0001.jpeg"]
+                    image_no += 1
+                else:
+                    kind = "bacteria" if made % 4 else "virus"
+                    k = min(n - made, int(rng.integers(1, 4)))
+                    names = [f"person{person}_{kind}_{image_no + j}.jpeg" for j in range(k)]
+                    person, image_no = person + 1, image_no + k
+                for name in names:
+                    files.append((f"{split}/{cls}/{name}", rgb if made % 25 == 0 else gray))
+                    made += 1
+    for tree in trees:
+        for rel, data in files:
+            write(tree / rel, data)
+        for d in ("", "train", "test", "train/NORMAL"):
+            _junk(tree / d)
+    for rel, _ in files:  # macOS resource forks: `._name.jpeg`, same folder names, not images
+        p = Path(rel)
+        write(outer / "__MACOSX" / "chest_xray" / p.parent / f"._{p.name}", APPLEDOUBLE)
+    return outer
+
+
+def make_idrid(parent: Path, per_class: int | None = None, header_space: bool = True) -> Path:
+    """Numbering restarts per split; the training CSV has CRLF and nine empty trailing columns."""
+    root = parent / "B. Disease Grading"
+    jpg = image_bytes("JPEG", "RGB")
+    for split, folder, csv_name, empties in (
+            ("train", "a. Training Set", "a. IDRiD_Disease Grading_Training Labels.csv", 9),
+            ("test", "b. Testing Set", "b. IDRiD_Disease Grading_Testing Labels.csv", 0)):
+        grades = [g for g, n in enumerate(IDRID_COUNTS[split]) for _ in range(_cap(n, per_class))]
+        risk = "Risk of macular edema " if header_space and split == "train" else "Risk of macular edema"
+        lines = [",".join(["Image name", "Retinopathy grade", risk] + [""] * empties)]
+        for i, grade in enumerate(grades, start=1):
+            name = f"IDRiD_{i:03d}"
+            write(root / "1. Original Images" / folder / f"{name}.jpg", jpg)
+            lines.append(",".join([name, str(grade), str(i % 3)] + [""] * empties))
+        write(root / "2. Groundtruths" / csv_name, ("\r\n".join(lines) + "\r\n").encode())
+    return root
+
+
+MAKERS = {"ham10000": make_ham10000, "isic": make_isic, "covid19": make_covid19,
+          "chest_xray": make_chest_xray, "idrid": make_idrid}
+
+
+if __name__ == "__main__":
+    if len(sys.argv) not in (3, 4) or sys.argv[1] not in MAKERS:
+        sys.exit(f"usage: python -m medssl.data.fixtures {{{','.join(MAKERS)}}} OUT_DIR [PER_CLASS]")
+    cap = int(sys.argv[3]) if len(sys.argv) == 4 else None
+    print(MAKERS[sys.argv[1]](Path(sys.argv[2]), cap))

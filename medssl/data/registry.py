@@ -1,0 +1,136 @@
+"""The registry of named datasets: each adapter turns one download layout into a table of samples.
+
+A sample table has one row per image: `path` (relative to the dataset root), `label` (a class name),
+`group` (patient or lesion id; the path itself where the download has none) and `split`
+(`train`, `val`, `test`, or "" where the download does not say).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from medssl.errors import MedsslError
+from medssl.data.files import subdirs
+
+COLUMNS = ["path", "label", "group", "split"]
+SPLITS = ("train", "val", "test")
+DATA_ROOT_ENV = "MEDSSL_DATA_ROOT"
+
+
+@dataclass
+class Problem:
+    """Something wrong with one file or row. Errors make a dataset unusable; warnings do not."""
+
+    path: str
+    problem: str
+    severity: str = "error"
+
+    def as_dict(self) -> dict:
+        return {"path": self.path, "problem": self.problem, "severity": self.severity}
+
+
+@dataclass
+class SampleTable:
+    dataset: str
+    root: Path
+    classes: list[str]
+    samples: pd.DataFrame
+    problems: list[Problem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+    def absolute(self, rel: str) -> Path:
+        return self.root / rel
+
+
+def make_samples(rows: list[tuple[str, str, str, str]]) -> pd.DataFrame:
+    """Rows of (path, label, group, split) as a DataFrame with one string column each."""
+    df = pd.DataFrame(rows, columns=COLUMNS, dtype=object)
+    return df.astype(str).sort_values("path", kind="stable").reset_index(drop=True)
+
+
+@dataclass
+class ReadOptions:
+    """Settings only the generic adapters use (`csv` column names)."""
+
+    path_column: str = "path"
+    label_column: str = "label"
+    group_column: str | None = None
+    split_column: str | None = None
+
+
+class DatasetAdapter:
+    """One download layout. Subclasses set the description and implement `is_root` and `read`."""
+
+    name: str = ""
+    title: str = ""
+    classes: list[str] | None = None  # None: taken from the data (folder, csv)
+    download: str = ""
+    expected_tree: str = ""
+    official_test: bool = False  # the download ships its own test split
+    generic: bool = False  # not one published dataset (folder, csv, demo): listed last
+
+    def is_root(self, path: Path) -> bool:
+        raise NotImplementedError
+
+    def read(self, root: Path, options: ReadOptions) -> SampleTable:
+        raise NotImplementedError
+
+    def default_root(self) -> Path:
+        return Path(os.environ.get(DATA_ROOT_ENV, "data"))
+
+    def find_root(self, data_root: Path | str | None) -> Path:
+        """`data_root` may be the unpacked folder itself or the folder above it."""
+        given = Path(data_root) if data_root else self.default_root()
+        given = given.expanduser()
+        if not given.exists():
+            raise MedsslError(self.missing_message(given, f"{given} does not exist."))
+        for candidate in self.candidates(given):
+            if self.is_root(candidate):
+                return candidate.resolve()
+        raise MedsslError(self.missing_message(given, f"{given} does not hold the {self.title} layout."))
+
+    def candidates(self, given: Path) -> list[Path]:
+        return [given, *subdirs(given)]
+
+    def missing_message(self, given: Path, what: str) -> str:
+        hint = "" if given != self.default_root() else (
+            f" (no --data-root given, so the default was used: ${DATA_ROOT_ENV} or ./data)")
+        return (
+            f"{what}{hint}\n"
+            f"Expected the {self.title} download; --data-root may name this folder or its parent:\n"
+            f"{indent(self.expected_tree)}\n"
+            f"Download: {self.download}\n"
+            f"Fix: unzip the download unchanged and pass --data-root <the unzipped folder>."
+        )
+
+
+def indent(text: str, by: str = "  ") -> str:
+    return "\n".join(by + line for line in text.strip("\n").splitlines())
+
+
+_REGISTRY: dict[str, DatasetAdapter] = {}
+
+
+def register(adapter_cls: type[DatasetAdapter]) -> type[DatasetAdapter]:
+    _REGISTRY[adapter_cls.name] = adapter_cls()
+    return adapter_cls
+
+
+def get_adapter(name: str) -> DatasetAdapter:
+    if name not in _REGISTRY:
+        raise MedsslError(
+            f"Unknown dataset '{name}'. Known datasets: {', '.join(_REGISTRY)} "
+            f"(`medssl datasets` lists them with download pages).")
+    return _REGISTRY[name]
+
+
+def all_adapters() -> list[DatasetAdapter]:
+    return sorted(_REGISTRY.values(), key=lambda a: a.generic)

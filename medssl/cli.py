@@ -115,6 +115,60 @@ def print_check(report: dict, split_out: str | None) -> None:
               (f"; split not written to {split_out}" if split_out else ""))
 
 
+def non_negative_int(text: str) -> int:
+    value = positive_int(text) if text != "0" else 0
+    return value
+
+
+def add_pretrain_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("pretraining (unset values come from the dataset's preset)")
+    g.add_argument("--init", choices=["random", "imagenet"], default="random",
+                   help="initial weights before SimCLR: random (for M2) or imagenet (for M4)")
+    g.add_argument("--arch", choices=["resnet18", "resnet34", "resnet50"], default=None)
+    g.add_argument("--image-size", type=positive_int, default=None)
+    g.add_argument("--epochs", type=positive_int, default=None)
+    g.add_argument("--batch-size", type=positive_int, default=None)
+    g.add_argument("--lr", type=float, default=None)
+    g.add_argument("--warmup-epochs", type=non_negative_int, default=None)
+    g.add_argument("--optimizer", choices=["adam", "lars"], default="adam")
+    g.add_argument("--exclude-bn-bias", action="store_true",
+                   help="no weight decay on BatchNorm parameters and biases")
+    g.add_argument("--augment", choices=["study", "xray"], default=None,
+                   help="SimCLR augmentation preset (default: the dataset's)")
+    g.add_argument("--imagenet-weights", default="IMAGENET1K_V1",
+                   help="IMAGENET1K_V1 (default), IMAGENET1K_V2, or a state_dict file")
+    g.add_argument("--out", help="output folder (default runs/<dataset>/ssl-<init>)")
+    g.add_argument("--resume", action="store_true", help="continue from <out>/checkpoints/last.ckpt")
+    g.add_argument("--force", action="store_true", help="run again into a finished folder")
+    g.add_argument("--accelerator", default="auto", help="cpu, gpu or auto")
+    g.add_argument("--devices", default="auto")
+    g.add_argument("--precision", default=None, help="default: bf16-mixed on a GPU, else 32-true")
+    g.add_argument("--num-workers", type=non_negative_int, default=None,
+                   help="DataLoader workers (default: CPU count, at most 8)")
+    g.add_argument("--skip-bad-images", action="store_true",
+                   help="leave unreadable images out instead of stopping")
+    g.add_argument("--max-steps", type=int, default=-1, help=argparse.SUPPRESS)
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from medssl.training.pretrain import PretrainConfig, run_pretrain
+
+    cfg = PretrainConfig(
+        dataset=args.dataset, init=args.init, data_root=args.data_root, arch=args.arch,
+        image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        warmup_epochs=args.warmup_epochs, optimizer=args.optimizer,
+        exclude_bn_bias=args.exclude_bn_bias, augment=args.augment,
+        imagenet_weights=args.imagenet_weights, seed=args.seed, out=args.out, resume=args.resume,
+        force=args.force, accelerator=args.accelerator, devices=args.devices,
+        precision=args.precision, num_workers=args.num_workers,
+        skip_bad_images=args.skip_bad_images, split_file=args.split_file,
+        val_fraction=args.val_fraction, test_fraction=args.test_fraction, max_steps=args.max_steps,
+        progress=sys.stderr.isatty())
+    out = run_pretrain(cfg)
+    print(f"backbone written to {out / 'backbone.pt'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medssl", description="SSL vs ImageNet vs random prior weights on your medical images.")
@@ -129,6 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--split-out", help="write the split as CSV (path,label,group,split)")
     p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("pretrain", parents=[data_options()],
+                       help="SimCLR on the dataset's train split, without labels")
+    add_pretrain_args(p)
+    p.set_defaults(func=cmd_pretrain)
     return parser
 
 

@@ -1,0 +1,92 @@
+"""torchvision ResNet backbones (`fc` replaced by Identity) with random or ImageNet initial weights.
+
+ImageNet weights come through torchvision's weights API and cache ($TORCH_HOME/hub/checkpoints).
+Offline with nothing cached, the error names the file torchvision wants, where it looked, and the
+`--imagenet-weights PATH` alternative. Set MEDSSL_OFFLINE=1 to never try a download.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision import models as tvm
+
+from medssl.errors import MedsslError
+
+ARCHS = {
+    "resnet18": (tvm.resnet18, tvm.ResNet18_Weights, 512),
+    "resnet34": (tvm.resnet34, tvm.ResNet34_Weights, 512),
+    "resnet50": (tvm.resnet50, tvm.ResNet50_Weights, 2048),
+}
+INITS = ("random", "imagenet")
+
+
+def feature_dim(arch: str) -> int:
+    return ARCHS[_check_arch(arch)][2]
+
+
+def _check_arch(arch: str) -> str:
+    if arch not in ARCHS:
+        raise MedsslError(f"Unknown --arch '{arch}'. Choose one of: {', '.join(ARCHS)}.")
+    return arch
+
+
+def empty_backbone(arch: str) -> nn.Module:
+    """The torchvision model of `arch`, randomly initialised, with `fc = nn.Identity()`."""
+    model = ARCHS[_check_arch(arch)][0](weights=None)
+    model.fc = nn.Identity()
+    return model
+
+
+def imagenet_weights_file(arch: str, weights: str = "IMAGENET1K_V1") -> tuple[str, Path]:
+    """The file name torchvision downloads for these weights and the cache folder it uses."""
+    enum = ARCHS[_check_arch(arch)][1]
+    if weights not in enum.__members__:
+        raise MedsslError(f"Unknown ImageNet weights '{weights}' for {arch}; choose one of: "
+                          f"{', '.join(k for k in enum.__members__ if k != 'DEFAULT')}, or a file path.")
+    url = enum[weights].url
+    return url.rsplit("/", 1)[-1], Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def imagenet_state_dict(arch: str, weights: str | os.PathLike = "IMAGENET1K_V1") -> dict:
+    """ImageNet weights for `arch` as a state_dict without `fc`: from a file path, or by name
+    through torchvision (its cache first, a download only when online)."""
+    path = Path(weights)
+    if path.suffix or path.exists():
+        from medssl.models.checkpoints import read_state_dict
+
+        state = read_state_dict(path)
+    else:
+        name, cache = imagenet_weights_file(arch, str(weights))
+        enum = ARCHS[arch][1][str(weights)]
+        if not (cache / name).is_file() and os.environ.get("MEDSSL_OFFLINE"):
+            raise MedsslError(_missing(arch, str(weights), name, cache, "MEDSSL_OFFLINE is set"))
+        try:
+            state = enum.get_state_dict(progress=True, check_hash=False)
+        except (OSError, RuntimeError) as exc:  # URLError is an OSError
+            raise MedsslError(_missing(arch, str(weights), name, cache, str(exc))) from None
+    return {k: v for k, v in state.items() if not k.startswith("fc.")}
+
+
+def _missing(arch: str, weights: str, name: str, cache: Path, why: str) -> str:
+    return (f"ImageNet weights {weights} for {arch} are not available offline ({why}).\n"
+            f"torchvision looked for {cache / name}\n"
+            f"Fix: copy {name} (from torchvision's download URL for {arch} {weights}) into {cache}"
+            f" (set $TORCH_HOME to use another cache), or pass --imagenet-weights PATH to a "
+            f"state_dict file of a torchvision {arch}.")
+
+
+def build_backbone(arch: str = "resnet50", init: str = "random",
+                   imagenet_weights: str | os.PathLike = "IMAGENET1K_V1") -> nn.Module:
+    """A backbone that maps images to `feature_dim(arch)` features, with the asked-for prior."""
+    model = empty_backbone(arch)
+    if init == "imagenet":
+        from medssl.models.checkpoints import load_strict
+
+        load_strict(model, imagenet_state_dict(arch, imagenet_weights), f"ImageNet weights {imagenet_weights}")
+    elif init != "random":
+        raise MedsslError(f"Unknown --init '{init}'. Choose one of: {', '.join(INITS)}.")
+    return model

@@ -1,0 +1,52 @@
+"""The study's per-dataset settings ("paper" presets) and the small demo preset.
+
+Source: the study's code and paper, as summarised in shared/datasets.md. Every value can be
+overridden by a flag; the preset only supplies defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preset:
+    ssl_batch_size: int
+    ssl_epochs: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    finetune_batch_size: int
+    finetune_epochs: int
+    finetune_lr: float
+    augment: str = "study"  # SimCLR augmentation preset: "study" or "xray"
+    image_size: int = 224
+    arch: str = "resnet50"
+    ssl_lr: float = 1e-3
+    ssl_warmup_epochs: int = 10
+
+
+def _grey(m: float, s: float) -> dict:
+    return {"mean": (m, m, m), "std": (s, s, s)}
+
+
+PRESETS: dict[str, Preset] = {
+    "ham10000": Preset(160, 200, (0.6650, 0.5399, 0.5497), (0.2662, 0.2687, 0.2729), 128, 100, 1e-5),
+    "isic": Preset(160, 200, (0.6310, 0.5398, 0.5361), (0.2764, 0.2748, 0.2783), 128, 100, 1e-5),
+    "covid19": Preset(32, 500, **_grey(0.4957, 0.3009), finetune_batch_size=32,
+                      finetune_epochs=200, finetune_lr=1e-5, augment="xray"),
+    "chest_xray": Preset(128, 200, **_grey(0.5346, 0.2793), finetune_batch_size=128,
+                         finetune_epochs=100, finetune_lr=1e-5, augment="xray"),
+    "idrid": Preset(32, 200, (0.4746, 0.3126, 0.2146), (0.2818, 0.2516, 0.2050), 16, 100, 1e-4),
+    # Small enough for a 2-core CPU in minutes; same code path as the real presets.
+    "demo": Preset(64, 15, IMAGENET_MEAN, IMAGENET_STD, 64, 10, 1e-3, image_size=64,
+                   arch="resnet18", ssl_warmup_epochs=2),
+}
+# Your own data (folder, csv): the study's recipe with ImageNet statistics.
+GENERIC = Preset(128, 200, IMAGENET_MEAN, IMAGENET_STD, 128, 100, 1e-5)
+
+
+def preset_for(dataset: str) -> Preset:
+    return PRESETS.get(dataset, GENERIC)

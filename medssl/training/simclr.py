@@ -1,0 +1,59 @@
+"""SimCLR in one LightningModule, from lightly's parts.
+
+Two views of each image go through the backbone and a projection head; NT-Xent pulls the two views
+of an image together and pushes every other image in the (globally gathered) batch away.
+The learning rate warms up linearly, then decays with one cosine over the true number of optimiser
+steps (the study's scheduler miscounted its steps and restarted its cosine several times).
+"""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+from lightly.loss import NTXentLoss
+from lightly.models.modules import SimCLRProjectionHead
+from lightly.utils.lars import LARS
+from lightly.utils.scheduler import cosine_warmup_schedule
+from torch import nn
+
+
+class SimCLR(pl.LightningModule):
+    def __init__(self, backbone: nn.Module, feature_dim: int, lr: float = 1e-3,
+                 weight_decay: float = 1e-6, warmup_epochs: int = 10, temperature: float = 0.1,
+                 optimizer: str = "adam", exclude_bn_bias: bool = False, projection_dim: int = 128):
+        super().__init__()
+        self.save_hyperparameters(ignore=["backbone"])
+        self.backbone = backbone
+        self.projection_head = SimCLRProjectionHead(feature_dim, feature_dim, projection_dim)
+        self.criterion = NTXentLoss(temperature=temperature, gather_distributed=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.projection_head(self.backbone(x))
+
+    def training_step(self, batch, batch_idx):
+        (view0, view1), _ = batch
+        loss = self.criterion(self(view0), self(view1))
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True)
+        return loss
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            # BatchNorm weights and biases are 1-D: the usual rule for leaving them undecayed.
+            (no_decay if hp.exclude_bn_bias and p.ndim <= 1 else decay).append(p)
+        groups = [{"params": decay, "weight_decay": hp.weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        if hp.optimizer == "lars":
+            opt = LARS(groups, lr=hp.lr, momentum=0.9)
+        else:
+            opt = torch.optim.Adam(groups, lr=hp.lr)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        epochs = max(1, self.trainer.max_epochs or 1)
+        warmup = min(total - 1, round(total * hp.warmup_epochs / epochs))
+
+        def factor(step: int) -> float:
+            return cosine_warmup_schedule(step, total, 1.0, 0.0, warmup, 0.0)
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -72,13 +72,15 @@ def test_prepare_stops_with_the_list_of_bad_files(tmp_path):
     assert "--skip-bad-images" in str(err.value)
 
 
-def test_prepare_can_skip_bad_files_and_counts_them(tmp_path):
+def test_prepare_can_skip_bad_files_and_counts_them(tmp_path, caplog):
     root = fx.make_covid19(tmp_path, per_class=6)
     bad = _break_two(root)
     table, info = prepare(DataConfig("covid19", str(root)), skip_bad_images=True, progress=False)
     assert len(table.samples) == 36 - 2
     assert set(info["skipped_bad_images"]) == bad
     assert not table.samples["path"].isin(bad).any()
+    assert "left out 2 unreadable image(s)" in caplog.text
+    assert all(path in caplog.text for path in bad)
 
 
 def test_bad_images_found_in_parallel_workers(tmp_path):

@@ -135,3 +135,15 @@ def test_pickled_whole_model_is_refused_without_running_it(tmp_path):
     torch.save(resnet18(), tmp_path / "whole_model.pt")  # what the study saved
     with pytest.raises(MedsslError, match="weights_only"):
         load_backbone_file(build_backbone("resnet18"), tmp_path / "whole_model.pt")
+
+
+def test_skipped_bad_images_are_recorded_in_the_run_metadata(tmp_path, cli):
+    root = fx.make_covid19(tmp_path, per_class=6)
+    (root / "train" / "Normal" / "02.jpg").write_bytes(b"")
+    args = ["pretrain", "--dataset", "covid19", "--data-root", root, "--epochs", "1",
+            "--out", tmp_path / "run", *FAST]
+    code, _, err = cli(*args)
+    assert code == 2 and "train/Normal/02.jpg: empty file" in err
+    assert cli(*args, "--skip-bad-images")[0] == 0
+    meta = json.loads((tmp_path / "run" / "backbone.json").read_text())
+    assert meta["data"]["skipped_bad_images"] == ["train/Normal/02.jpg"]

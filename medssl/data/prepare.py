@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -12,6 +13,7 @@ from medssl.data.splits import assign_splits, read_split_csv
 from medssl.errors import MedsslError
 
 MAX_LISTED = 20
+log = logging.getLogger("medssl")
 
 
 @dataclass
@@ -70,6 +72,8 @@ def prepare(cfg: DataConfig, skip_bad_images: bool = False, workers: int | None 
         bad_paths = {p.path for p in bad}
         table.samples = table.samples[~table.samples["path"].isin(bad_paths)].reset_index(drop=True)
         table.notes.append(f"skipped {len(bad)} unreadable image(s)")
+        log.warning("--skip-bad-images: left out %d unreadable image(s) of %s:%s", len(bad),
+                    cfg.dataset, _listing(bad, cfg.dataset))
     info = {"dataset": cfg.dataset, "root": str(table.root), "images": len(table.samples),
             "skipped_bad_images": sorted(p.path for p in bad), "notes": list(table.notes)}
     return table, info

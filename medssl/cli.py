@@ -117,7 +117,12 @@ def print_check(report: dict, split_out: str | None) -> None:
 
 
 def non_negative_int(text: str) -> int:
-    value = positive_int(text) if text != "0" else 0
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} must be 0 or more")
     return value
 
 

@@ -46,9 +46,11 @@ def test_missing_root_and_default_root_are_explained(cli, tmp_path, monkeypatch)
 def test_unknown_dataset_and_bad_flags(cli):
     code, _, err = cli("check", "--dataset", "mnist")
     assert code == 2 and "Unknown dataset 'mnist'" in err and "ham10000" in err
-    with pytest.raises(SystemExit) as exit_:
-        cli("check", "--dataset", "demo", "--val-fraction", "1.5")
-    assert exit_.value.code == 2
+    for flags in (["check", "--val-fraction", "1.5"], ["pretrain", "--epochs", "-1"],
+                  ["pretrain", "--num-workers", "-2"], ["pretrain", "--batch-size", "x"]):
+        with pytest.raises(SystemExit) as exit_:
+            cli(flags[0], "--dataset", "demo", *flags[1:])
+        assert exit_.value.code == 2
 
 
 def test_zero_byte_and_truncated_images_are_named(tmp_path):

@@ -34,6 +34,15 @@ def int_at_least(minimum: int):
     return parse
 
 
+def augment_override(text: str):
+    from medssl.data.transforms import parse_augment_override
+
+    try:
+        return parse_augment_override(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 positive_int = int_at_least(1)
 non_negative_int = int_at_least(0)
 
@@ -45,7 +54,8 @@ def data_options() -> argparse.ArgumentParser:
     g.add_argument("--dataset", required=True, help="a name from `medssl datasets`")
     g.add_argument("--data-root", help="the unpacked download, or the folder above it "
                    "(default: $MEDSSL_DATA_ROOT or ./data)")
-    g.add_argument("--seed", type=int, default=0, help="seed of the carved splits (default 0)")
+    g.add_argument("--split-seed", type=int, default=0,
+                   help="seed of the carved val/test splits (default 0)")
     g.add_argument("--val-fraction", type=fraction, default=None,
                    help="share of the training pool carved out for validation (default 0.15)")
     g.add_argument("--test-fraction", type=fraction, default=None,
@@ -65,7 +75,7 @@ def data_config(args: argparse.Namespace):
     from medssl.data import DataConfig, ReadOptions
 
     return DataConfig(
-        dataset=args.dataset, data_root=args.data_root, seed=args.seed,
+        dataset=args.dataset, data_root=args.data_root, seed=args.split_seed,
         val_fraction=args.val_fraction, test_fraction=args.test_fraction,
         split_file=args.split_file,
         read_options=ReadOptions(args.csv_path_column, args.csv_label_column,
@@ -123,26 +133,28 @@ def print_check(report: dict, split_out: str | None) -> None:
               (f"; split not written to {split_out}" if split_out else ""))
 
 
-def add_pretrain_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("pretraining (unset values come from the dataset's preset)")
-    g.add_argument("--init", choices=["random", "imagenet"], default="random",
-                   help="initial weights before SimCLR: random (for M2) or imagenet (for M4)")
+def label_fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} must lie in (0, 1]: the share of labelled "
+                                         "train images to finetune on")
+    return value
+
+
+def training_options() -> argparse.ArgumentParser:
+    """Flags every command that trains shares (unset values come from the dataset's preset)."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("model and hardware (unset values come from the dataset's preset)")
     g.add_argument("--arch", choices=["resnet18", "resnet34", "resnet50"], default=None)
     g.add_argument("--image-size", type=positive_int, default=None)
     g.add_argument("--epochs", type=positive_int, default=None)
     g.add_argument("--batch-size", type=positive_int, default=None)
     g.add_argument("--lr", type=float, default=None)
-    g.add_argument("--warmup-epochs", type=non_negative_int, default=None)
-    g.add_argument("--optimizer", choices=["adam", "lars"], default="adam")
-    g.add_argument("--exclude-bn-bias", action="store_true",
-                   help="no weight decay on BatchNorm parameters and biases")
-    g.add_argument("--augment", choices=["study", "xray"], default=None,
-                   help="SimCLR augmentation preset (default: the dataset's)")
     g.add_argument("--imagenet-weights", default="IMAGENET1K_V1",
                    help="IMAGENET1K_V1 (default), IMAGENET1K_V2, or a state_dict file")
-    g.add_argument("--out", help="output folder (default runs/<dataset>/ssl-<init>)")
-    g.add_argument("--resume", action="store_true", help="continue from <out>/checkpoints/last.ckpt")
-    g.add_argument("--force", action="store_true", help="run again into a finished folder")
     g.add_argument("--accelerator", default="auto", help="cpu, gpu or auto")
     g.add_argument("--devices", default="auto")
     g.add_argument("--precision", default=None, help="default: bf16-mixed on a GPU, else 32-true")
@@ -151,24 +163,147 @@ def add_pretrain_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--skip-bad-images", action="store_true",
                    help="leave unreadable images out instead of stopping")
     g.add_argument("--max-steps", type=int, default=-1, help=argparse.SUPPRESS)
+    return p
+
+
+def finetune_recipe_options() -> argparse.ArgumentParser:
+    """The finetuning recipe, the same for M1-M4; shared by `finetune` and `compare`."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("finetuning recipe (the same for every model)")
+    g.add_argument("--head", choices=["linear", "mlp"], default="linear",
+                   help="linear (default) or mlp, the study's 3-layer head")
+    g.add_argument("--select", choices=["loss", "acc", "balanced_acc", "macro_f1", "auroc"],
+                   default="loss", help="val metric that selects the checkpoint (default loss)")
+    g.add_argument("--class-weights", action="store_true",
+                   help="weight the training loss by inverse class frequency")
+    g.add_argument("--balanced-sampling", action="store_true",
+                   help="draw every class equally often during training")
+    return p
+
+
+def run_folder_flags(g, out_help: str) -> None:
+    g.add_argument("--out", help=out_help)
+    g.add_argument("--resume", action="store_true", help="continue from <out>/checkpoints/last.ckpt")
+    g.add_argument("--force", action="store_true", help="run again into a finished folder")
+
+
+def add_pretrain_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("pretraining")
+    g.add_argument("--init", choices=["random", "imagenet"], default="random",
+                   help="initial weights before SimCLR: random (for M2) or imagenet (for M4)")
+    g.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+    g.add_argument("--warmup-epochs", type=non_negative_int, default=None)
+    g.add_argument("--optimizer", choices=["adam", "lars"], default="adam")
+    g.add_argument("--exclude-bn-bias", action="store_true",
+                   help="no weight decay on BatchNorm parameters and biases")
+    g.add_argument("--augment", choices=["study", "xray"], default=None,
+                   help="SimCLR augmentation preset (default: the dataset's)")
+    g.add_argument("--aug", type=augment_override, action="append", default=[], metavar="KEY=VALUE",
+                   help="override one knob of the augmentation preset, e.g. --aug min_scale=0.3 "
+                   "--aug cj_prob=0.5 (lightly SimCLRTransform names; repeatable)")
+    run_folder_flags(g, "output folder (default runs/<dataset>/ssl-<init>)")
+
+
+def hardware(args: argparse.Namespace) -> dict:
+    """The training flags every command passes on unchanged."""
+    return dict(dataset=args.dataset, data_root=args.data_root, arch=args.arch,
+                image_size=args.image_size, imagenet_weights=args.imagenet_weights,
+                accelerator=args.accelerator, devices=args.devices, precision=args.precision,
+                num_workers=args.num_workers, skip_bad_images=args.skip_bad_images,
+                val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+                split_file=args.split_file, read_options=data_config(args).read_options,
+                progress=sys.stderr.isatty())
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from medssl.training.pretrain import PretrainConfig, run_pretrain
 
     cfg = PretrainConfig(
-        dataset=args.dataset, init=args.init, data_root=args.data_root, arch=args.arch,
-        image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        init=args.init, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         warmup_epochs=args.warmup_epochs, optimizer=args.optimizer,
         exclude_bn_bias=args.exclude_bn_bias, augment=args.augment,
-        imagenet_weights=args.imagenet_weights, seed=args.seed, out=args.out, resume=args.resume,
-        force=args.force, accelerator=args.accelerator, devices=args.devices,
-        precision=args.precision, num_workers=args.num_workers,
-        skip_bad_images=args.skip_bad_images, split_file=args.split_file,
-        val_fraction=args.val_fraction, test_fraction=args.test_fraction, max_steps=args.max_steps,
-        progress=sys.stderr.isatty())
+        augment_overrides=dict(args.aug), seed=args.seed, split_seed=args.split_seed,
+        out=args.out, resume=args.resume, force=args.force, max_steps=args.max_steps,
+        **hardware(args))
     out = run_pretrain(cfg)
     print(f"backbone written to {out / 'backbone.pt'}")
+    return 0
+
+
+def add_finetune_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("finetuning")
+    g.add_argument("--model", required=True, choices=["M1", "M2", "M3", "M4"],
+                   help="M1 random, M2 random+SimCLR, M3 ImageNet, M4 ImageNet+SimCLR")
+    g.add_argument("--ssl-checkpoint", help="backbone.pt (or its folder) for M2/M4 "
+                   "(default runs/<dataset>/ssl-random or ssl-imagenet)")
+    g.add_argument("--allow-other-dataset", action="store_true",
+                   help="accept an SSL backbone pretrained on another dataset")
+    g.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+    g.add_argument("--label-fraction", type=label_fraction, default=1.0,
+                   help="finetune on this seeded, stratified share of the labelled train split")
+    g.add_argument("--freeze-epochs", type=non_negative_int, default=0,
+                   help="train only the head for this many epochs first (the study's warm-up)")
+    g.add_argument("--bn-eval", action="store_true",
+                   help="keep the backbone's BatchNorm in eval mode throughout (the study's "
+                   "setting; leaves a random backbone without normalisation)")
+    run_folder_flags(g, "run folder (default runs/<dataset>/<model>/seed<k>)")
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from medssl.training.finetune import FinetuneConfig, run_finetune
+
+    cfg = FinetuneConfig(
+        model=args.model, ssl_checkpoint=args.ssl_checkpoint,
+        allow_other_dataset=args.allow_other_dataset, seed=args.seed, split_seed=args.split_seed,
+        label_fraction=args.label_fraction, epochs=args.epochs, batch_size=args.batch_size,
+        lr=args.lr, head=args.head, freeze_epochs=args.freeze_epochs, bn_eval=args.bn_eval,
+        class_weights=args.class_weights, balanced_sampling=args.balanced_sampling,
+        select=args.select, out=args.out, resume=args.resume, force=args.force,
+        max_steps=args.max_steps, **hardware(args))
+    out = run_finetune(cfg)
+    print(f"metrics written to {out / 'metrics.json'}")
+    return 0
+
+
+def add_compare_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("the grid")
+    g.add_argument("--models", nargs="+", choices=["M1", "M2", "M3", "M4"],
+                   default=["M1", "M2", "M3", "M4"])
+    g.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    g.add_argument("--label-fractions", nargs="+", type=label_fraction, default=None,
+                   help="label fractions to finetune at (default 1.0; the demo 1.0 and 0.1)")
+    g.add_argument("--ssl-epochs", type=positive_int, default=None,
+                   help="SimCLR epochs (default: the preset's); --epochs sets finetuning's")
+    g.add_argument("--out", help="the grid's folder (default runs/<dataset>)")
+    g.add_argument("--images-dir", help="also copy the figures here (e.g. Images/)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue interrupted runs from their last checkpoint")
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from medssl.experiments.compare import CompareConfig, run_compare
+
+    common = hardware(args)
+    del common["progress"]
+    cfg = CompareConfig(
+        models=args.models, seeds=args.seeds, label_fractions=args.label_fractions,
+        epochs=args.epochs, ssl_epochs=args.ssl_epochs, batch_size=args.batch_size, lr=args.lr,
+        split_seed=args.split_seed, head=args.head, select=args.select,
+        class_weights=args.class_weights, balanced_sampling=args.balanced_sampling,
+        out=args.out, images_dir=args.images_dir, resume=args.resume,
+        progress=sys.stderr.isatty(), **common)
+    table, base = run_compare(cfg)
+    print(table)
+    print(f"results: {base / 'results.md'}, {base / 'results.csv'}, {base / 'curves.png'}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from medssl.report.build import build_report
+
+    print(build_report(Path(args.runs), images_dir=args.images_dir))
     return 0
 
 
@@ -187,16 +322,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split-out", help="write the split as CSV (path,label,group,split)")
     p.set_defaults(func=cmd_check)
 
-    p = sub.add_parser("pretrain", parents=[data_options()],
+    p = sub.add_parser("pretrain", parents=[data_options(), training_options()],
                        help="SimCLR on the dataset's train split, without labels")
     add_pretrain_args(p)
     p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("finetune", parents=[data_options(), training_options(),
+                                            finetune_recipe_options()],
+                       help="train one classifier (M1-M4); select on val, test once")
+    add_finetune_args(p)
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("compare", parents=[data_options(), training_options(),
+                                           finetune_recipe_options()],
+                       help="run what is missing of the M1-M4 grid and print the results table")
+    add_compare_args(p)
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("report", help="rebuild results and figures from finished runs")
+    p.add_argument("runs", help="a grid folder, e.g. runs/demo")
+    p.add_argument("--images-dir", help="also copy the figures here (e.g. Images/)")
+    p.set_defaults(func=cmd_report)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="medssl: %(message)s")
+    logging.getLogger("medssl").setLevel(logging.INFO)  # progress lines, whatever the root level
     try:
         return args.func(args)
     except MedsslError as exc:

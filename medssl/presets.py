@@ -26,6 +26,13 @@ class Preset:
     arch: str = "resnet50"
     ssl_lr: float = 1e-3
     ssl_warmup_epochs: int = 10
+    # Finetuning flips the anatomy allows: dermoscopy has no up or left, a fundus may be mirrored
+    # (left and right eyes), a chest X-ray may not (the heart is on the left).
+    flips: str = ""
+    # Knobs of the SimCLR augmentation preset this dataset overrides (lightly's names).
+    ssl_aug: tuple = ()
+    # Label fractions `medssl compare` runs when --label-fractions is not given.
+    label_fractions: tuple = (1.0,)
 
 
 def _grey(m: float, s: float) -> dict:
@@ -33,16 +40,22 @@ def _grey(m: float, s: float) -> dict:
 
 
 PRESETS: dict[str, Preset] = {
-    "ham10000": Preset(160, 200, (0.6650, 0.5399, 0.5497), (0.2662, 0.2687, 0.2729), 128, 100, 1e-5),
-    "isic": Preset(160, 200, (0.6310, 0.5398, 0.5361), (0.2764, 0.2748, 0.2783), 128, 100, 1e-5),
+    "ham10000": Preset(160, 200, (0.6650, 0.5399, 0.5497), (0.2662, 0.2687, 0.2729), 128, 100, 1e-5,
+                       flips="hv"),
+    "isic": Preset(160, 200, (0.6310, 0.5398, 0.5361), (0.2764, 0.2748, 0.2783), 128, 100, 1e-5,
+                   flips="hv"),
     "covid19": Preset(32, 500, **_grey(0.4957, 0.3009), finetune_batch_size=32,
                       finetune_epochs=200, finetune_lr=1e-5, augment="xray"),
     "chest_xray": Preset(128, 200, **_grey(0.5346, 0.2793), finetune_batch_size=128,
                          finetune_epochs=100, finetune_lr=1e-5, augment="xray"),
-    "idrid": Preset(32, 200, (0.4746, 0.3126, 0.2146), (0.2818, 0.2516, 0.2050), 16, 100, 1e-4),
+    "idrid": Preset(32, 200, (0.4746, 0.3126, 0.2146), (0.2818, 0.2516, 0.2050), 16, 100, 1e-4,
+                    flips="h"),
     # Small enough for a 2-core CPU in minutes; same code path as the real presets.
-    "demo": Preset(64, 15, IMAGENET_MEAN, IMAGENET_STD, 64, 10, 1e-3, image_size=64,
-                   arch="resnet18", ssl_warmup_epochs=2),
+    # Crops of at least a quarter of the image: at 64 px a smaller crop is mostly skin. With 10% of
+    # the labels too, the demo shows the regime where self-supervision is expected to matter.
+    "demo": Preset(32, 30, IMAGENET_MEAN, IMAGENET_STD, 64, 10, 1e-3, image_size=64,
+                   arch="resnet18", ssl_warmup_epochs=2, flips="hv", ssl_aug=(("min_scale", 0.25),),
+                   label_fractions=(1.0, 0.1)),
 }
 # Your own data (folder, csv): the study's recipe with ImageNet statistics.
 GENERIC = Preset(128, 200, IMAGENET_MEAN, IMAGENET_STD, 128, 100, 1e-5)

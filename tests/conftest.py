@@ -13,6 +13,14 @@ def isolated_cache(tmp_path, monkeypatch):
     return tmp_path / "cache"
 
 
+@pytest.fixture(autouse=True)
+def offline_torch_home(tmp_path, monkeypatch):
+    """No test downloads weights: an empty torchvision cache of its own, and MEDSSL_OFFLINE."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setenv("MEDSSL_OFFLINE", "1")
+    return tmp_path / "torch_home"
+
+
 @pytest.fixture
 def cli(capsys):
     """Run `medssl ARGS...` in-process; returns (exit code, stdout, stderr)."""

@@ -109,7 +109,7 @@ def test_json_report_and_split_out(tmp_path, cli):
     assert list(split.columns) == ["path", "label", "group", "split"]
     assert len(split) == 60
     code, out, _ = cli("check", "--dataset", "covid19", "--data-root", root, "--json",
-                       "--seed", "9", "--split-file", tmp_path / "split.csv")
+                       "--split-seed", "9", "--split-file", tmp_path / "split.csv")
     again = json.loads(out)
     assert again["splits"] == report["splits"]
 

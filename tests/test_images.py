@@ -1,6 +1,5 @@
 """Every colour mode becomes RGB; broken files are named before training, never inside a worker."""
 
-import io
 
 import numpy as np
 import pytest

@@ -21,13 +21,6 @@ REPO = Path(__file__).resolve().parents[1]
 FAST = ["--arch", "resnet18", "--image-size", "32", "--num-workers", "0", "--batch-size", "16"]
 
 
-@pytest.fixture(autouse=True)
-def offline_torch_home(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    monkeypatch.setenv("MEDSSL_OFFLINE", "1")
-    return tmp_path / "torch_home"
-
-
 def test_loss_is_finite_and_falls_on_a_fixed_batch():
     torch.manual_seed(0)
     module = SimCLR(build_backbone("resnet18"), feature_dim("resnet18"), lr=1e-3)
@@ -66,6 +59,8 @@ def test_pretrain_script_writes_a_strict_torchvision_backbone(tmp_path):
     n_train = (pd.read_csv(out / "split.csv")["split"] == "train").sum()
     assert meta["epochs"] == 2 and meta["steps"] == 2 * (n_train // meta["batch_size"])
     assert 0 <= meta["final_knn_acc"] <= 1 and meta["final_loss"] > 0
+    for key in ("initial_knn_acc", "initial_fewshot_acc", "final_fewshot_acc"):
+        assert 0 <= meta[key] <= 1, key
     assert (out / "split.csv").is_file() and any((out / "tensorboard").iterdir())
 
 
@@ -75,7 +70,7 @@ def test_rerun_into_a_finished_folder_stops_unless_forced(tmp_path, cli):
             "--out", tmp_path / "run", *FAST]
     assert cli(*args)[0] == 0
     code, _, err = cli(*args)
-    assert code == 2 and "already holds a finished pretraining" in err and "--force" in err
+    assert code == 2 and "already holds a finished run (backbone.pt)" in err and "--force" in err
     assert cli(*args, "--force")[0] == 0
 
 
@@ -89,6 +84,9 @@ def test_resume_continues_from_last_checkpoint(tmp_path, cli):
     assert cli(*base, "--epochs", "2", "--resume")[0] == 0
     second = json.loads((out / "backbone.json").read_text())
     assert second["epochs"] == 2 and second["steps"] == 2 * first["steps"]
+    # The prior's own scores come from the checkpoint, not from the half-trained weights.
+    assert second["initial_knn_acc"] == first["initial_knn_acc"]
+    assert second["initial_fewshot_acc"] == first["initial_fewshot_acc"]
 
 
 def test_imagenet_init_reads_torchvisions_cached_file(offline_torch_home):

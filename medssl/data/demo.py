@@ -1,12 +1,13 @@
 """The built-in `demo` dataset: synthetic dermoscopy-like lesions, generated offline on first use.
 
-Four classes differ the way real lesions do, by several cues at once and with overlap, so neither
-colour nor shape alone separates them:
-- nevus: round, smooth border, even brown;
-- melanoma: irregular border, two-tone dark brown and blue-grey blotches;
-- keratosis: moderately irregular, lighter tan with a fine waxy texture;
-- vascular: clusters of red-purple lobules.
-Skin tone, lighting, size, position, hairs and noise vary in every class. Each lesion is imaged
+Four classes differ by border and texture, with overlap:
+- nevus: round, smooth border, even pigment;
+- melanoma: irregular, blurred border, blotches of a darker and a lighter tone;
+- keratosis: moderately irregular, with fine waxy ridges;
+- vascular: clusters of lobules.
+Colour is drawn from one palette for every class, and skin tone, lighting, size, position, hairs
+and noise vary in every class: nothing but structure tells the classes apart, which is what
+self-supervision with colour jitter should learn and a random network does not. Each lesion is imaged
 once or twice (rotated, shifted, relit), so `lesionNNNN` is a group that splits must keep together.
 Generation is seeded and needs no network: the same files appear on every machine.
 """
@@ -27,12 +28,14 @@ from medssl.data.folder import scan_class_folders
 from medssl.data.registry import DatasetAdapter, ReadOptions, SampleTable, make_samples, register
 
 CLASSES = ["keratosis", "melanoma", "nevus", "vascular"]
-VERSION = 1
+VERSION = 2
 SIZE = 96  # stored size; training crops and resizes from it
 CANVAS = 160  # rendered size: any rotation leaves a clean centre square of 113 px to crop views from
-LESIONS_PER_CLASS = 80
+LESIONS_PER_CLASS = 120
 SEED = 20240601
 MARKER = ".medssl-demo"
+PALETTE = [[0.44, 0.28, 0.19], [0.26, 0.15, 0.12], [0.58, 0.42, 0.29], [0.62, 0.20, 0.30],
+           [0.38, 0.37, 0.48]]  # brown, dark brown, tan, red-purple, blue-grey
 _GROUP = re.compile(r"^(lesion\d+)_\d+$")
 
 
@@ -57,7 +60,7 @@ def _render_lesion(rng: np.random.Generator, cls: str) -> np.ndarray:
     img *= (0.85 + 0.3 * _smooth_noise(rng, 3, n))[..., None]
 
     cx, cy = 0.5 + rng.normal(0, 0.04, 2)
-    radius = rng.uniform(0.13, 0.27)
+    radius = rng.uniform(0.16, 0.26)
     rr, theta = np.hypot(xx - cx, yy - cy), np.arctan2(yy - cy, xx - cx)
     if cls == "vascular":
         mask = np.zeros((n, n), np.float32)
@@ -66,33 +69,33 @@ def _render_lesion(rng: np.random.Generator, cls: str) -> np.ndarray:
             lr = radius * rng.uniform(0.3, 0.55)
             mask = np.maximum(mask, 1 / (1 + np.exp((np.hypot(xx - lx, yy - ly) - lr) / 0.012)))
     else:
-        irregularity = {"nevus": 0.05, "keratosis": 0.12, "melanoma": 0.22}[cls] * rng.uniform(0.5, 1.6)
+        irregularity = {"nevus": 0.03, "keratosis": 0.12, "melanoma": 0.35}[cls] * rng.uniform(0.6, 1.4)
         border = np.ones_like(theta)
         for k in range(2, 9):
             border += irregularity / k * rng.normal() * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
         edge = {"nevus": 0.008, "keratosis": 0.012, "melanoma": 0.02}[cls]
         mask = 1 / (1 + np.exp((rr - radius * border) / edge))
 
-    if cls == "nevus":
-        colour = _tone(rng, [0.44, 0.28, 0.19], 0.14)
+    # Colour says nothing about the class: every lesion draws its pigment from one shared palette,
+    # as lighting, cameras and skin differ between clinics. Classes differ by border and texture,
+    # cues that survive SimCLR's colour jitter and that a random network does not single out.
+    colour = _tone(rng, PALETTE[rng.integers(len(PALETTE))], 0.15)
+    if cls == "nevus":  # even, slightly darker at the centre
         pigment = colour * (0.85 + 0.25 * np.clip(rr / radius, 0, 1))[..., None]
-    elif cls == "melanoma":
-        dark = _tone(rng, [0.26, 0.15, 0.12], 0.12)
-        blue = _tone(rng, [0.38, 0.37, 0.48], 0.10)
+    elif cls == "melanoma":  # blotches of a darker and a lighter tone of the same pigment
         mix = np.clip(_smooth_noise(rng, 6, n) * 1.6 - 0.3, 0, 1)[..., None]
-        pigment = dark * (1 - mix) + blue * mix
-    elif cls == "keratosis":
-        colour = _tone(rng, [0.58, 0.42, 0.29], 0.14)
-        freq, angle = rng.uniform(25, 45), rng.uniform(0, np.pi)
+        pigment = colour * 0.55 * (1 - mix) + np.minimum(colour * 1.5, 1) * mix
+    elif cls == "keratosis":  # fine waxy ridges
+        freq, angle = rng.uniform(14, 22), rng.uniform(0, np.pi)
         stripes = np.sin(freq * (xx * np.cos(angle) + yy * np.sin(angle)) + 3 * _smooth_noise(rng, 5, n))
         speckle = rng.normal(0, 0.05, (n, n))
-        pigment = colour * (1 + 0.12 * stripes + speckle)[..., None]
-    else:  # vascular
-        colour = _tone(rng, [0.62, 0.20, 0.30], 0.14)
+        pigment = colour * (1 + 0.35 * stripes + speckle)[..., None]
+    else:  # vascular: lobules, each with a dark rim
         pigment = colour * (0.85 + 0.3 * _smooth_noise(rng, 8, n))[..., None]
+        mask = mask * (0.75 + 0.25 * (mask > 0.9))
 
     img = img * (1 - mask[..., None]) + pigment * mask[..., None]
-    for _ in range(rng.poisson(1.0)):  # hairs: thin dark arcs across skin and lesion alike
+    for _ in range(rng.poisson(0.3)):  # hairs: thin dark arcs across skin and lesion alike
         p0, d = rng.uniform(0, 1, 2), rng.normal(0, 1, 2)
         d /= np.linalg.norm(d) + 1e-6
         dist = np.abs((xx - p0[0]) * d[1] - (yy - p0[1]) * d[0] + 0.3 * rng.normal() * (xx - p0[0]) ** 2)

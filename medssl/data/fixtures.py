@@ -6,6 +6,7 @@ fast tests. Each carries the quirks of the real download: duplicate trees, `__MA
 `.DS_Store`, metadata variants, CRLF, mixed extensions and colour modes.
 
     python -m medssl.data.fixtures covid19 /tmp/fixtures     # prints the folder it wrote
+    python -m medssl.data.fixtures digits /tmp/real          # scikit-learn's real digits, as folders
 """
 
 from __future__ import annotations
@@ -212,12 +213,36 @@ def make_idrid(parent: Path, per_class: int | None = None, header_space: bool = 
     return root
 
 
+def make_digits(parent: Path, per_class: int | None = None, size: int = 32) -> Path:
+    """A small *real* labelled image set that needs no network: scikit-learn's bundled handwritten
+    digits (1,797 scans, 8x8, 10 classes), upscaled to `size` px and written as class folders for
+    the `folder` dataset. Used to check that SSL learns something on real images, not only on demo.
+    """
+    from sklearn.datasets import load_digits
+
+    root = parent / "digits"
+    digits = load_digits()
+    seen: dict[int, int] = {}
+    for i, (pixels, label) in enumerate(zip(digits.images, digits.target)):
+        seen[label] = seen.get(label, 0) + 1
+        if per_class is not None and seen[label] > per_class:
+            continue
+        grey = Image.fromarray((pixels * (255 / 16)).astype(np.uint8), "L")
+        folder = root / f"digit{label}"
+        folder.mkdir(parents=True, exist_ok=True)
+        grey.resize((size, size), Image.BICUBIC).save(folder / f"{i:04d}.png")
+    return root
+
+
 MAKERS = {"ham10000": make_ham10000, "isic": make_isic, "covid19": make_covid19,
           "chest_xray": make_chest_xray, "idrid": make_idrid}
+# Not a fake download: a real, small labelled image set in the `folder` layout.
+OFFLINE_SETS = {"digits": make_digits}
 
 
 if __name__ == "__main__":
-    if len(sys.argv) not in (3, 4) or sys.argv[1] not in MAKERS:
-        sys.exit(f"usage: python -m medssl.data.fixtures {{{','.join(MAKERS)}}} OUT_DIR [PER_CLASS]")
+    everything = {**MAKERS, **OFFLINE_SETS}
+    if len(sys.argv) not in (3, 4) or sys.argv[1] not in everything:
+        sys.exit(f"usage: python -m medssl.data.fixtures {{{','.join(everything)}}} OUT_DIR [PER_CLASS]")
     cap = int(sys.argv[3]) if len(sys.argv) == 4 else None
-    print(MAKERS[sys.argv[1]](Path(sys.argv[2]), cap))
+    print(everything[sys.argv[1]](Path(sys.argv[2]), cap))

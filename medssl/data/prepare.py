@@ -31,7 +31,7 @@ def open_dataset(cfg: DataConfig) -> SampleTable:
     """Read the download's layout and give every sample a split (carved, or from a split file)."""
     adapter = get_adapter(cfg.dataset)
     root = adapter.find_root(cfg.data_root)
-    table = adapter.read(root, cfg.read_options)
+    table = adapter.read(root, cfg.read_options or ReadOptions())
     if table.samples.empty:
         raise MedsslError(f"No usable images found for {cfg.dataset} under {table.root}."
                           + _listing(table.problems, cfg.dataset))

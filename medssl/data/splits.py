@@ -67,6 +67,22 @@ def assign_splits(samples: pd.DataFrame, seed: int = 0, val_fraction: float | No
     return out
 
 
+def label_subset(samples: pd.DataFrame, fraction: float, seed: int) -> pd.DataFrame:
+    """The train rows a run may use labels of: a seeded `fraction` of every class (at least one
+    image per class). The rest of the train split stays available to SSL, without labels."""
+    import numpy as np
+
+    train = samples[samples["split"] == "train"]
+    if fraction >= 1:
+        return train
+    rng = np.random.default_rng(seed)
+    keep = []
+    for _, rows in train.groupby("label", sort=True):
+        n = max(1, int(round(fraction * len(rows))))
+        keep.extend(rng.choice(rows.index.to_numpy(), n, replace=False))
+    return train.loc[sorted(keep)]
+
+
 def write_split_csv(samples: pd.DataFrame, path: Path) -> None:
     """The split as `path,label,group,split`, paths relative to the dataset root; written atomically."""
     path = Path(path)

@@ -1,7 +1,8 @@
-"""A torch Dataset over one split of a sample table: (transformed image, class index)."""
+"""A torch Dataset over rows of a sample table: (transformed image, class index)."""
 
 from __future__ import annotations
 
+import pandas as pd
 from torch.utils.data import Dataset
 
 from medssl.data.images import load_rgb
@@ -9,9 +10,15 @@ from medssl.data.registry import SampleTable
 
 
 class ImageDataset(Dataset):
-    def __init__(self, table: SampleTable, split: str | None, transform, min_side: int | None = None):
-        rows = table.samples if split is None else table.samples[table.samples["split"] == split]
-        self.paths = [str(table.root / p) for p in rows["path"]]
+    def __init__(self, table: SampleTable, rows: str | pd.DataFrame | None, transform,
+                 min_side: int | None = None):
+        """`rows`: a split name, a subset of `table.samples`, or None for every sample."""
+        if rows is None:
+            rows = table.samples
+        elif isinstance(rows, str):
+            rows = table.samples[table.samples["split"] == rows]
+        self.rel_paths = list(rows["path"])
+        self.paths = [str(table.root / p) for p in self.rel_paths]
         index = {c: i for i, c in enumerate(table.classes)}
         self.targets = [index[label] for label in rows["label"]]
         self.transform = transform

@@ -1,15 +1,25 @@
-"""Does pretraining learn? A kNN classifier on backbone features, labelled train split vs val split.
+"""Does pretraining learn? Two read-outs of frozen backbone features, labelled train split vs val.
 
-Each epoch: embed both splits (eval mode, no augmentation), predict every val image from its k=20
-nearest train images by cosine similarity (lightly's weighted vote), log `val_knn_acc`.
+- kNN: predict every val image from its k=20 nearest train images by cosine similarity
+  (lightly's weighted vote), logged as `val_knn_acc`;
+- few-shot linear probe: logistic regression on 5 labelled train images per class, averaged over
+  10 draws, logged as `val_fewshot_acc`.
+Both are measured once before the first step (the prior's own score, the baseline to beat) and
+after every epoch, in eval mode without augmentation.
 """
 
 from __future__ import annotations
+
+import logging
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from lightly.utils.benchmarking import knn_predict
+
+from medssl.training.probe import few_shot_accuracy
+
+log = logging.getLogger("medssl")
 
 
 @torch.no_grad()
@@ -28,22 +38,49 @@ def knn_accuracy(train_feats, train_labels, val_feats, val_labels, num_classes: 
     return (pred == val_labels).float().mean().item()
 
 
-class KNNMonitor(pl.Callback):
-    def __init__(self, train_loader, val_loader, num_classes: int, k: int = 20):
-        self.train_loader, self.val_loader = train_loader, val_loader
-        self.num_classes, self.k = num_classes, k
-        self.last: float | None = None
+def evaluate_features(backbone: torch.nn.Module, train_loader, val_loader, num_classes: int,
+                      device="cpu", k: int = 20, shots: int = 5, seed: int = 0) -> dict:
+    """kNN and few-shot probe accuracy of `backbone` on val; the backbone's mode is restored."""
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        tf, tl = embed(backbone, train_loader, device)
+        vf, vl = embed(backbone, val_loader, device)
+    finally:
+        backbone.train(was_training)
+    return {"knn_acc": knn_accuracy(tf, tl, vf, vl, num_classes, k),
+            "fewshot_acc": few_shot_accuracy(tf, tl, vf, vl, shots=shots, seed=seed)}
 
-    def measure(self, backbone: torch.nn.Module, device) -> float:
-        was_training = backbone.training
-        backbone.eval()
-        try:
-            tf, tl = embed(backbone, self.train_loader, device)
-            vf, vl = embed(backbone, self.val_loader, device)
-        finally:
-            backbone.train(was_training)
-        return knn_accuracy(tf, tl, vf, vl, self.num_classes, self.k)
+
+class KNNMonitor(pl.Callback):
+    def __init__(self, train_loader, val_loader, num_classes: int, k: int = 20, shots: int = 5):
+        self.train_loader, self.val_loader = train_loader, val_loader
+        self.num_classes, self.k, self.shots = num_classes, k, shots
+        self.initial: dict | None = None  # the prior's scores, before any SimCLR step
+        self.last: dict | None = None
+
+    def measure(self, backbone: torch.nn.Module, device) -> dict:
+        return evaluate_features(backbone, self.train_loader, self.val_loader, self.num_classes,
+                                 device, self.k, self.shots)
+
+    def on_train_start(self, trainer, pl_module):
+        if self.initial is None:  # a resumed run keeps the baseline from its checkpoint
+            self.initial = self.measure(pl_module.backbone, pl_module.device)
+            log.info("before SimCLR: val kNN %.3f, few-shot %.3f",
+                     self.initial["knn_acc"], self.initial["fewshot_acc"])
 
     def on_train_epoch_end(self, trainer, pl_module):
         self.last = self.measure(pl_module.backbone, pl_module.device)
-        pl_module.log("val_knn_acc", self.last, prog_bar=True, sync_dist=True)
+        pl_module.log("val_knn_acc", self.last["knn_acc"], prog_bar=True, sync_dist=True)
+        pl_module.log("val_fewshot_acc", self.last["fewshot_acc"], prog_bar=True, sync_dist=True)
+        loss = trainer.callback_metrics.get("train_loss_epoch")
+        # One line per epoch: the progress a log file or a batch job shows.
+        log.info("epoch %d/%d: loss %s, val kNN %.3f, few-shot %.3f", trainer.current_epoch + 1,
+                 trainer.max_epochs, f"{float(loss):.3f}" if loss is not None else "?",
+                 self.last["knn_acc"], self.last["fewshot_acc"])
+
+    def state_dict(self) -> dict:
+        return {"initial": self.initial}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.initial = state_dict.get("initial")

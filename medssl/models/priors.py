@@ -1,0 +1,86 @@
+"""The four priors of the study, as backbones: M1 random, M2 SSL from random, M3 ImageNet,
+M4 SSL from ImageNet.
+
+An SSL prior is a `backbone.pt` written by `medssl pretrain`; its JSON must say it was made for
+the same arch, from the right init and on the same dataset. Anything else is an error naming the
+file and the mismatch (`allow_other_dataset` permits a backbone from another dataset on purpose).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from medssl.errors import MedsslError
+from medssl.models.backbones import build_backbone, empty_backbone
+from medssl.models.checkpoints import load_backbone_file
+from medssl.runs import dataset_dir, ssl_dir
+
+
+@dataclass(frozen=True)
+class Prior:
+    init: str  # the weights before any SSL: random or imagenet
+    ssl: bool  # whether SimCLR on the target dataset comes next
+    title: str
+
+
+MODELS = {
+    "M1": Prior("random", False, "random init"),
+    "M2": Prior("random", True, "random init + SimCLR"),
+    "M3": Prior("imagenet", False, "ImageNet init"),
+    "M4": Prior("imagenet", True, "ImageNet init + SimCLR"),
+}
+
+
+def ssl_backbone_path(model: str, dataset: str, ssl_checkpoint: str | os.PathLike | None,
+                      base: Path | None = None) -> Path:
+    """`--ssl-checkpoint` (a file, or a pretraining folder), else the dataset's default folder."""
+    if ssl_checkpoint:
+        path = Path(ssl_checkpoint)
+        return path / "backbone.pt" if path.is_dir() else path
+    return ssl_dir(base or dataset_dir(dataset), MODELS[model].init) / "backbone.pt"
+
+
+def load_prior(model: str, arch: str, dataset: str, ssl_checkpoint=None,
+               imagenet_weights: str | os.PathLike = "IMAGENET1K_V1",
+               allow_other_dataset: bool = False, base: Path | None = None) -> tuple[nn.Module, dict]:
+    """The backbone of `model` with its prior loaded, and a record of where the prior came from."""
+    if model not in MODELS:
+        raise MedsslError(f"Unknown --model '{model}'. Choose one of: {', '.join(MODELS)}.")
+    prior = MODELS[model]
+    if not prior.ssl:
+        source = {"model": model, "init": prior.init, "arch": arch}
+        if prior.init == "imagenet":
+            source["imagenet_weights"] = str(imagenet_weights)
+        return build_backbone(arch, prior.init, imagenet_weights), source
+
+    path = ssl_backbone_path(model, dataset, ssl_checkpoint, base)
+    if not path.is_file():
+        raise MedsslError(
+            f"{model} ({prior.title}) needs a SimCLR backbone pretrained on {dataset} from "
+            f"{prior.init} init, and there is none at {path}.\nFix: run `medssl pretrain --dataset "
+            f"{dataset} --init {prior.init} --arch {arch}` first, or pass --ssl-checkpoint PATH.")
+    meta_path = path.with_suffix(".json")
+    if not meta_path.is_file():
+        raise MedsslError(f"{meta_path} is missing: without it nobody can tell how {path} was made. "
+                          "Fix: use a backbone.pt written by `medssl pretrain`, with its JSON.")
+    meta = json.loads(meta_path.read_text())
+    mismatches = []
+    if meta.get("arch") != arch:
+        mismatches.append(f"it is a {meta.get('arch')}, this run uses --arch {arch}")
+    if meta.get("init") != prior.init:
+        mismatches.append(f"it was pretrained from {meta.get('init')} init, {model} needs {prior.init}")
+    if meta.get("dataset") != dataset and not allow_other_dataset:
+        mismatches.append(f"it was pretrained on {meta.get('dataset')}, this run finetunes on "
+                          f"{dataset} (pass --allow-other-dataset if that is intended)")
+    if mismatches:
+        raise MedsslError(f"{path} does not fit {model}: " + "; ".join(mismatches) + ".")
+    backbone = empty_backbone(arch)
+    load_backbone_file(backbone, path)
+    return backbone, {"model": model, "init": prior.init, "arch": arch, "ssl_checkpoint": str(path),
+                      "ssl_dataset": meta.get("dataset"), "ssl_epochs": meta.get("epochs"),
+                      "ssl_split_file": str(path.parent / meta.get("split_file", "split.csv"))}

@@ -1,0 +1,1 @@
+"""Results tables and curve figures, rebuilt from finished run folders only."""

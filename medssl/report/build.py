@@ -1,0 +1,37 @@
+"""Rebuild a grid's results from its finished runs: results.csv, results.md, the curve figures."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from medssl.errors import MedsslError
+
+log = logging.getLogger("medssl")
+
+
+def build_report(base: Path, dataset: str | None = None,
+                 skipped_models: dict[str, str] | None = None, images_dir: str | None = None) -> str:
+    """Rebuild results.csv, results.md and the figures from the finished runs in `base`; models
+    that `compare` skipped (listed in its `skipped.json`) are named with the reason."""
+    from medssl.report.figures import write_figures
+    from medssl.report.tables import collect_runs, write_results
+
+    base = Path(base)
+    if skipped_models is None and (base / "skipped.json").is_file():
+        skipped_models = json.loads((base / "skipped.json").read_text())
+    summary, md, unfinished = write_results(base, skipped_models)
+    for run in unfinished:
+        log.warning("not reported (unfinished, no metrics.json): %s", run)
+    if summary.empty:
+        raise MedsslError(f"No finished finetuning runs under {base}. Fix: run `medssl compare "
+                          f"--dataset {dataset or 'NAME'}` (or `medssl finetune`) first.")
+    runs, _ = collect_runs(base)
+    dataset = dataset or runs["dataset"].iloc[0]
+    for figure in write_figures(base, runs, dataset):
+        if images_dir:
+            Path(images_dir).mkdir(parents=True, exist_ok=True)
+            shutil.copy(figure, Path(images_dir) / f"{dataset}_{figure.name}")
+    return md

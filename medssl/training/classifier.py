@@ -1,0 +1,133 @@
+"""The classifier all four models share: a backbone with its prior, a head, one recipe.
+
+Metrics come from torchmetrics and are logged under the same tags for every model
+(`train/acc`, `val/loss`, ...), so `tensorboard --logdir runs/<dataset>` overlays M1-M4.
+Options the study used are kept, off by default and documented:
+- `freeze_epochs`: train only the head for the first N epochs (the backbone's BN stays in eval);
+- `bn_eval`: keep the backbone's BatchNorm in eval mode throughout. The study did this, which
+  leaves a randomly initialised backbone (M1) with no working normalisation at all.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics.classification import (MulticlassAccuracy, MulticlassAUROC, MulticlassF1Score,
+                                         MulticlassRecall)
+
+log = logging.getLogger("medssl")
+HEADS = ("linear", "mlp")
+STAGES = ("train", "val", "test")
+
+
+def make_head(kind: str, in_dim: int, num_classes: int) -> nn.Module:
+    """`linear`, or `mlp`: the study's 3-layer head (in -> 512 -> 256 -> classes, ReLU, dropout)."""
+    if kind == "linear":
+        return nn.Linear(in_dim, num_classes)
+    if kind == "mlp":
+        return nn.Sequential(nn.Linear(in_dim, 512), nn.ReLU(), nn.Dropout(0.2),
+                             nn.Linear(512, 256), nn.ReLU(), nn.Linear(256, num_classes))
+    raise ValueError(f"unknown head '{kind}'; choose one of {HEADS}")
+
+
+def epoch_metrics(num_classes: int) -> MetricCollection:
+    """The per-epoch scalars every model logs. Balanced accuracy is macro-averaged recall."""
+    return MetricCollection({
+        "acc": MulticlassAccuracy(num_classes, average="micro"),
+        "balanced_acc": MulticlassRecall(num_classes, average="macro"),
+        "macro_f1": MulticlassF1Score(num_classes, average="macro"),
+        "auroc": MulticlassAUROC(num_classes, average="macro"),
+    })
+
+
+class Classifier(pl.LightningModule):
+    def __init__(self, backbone: nn.Module, feature_dim: int, num_classes: int, lr: float,
+                 weight_decay: float = 1e-6, head: str = "linear", freeze_epochs: int = 0,
+                 bn_eval: bool = False, class_weights: torch.Tensor | None = None):
+        super().__init__()
+        self.save_hyperparameters(ignore=["backbone", "class_weights"])
+        self.backbone = backbone
+        self.head = make_head(head, feature_dim, num_classes)
+        # Class weights shape the training objective only; every reported loss is plain CE,
+        # so losses stay comparable between runs with and without weighting.
+        self.register_buffer("class_weights", class_weights, persistent=False)
+        # ModuleDict keys may not shadow Module attributes such as `train`: hence the prefix.
+        self.metrics = nn.ModuleDict({f"m_{s}": epoch_metrics(num_classes) for s in STAGES})
+        self.losses = nn.ModuleDict({f"m_{s}": MeanMetric() for s in STAGES})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+    def _backbone_frozen(self) -> bool:
+        return self.current_epoch < self.hparams.freeze_epochs
+
+    def on_train_epoch_start(self):
+        frozen = self._backbone_frozen()
+        for p in self.backbone.parameters():
+            p.requires_grad_(not frozen)
+
+    def on_train_batch_start(self, batch, batch_idx):
+        # Lightning switches the whole module to train mode each epoch; put BN back where asked.
+        if self.hparams.bn_eval or self._backbone_frozen():
+            for m in self.backbone.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+
+    def _step(self, batch, stage: str) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        self.losses[f"m_{stage}"].update(loss.detach(), weight=len(y))
+        self.metrics[f"m_{stage}"].update(logits.detach().float().softmax(dim=1), y)
+        if stage == "train" and self.class_weights is not None:
+            return F.cross_entropy(logits, y, weight=self.class_weights.to(logits.dtype))
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._step(batch, "test")
+
+    def predict_step(self, batch, batch_idx, dataloader_idx=0):
+        x, _ = batch
+        return self(x).float().softmax(dim=1)
+
+    def _log_epoch(self, stage: str) -> None:
+        values = {f"{stage}/{k}": v for k, v in self.metrics[f"m_{stage}"].compute().items()}
+        values[f"{stage}/loss"] = self.losses[f"m_{stage}"].compute()
+        self.log_dict(values, sync_dist=True)
+        self.metrics[f"m_{stage}"].reset()
+        self.losses[f"m_{stage}"].reset()
+
+    def on_train_epoch_end(self):
+        self._log_epoch("train")
+        # One line per epoch: the progress a log file or a batch job shows. (A callback would run
+        # before this hook and print the previous epoch's train numbers.)
+        m = self.trainer.callback_metrics
+        shown = ", ".join(f"{k} {float(m[k]):.3f}" for k in ("train/loss", "train/acc", "val/loss",
+                                                             "val/acc") if k in m)
+        log.info("epoch %d/%d: %s", self.current_epoch + 1, self.trainer.max_epochs, shown)
+
+    def on_validation_epoch_end(self):
+        if not self.trainer.sanity_checking:
+            self._log_epoch("val")
+        else:
+            self.metrics["m_val"].reset()
+            self.losses["m_val"].reset()
+
+    def on_test_epoch_end(self):
+        self._log_epoch("test")
+
+    def configure_optimizers(self):
+        # The study's recipe for all four models: Adam with a small weight decay.
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr,
+                                weight_decay=self.hparams.weight_decay)

@@ -1,0 +1,228 @@
+"""A finetuning run: one of M1-M4 on one dataset, one seed, one label fraction.
+
+Selection happens on val only (best val loss by default). The test split is predicted once, by the
+selected checkpoint, after training. The run folder holds `metrics.json` (written last, so its
+presence means the run finished), `test_predictions.csv`, `val_predictions.csv`, `split.csv`,
+checkpoints, TensorBoard logs and a CSV of the per-epoch curves.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from medssl.errors import MedsslError
+from medssl.runs import dataset_dir, finetune_dir, open_run_folder
+
+log = logging.getLogger("medssl")
+SELECT_METRICS = {"loss": "min", "acc": "max", "balanced_acc": "max", "macro_f1": "max",
+                  "auroc": "max"}
+
+
+@dataclass
+class FinetuneConfig:
+    dataset: str
+    model: str
+    data_root: str | None = None
+    ssl_checkpoint: str | None = None
+    allow_other_dataset: bool = False
+    imagenet_weights: str = "IMAGENET1K_V1"
+    seed: int = 0
+    split_seed: int = 0
+    split_file: str | None = None
+    val_fraction: float | None = None
+    test_fraction: float | None = None
+    read_options: object = None  # ReadOptions: csv column names
+    label_fraction: float = 1.0
+    arch: str | None = None
+    image_size: int | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    weight_decay: float = 1e-6
+    head: str = "linear"
+    freeze_epochs: int = 0
+    bn_eval: bool = False
+    class_weights: bool = False
+    balanced_sampling: bool = False
+    select: str = "loss"
+    base: str | None = None  # the dataset's run folder (default runs/<dataset>)
+    out: str | None = None
+    resume: bool = False
+    force: bool = False
+    accelerator: str = "auto"
+    devices: str = "auto"
+    precision: str | None = None
+    num_workers: int | None = None
+    skip_bad_images: bool = False
+    max_steps: int = -1
+    progress: bool = True
+
+
+def resolve(cfg: FinetuneConfig) -> FinetuneConfig:
+    """Fill every unset value from the dataset's preset; check the ranges flags cannot."""
+    from medssl.presets import preset_for
+    from medssl.training.loaders import fill_training_defaults
+
+    p = preset_for(cfg.dataset)
+    fill_training_defaults(cfg, p, p.finetune_epochs, p.finetune_batch_size, p.finetune_lr)
+    cfg.base = cfg.base or str(dataset_dir(cfg.dataset))
+    cfg.out = cfg.out or str(finetune_dir(Path(cfg.base), cfg.model, cfg.seed, cfg.label_fraction))
+    if not 0 < cfg.label_fraction <= 1:
+        raise MedsslError(f"--label-fraction must lie in (0, 1], got {cfg.label_fraction}.")
+    if cfg.select not in SELECT_METRICS:
+        raise MedsslError(f"--select '{cfg.select}' is not one of {', '.join(SELECT_METRICS)}.")
+    return cfg
+
+
+def check_no_ssl_leak(table, ssl_split_file: Path) -> None:
+    """SimCLR must not have seen this run's val or test images, even without their labels."""
+    import pandas as pd
+
+    if not ssl_split_file.is_file():
+        return
+    seen = set(pd.read_csv(ssl_split_file).query("split == 'train'")["path"])
+    held_out = table.samples[table.samples["split"].isin(["val", "test"])]
+    leaked = held_out[held_out["path"].isin(seen)]
+    if len(leaked):
+        raise MedsslError(
+            f"The SSL backbone was pretrained on {len(leaked)} image(s) that this run holds out for "
+            f"val/test (first: {leaked['path'].iloc[0]}; its split is {ssl_split_file}).\nFix: "
+            f"finetune with --split-file {ssl_split_file}, or pretrain again with this run's split.")
+
+
+def run_finetune(cfg: FinetuneConfig) -> Path:
+    import pytorch_lightning as pl
+    import torch
+    from pytorch_lightning.callbacks import ModelCheckpoint
+    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+
+    from medssl import __version__
+    from medssl.data import DataConfig, prepare
+    from medssl.data.splits import label_subset, write_split_csv
+    from medssl.data.transforms import eval_transform, finetune_transform
+    from medssl.models import feature_dim
+    from medssl.models.checkpoints import atomic_write
+    from medssl.models.priors import load_prior
+    from medssl.presets import preset_for
+    from medssl.training.classifier import Classifier
+    from medssl.training.loaders import default_precision, make_loader
+    from medssl.training.metrics import classification_metrics
+
+    cfg = resolve(cfg)
+    out = Path(cfg.out)
+    resume_from = open_run_folder(out, "metrics.json", cfg.force, cfg.resume)
+    started = time.time()
+    # Seeded before anything random is drawn: the head, and M1's random backbone.
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    # The prior first: a missing SSL backbone or ImageNet file should fail before data work.
+    backbone, source = load_prior(cfg.model, cfg.arch, cfg.dataset, cfg.ssl_checkpoint,
+                                  cfg.imagenet_weights, cfg.allow_other_dataset, Path(cfg.base))
+    split_file = cfg.split_file
+    if cfg.resume and (out / "split.csv").is_file():
+        split_file = str(out / "split.csv")
+    elif not split_file and "ssl_split_file" in source and Path(source["ssl_split_file"]).is_file():
+        split_file = source["ssl_split_file"]  # the split SimCLR trained on: nothing held out leaks
+    table, data_info = prepare(DataConfig(cfg.dataset, cfg.data_root, cfg.split_seed,
+                                          cfg.val_fraction, cfg.test_fraction, split_file,
+                                          cfg.read_options),
+                               skip_bad_images=cfg.skip_bad_images, progress=cfg.progress)
+    if "ssl_split_file" in source and not cfg.allow_other_dataset:
+        check_no_ssl_leak(table, Path(source["ssl_split_file"]))
+    out.mkdir(parents=True, exist_ok=True)
+    write_split_csv(table.samples, out / "split.csv")
+    labelled = label_subset(table.samples, cfg.label_fraction, cfg.seed)
+    if cfg.label_fraction < 1:
+        write_split_csv(labelled, out / "labelled_train.csv")
+
+    p = preset_for(cfg.dataset)
+    plain = eval_transform(cfg.image_size, p.mean, p.std)
+    augmented = finetune_transform(cfg.image_size, p.mean, p.std, p.flips)
+    n_classes = len(table.classes)
+    train_loader = make_loader(table, labelled, augmented, cfg, train=True,
+                               balanced=cfg.balanced_sampling)
+    loaders = {split: make_loader(table, rows, plain, cfg)
+               for split, rows in (("train", labelled),
+                                   ("val", table.samples[table.samples["split"] == "val"]),
+                                   ("test", table.samples[table.samples["split"] == "test"]))}
+    for split, loader in loaders.items():
+        if len(loader.dataset) == 0:
+            raise MedsslError(f"The {split} split of {cfg.dataset} is empty. Fix: check the split "
+                              "with `medssl check`, or change --val-fraction/--test-fraction.")
+    weights = None
+    if cfg.class_weights:
+        counts = torch.bincount(torch.tensor(train_loader.dataset.targets), minlength=n_classes)
+        weights = len(labelled) / (n_classes * counts.clamp_min(1).float())
+
+    module = Classifier(backbone, feature_dim(cfg.arch), n_classes, lr=cfg.lr,
+                        weight_decay=cfg.weight_decay, head=cfg.head,
+                        freeze_epochs=cfg.freeze_epochs, bn_eval=cfg.bn_eval, class_weights=weights)
+    monitor, mode = f"val/{cfg.select}", SELECT_METRICS[cfg.select]
+    best = ModelCheckpoint(dirpath=str(out / "checkpoints"), filename="best", monitor=monitor,
+                           mode=mode, save_top_k=1, save_last=True)
+    trainer = pl.Trainer(
+        max_epochs=cfg.epochs, max_steps=cfg.max_steps, accelerator=cfg.accelerator,
+        devices=cfg.devices, precision=cfg.precision or default_precision(),
+        default_root_dir=str(out), deterministic="warn",
+        logger=[TensorBoardLogger(str(out), name="tensorboard", version=""),
+                CSVLogger(str(out), name="logs", version="")],
+        callbacks=[best],
+        enable_progress_bar=cfg.progress, log_every_n_steps=1, enable_model_summary=False,
+        num_sanity_val_steps=0)
+    trainer.fit(module, train_loader, loaders["val"],
+                ckpt_path=resume_from)
+    if trainer.global_rank != 0:
+        return out
+
+    # Only now, with the selected checkpoint, is the test split looked at: once.
+    selected = torch.load(best.best_model_path, map_location="cpu", weights_only=False)
+    module.load_state_dict(selected["state_dict"])
+    names = list(loaders)
+    outputs = trainer.predict(module, [loaders[s] for s in names], return_predictions=True)
+    results, predictions = {}, {}
+    for split, batches in zip(names, outputs):
+        probs = torch.cat(batches)
+        labels = torch.tensor(loaders[split].dataset.targets)
+        results[split] = classification_metrics(probs, labels, table.classes)
+        predictions[split] = probs
+    for split in ("val", "test"):
+        write_predictions(out / f"{split}_predictions.csv", loaders[split].dataset, table,
+                          predictions[split])
+    for logger in trainer.loggers:
+        logger.log_metrics({f"selected/test_{k}": results["test"][k]
+                            for k in ("acc", "balanced_acc", "macro_f1", "auroc", "loss")},
+                           step=trainer.global_step)
+        logger.save()
+
+    metrics = {
+        "dataset": cfg.dataset, "model": cfg.model, "seed": cfg.seed,
+        "label_fraction": cfg.label_fraction, "labelled_train_images": len(labelled),
+        "selection": {"metric": monitor, "mode": mode, "epoch": int(selected["epoch"]) + 1,
+                      "value": float(best.best_model_score)},
+        "epochs_trained": trainer.current_epoch, "classes": table.classes,
+        "train": results["train"], "val": results["val"], "test": results["test"],
+        "prior": source, "split_file": "split.csv", "data": data_info,
+        "medssl_version": __version__, "wall_time_s": round(time.time() - started, 1),
+        "config": asdict(cfg),
+    }
+    atomic_write(out / "metrics.json", lambda path: path.write_text(json.dumps(metrics, indent=2)))
+    log.info("%s %s seed %d: selected epoch %d, test acc %.3f, balanced acc %.3f",
+             cfg.dataset, cfg.model, cfg.seed, metrics["selection"]["epoch"],
+             results["test"]["acc"], results["test"]["balanced_acc"])
+    return out
+
+
+def write_predictions(path: Path, dataset, table, probs) -> None:
+    import pandas as pd
+
+    from medssl.models.checkpoints import atomic_write
+
+    frame = pd.DataFrame(probs.numpy(), columns=[f"prob_{c}" for c in table.classes])
+    frame.insert(0, "label", [table.classes[t] for t in dataset.targets])
+    frame.insert(0, "path", dataset.rel_paths)
+    atomic_write(path, lambda p: frame.to_csv(p, index=False))
+

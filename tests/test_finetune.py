@@ -1,0 +1,208 @@
+"""Finetuning M1-M4: the prior is really loaded, selection never sees test, the grid reuses runs."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from torchvision.models import resnet18
+
+from medssl.data import ReadOptions
+from medssl.data import fixtures as fx
+from medssl.data.splits import label_subset
+from medssl.errors import MedsslError
+from medssl.models import build_backbone, save_backbone
+from medssl.models.backbones import imagenet_weights_file
+from medssl.models.priors import load_prior
+from medssl.training.finetune import FinetuneConfig, run_finetune
+
+FAST = ["--arch", "resnet18", "--image-size", "32", "--num-workers", "0", "--batch-size", "16"]
+
+
+def ssl_file(folder: Path, arch="resnet18", init="random", dataset="covid19", seed=3) -> Path:
+    torch.manual_seed(seed)
+    model = build_backbone(arch)
+    save_backbone(model, folder / "backbone.pt", {"arch": arch, "init": init, "dataset": dataset})
+    return folder / "backbone.pt"
+
+
+def test_m2_starts_from_the_ssl_file_and_m3_from_the_imagenet_file(tmp_path, offline_torch_home):
+    path = ssl_file(tmp_path / "ssl")
+    backbone, source = load_prior("M2", "resnet18", "covid19", path)
+    saved = torch.load(path, weights_only=True)
+    assert all(torch.equal(v, saved[k]) for k, v in backbone.state_dict().items())
+    assert source["ssl_checkpoint"] == str(path)
+
+    name, cache = imagenet_weights_file("resnet18")
+    cache.mkdir(parents=True)
+    torch.manual_seed(7)
+    reference = resnet18().state_dict()
+    torch.save(reference, cache / name)
+    backbone, source = load_prior("M3", "resnet18", "covid19")
+    assert all(torch.equal(v, reference[k]) for k, v in backbone.state_dict().items())
+    # M1 is random: not the ImageNet weights, and not the SSL file.
+    m1, _ = load_prior("M1", "resnet18", "covid19")
+    assert not torch.equal(m1.state_dict()["conv1.weight"], reference["conv1.weight"])
+
+
+def test_ssl_backbones_that_do_not_fit_are_refused_by_name(tmp_path):
+    with pytest.raises(MedsslError, match="(?s)none at .*ssl-random.*medssl pretrain --dataset covid19"):
+        load_prior("M2", "resnet18", "covid19", base=tmp_path)
+    other_arch = ssl_file(tmp_path / "a", arch="resnet34")
+    with pytest.raises(MedsslError, match="it is a resnet34, this run uses --arch resnet18"):
+        load_prior("M2", "resnet18", "covid19", other_arch)
+    other_data = ssl_file(tmp_path / "b", dataset="isic")
+    with pytest.raises(MedsslError, match="pretrained on isic.*--allow-other-dataset"):
+        load_prior("M2", "resnet18", "covid19", other_data)
+    assert load_prior("M2", "resnet18", "covid19", other_data, allow_other_dataset=True)
+    with pytest.raises(MedsslError, match="from random init, M4 needs imagenet"):
+        load_prior("M4", "resnet18", "covid19", ssl_file(tmp_path / "c"))
+    # The JSON claims resnet18, the weights are resnet34: the strict load still catches it.
+    lying = ssl_file(tmp_path / "d", arch="resnet34")
+    lying.with_suffix(".json").write_text(json.dumps({"arch": "resnet18", "init": "random",
+                                                      "dataset": "covid19"}))
+    with pytest.raises(MedsslError, match="does not fit this backbone"):
+        load_prior("M2", "resnet18", "covid19", lying)
+
+
+def test_label_fraction_is_stratified_seeded_and_keeps_every_class():
+    samples = pd.DataFrame({"path": [f"{i}.png" for i in range(230)],
+                            "label": ["a"] * 200 + ["b"] * 27 + ["c"] * 3,
+                            "group": [str(i) for i in range(230)], "split": "train"})
+    subset = label_subset(samples, 0.1, seed=0)
+    assert subset["label"].value_counts().to_dict() == {"a": 20, "b": 3, "c": 1}
+    assert subset.equals(label_subset(samples, 0.1, seed=0))
+    assert not subset.equals(label_subset(samples, 0.1, seed=1))
+    assert label_subset(samples, 1.0, seed=0).equals(samples)
+
+
+def csv_dataset(folder: Path, permute_test: bool) -> Path:
+    """A csv dataset with an official test split; optionally with test labels shuffled."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(60):
+        label = ["dark", "light"][i % 2]
+        split = "test" if i >= 44 else "train"
+        value = 60 if label == "dark" else 190
+        arr = np.clip(rng.normal(value, 40, (24, 24, 3)), 0, 255).astype(np.uint8)
+        (folder / "img").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(arr).save(folder / "img" / f"{i}.png")
+        rows.append({"path": f"img/{i}.png", "label": label, "split": split})
+    table = pd.DataFrame(rows)
+    if permute_test:
+        test = table["split"] == "test"
+        table.loc[test, "label"] = rng.permutation(table.loc[test, "label"].to_numpy())
+    table.to_csv(folder / "labels.csv", index=False)
+    return folder
+
+
+def finetune_cfg(root, out, **kw) -> FinetuneConfig:
+    return FinetuneConfig(dataset="csv", model="M1", data_root=str(root), out=str(out),
+                          arch="resnet18", image_size=32, epochs=3, batch_size=16, lr=1e-3,
+                          num_workers=0, progress=False, read_options=ReadOptions(split_column="split"),
+                          **kw)
+
+
+def test_selection_never_looks_at_test_labels(tmp_path):
+    a = json.loads((run_finetune(finetune_cfg(csv_dataset(tmp_path / "a", False), tmp_path / "ra"))
+                    / "metrics.json").read_text())
+    b = json.loads((run_finetune(finetune_cfg(csv_dataset(tmp_path / "b", True), tmp_path / "rb"))
+                    / "metrics.json").read_text())
+    assert a["selection"] == b["selection"]
+    assert a["val"] == b["val"] and a["train"] == b["train"]
+    assert a["test"] != b["test"]  # the permutation did reach the test labels
+
+
+def test_finetune_outputs_and_finished_folder(tmp_path, cli):
+    root = fx.make_covid19(tmp_path, per_class=8)
+    out = tmp_path / "run"
+    args = ["finetune", "--dataset", "covid19", "--data-root", root, "--model", "M1", "--epochs",
+            "2", "--out", out, "--label-fraction", "0.5", "--seed", "1", *FAST]
+    code, stdout, err = cli(*args)
+    assert code == 0, err
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["model"] == "M1" and m["seed"] == 1 and m["label_fraction"] == 0.5
+    assert 1 <= m["selection"]["epoch"] <= 2 and m["selection"]["metric"] == "val/loss"
+    for split in ("train", "val", "test"):
+        assert {"acc", "balanced_acc", "macro_f1", "auroc", "loss", "per_class_recall",
+                "confusion_matrix"} <= set(m[split])
+    labelled = pd.read_csv(out / "labelled_train.csv")
+    assert m["labelled_train_images"] == len(labelled) == m["train"]["n"]
+    preds = pd.read_csv(out / "test_predictions.csv")
+    assert list(preds.columns) == ["path", "label", "prob_Covid", "prob_Normal", "prob_Viral Pneumonia"]
+    assert np.allclose(preds.filter(like="prob_").sum(axis=1), 1, atol=1e-4)
+    curves = pd.read_csv(out / "logs" / "metrics.csv")
+    assert {"train/acc", "val/acc", "train/loss", "val/loss"} <= set(curves.columns)
+    code, _, err = cli(*args)
+    assert code == 2 and "already holds a finished run (metrics.json)" in err
+
+
+def test_ssl_that_saw_test_images_is_refused(tmp_path, cli):
+    root = fx.make_covid19(tmp_path, per_class=8)
+    ssl = ssl_file(tmp_path / "ssl")
+    # A split where SimCLR trained on every image, test ones included.
+    code, out, _ = cli("check", "--dataset", "covid19", "--data-root", root, "--split-out",
+                       tmp_path / "s.csv")
+    everything = pd.read_csv(tmp_path / "s.csv").assign(split="train")
+    everything.to_csv(ssl.parent / "split.csv", index=False)
+    code, _, err = cli("finetune", "--dataset", "covid19", "--data-root", root, "--model", "M2",
+                       "--ssl-checkpoint", ssl, "--split-file", tmp_path / "s.csv", "--epochs", "1",
+                       "--out", tmp_path / "run", *FAST)
+    assert code == 2 and "pretrained on" in err and "holds out for val/test" in err
+
+
+@pytest.mark.parametrize("flag, value", [("--label-fraction", "0"), ("--label-fraction", "1.5"),
+                                         ("--epochs", "0"), ("--model", "M5")])
+def test_bad_finetune_flags(cli, capsys, flag, value):
+    args = ["finetune", "--dataset", "demo", "--model", "M1", flag, value]
+    with pytest.raises(SystemExit) as exit_:
+        cli(*args)
+    assert exit_.value.code == 2 and flag in capsys.readouterr().err
+
+
+def test_compare_runs_the_grid_skips_imagenet_offline_reuses_and_reports(tmp_path, cli, caplog):
+    root = fx.make_covid19(tmp_path, per_class=8)
+    out = tmp_path / "grid"
+    args = ["compare", "--dataset", "covid19", "--data-root", root, "--epochs", "1",
+            "--ssl-epochs", "1", "--seeds", "0", "1", "--out", out,
+            "--images-dir", tmp_path / "Images", *FAST]
+    code, stdout, err = cli(*args)
+    assert code == 0, err
+    for name in ("results.csv", "results.md", "curves.png"):
+        assert (out / name).is_file()
+    assert (tmp_path / "Images" / "covid19_curves.png").is_file()
+    assert "M3 and M4 skipped" in stdout and "resnet18-f37072fd.pth" in stdout
+    results = pd.read_csv(out / "results.csv")
+    assert sorted(results["model"]) == ["M1", "M2"] and set(results["seeds"]) == {2}
+    assert not np.isnan(results.set_index("model").loc["M2", "test_acc_vs_M1_diff"])
+    # The second call trains nothing: every run is reused, unchanged.
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("metrics.json")}
+    assert len(stamps) == 4
+    caplog.clear()
+    code, _, err = cli(*args)
+    assert code == 0 and caplog.text.count("reusing finished") == 5  # 1 pretraining + 4 finetunes
+    assert stamps == {p: p.stat().st_mtime_ns for p in out.rglob("metrics.json")}
+    # `report` rebuilds the same table from the finished runs alone.
+    before = (out / "results.md").read_text()
+    for name in ("results.csv", "results.md", "curves.png"):
+        (out / name).unlink()
+    code, stdout, _ = cli("report", out)
+    assert code == 0 and (out / "results.md").read_text() == before and (out / "curves.png").is_file()
+
+
+def test_finetuning_script_names_its_preset_and_passes_flags(tmp_path):
+    import subprocess
+    import sys
+
+    root = fx.make_covid19(tmp_path, per_class=6)
+    repo = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, str(repo / "Finetuning" / "Finetune_covid19.py"), "--data-root", str(root),
+         "--model", "M1", "--epochs", "1", "--out", str(tmp_path / "run"), *FAST],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert m["dataset"] == "covid19" and m["config"]["arch"] == "resnet18"

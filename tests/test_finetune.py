@@ -135,7 +135,8 @@ def test_finetune_outputs_and_finished_folder(tmp_path, cli):
     assert list(preds.columns) == ["path", "label", "prob_Covid", "prob_Normal", "prob_Viral Pneumonia"]
     assert np.allclose(preds.filter(like="prob_").sum(axis=1), 1, atol=1e-4)
     curves = pd.read_csv(out / "logs" / "metrics.csv")
-    assert {"train/acc", "val/acc", "train/loss", "val/loss"} <= set(curves.columns)
+    assert {"train/acc", "val/acc", "train/loss", "val/loss", "val/balanced_acc", "val/auroc",
+            "val/macro_f1", "val/recall/Viral Pneumonia"} <= set(curves.columns)
     code, _, err = cli(*args)
     assert code == 2 and "already holds a finished run (metrics.json)" in err
 

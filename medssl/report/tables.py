@@ -34,8 +34,9 @@ def collect_runs(base: Path) -> tuple[pd.DataFrame, list[str]]:
                 skipped.append(str(run))
                 continue
             m = json.loads(metrics_file.read_text())
-            row = {"dataset": m["dataset"], "model": m["model"], "label_fraction": m["label_fraction"], "seed": m["seed"],
-                   "run": str(run), "selected_epoch": m["selection"]["epoch"]}
+            row = {"dataset": m["dataset"], "model": m["model"], "seed": m["seed"],
+                   "label_fraction": m["label_fraction"], "run": str(run),
+                   "selected_epoch": m["selection"]["epoch"]}
             row.update({col: m[split][metric] for col, split, metric in COLUMNS})
             rows.append(row)
     return pd.DataFrame(rows), skipped
@@ -85,7 +86,9 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
             for key in ("diff", "low", "high"):
                 row[f"test_acc_vs_{ref}_{key}"] = result[key] if result else float("nan")
         rows.append(row)
-    return pd.DataFrame(rows)
+    # Full labels first, as in the study's tables; then the smaller fractions.
+    return (pd.DataFrame(rows).sort_values(["label_fraction", "model"], ascending=[False, True])
+            .reset_index(drop=True))
 
 
 def _pm(mean: float, sd: float, percent: bool) -> str:

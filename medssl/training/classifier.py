@@ -1,7 +1,8 @@
 """The classifier all four models share: a backbone with its prior, a head, one recipe.
 
-Metrics come from torchmetrics and are logged under the same tags for every model
-(`train/acc`, `val/loss`, ...), so `tensorboard --logdir runs/<dataset>` overlays M1-M4.
+Metrics come from torchmetrics and are logged each epoch under the same tags for every model
+(`train/acc`, `val/loss`, `val/balanced_acc`, `val/macro_f1`, `val/auroc`, `val/recall/<class>`),
+so `tensorboard --logdir runs/<dataset>` overlays M1-M4.
 Options the study used are kept, off by default and documented:
 - `freeze_epochs`: train only the head for the first N epochs (the backbone's BN stays in eval);
 - `bn_eval`: keep the backbone's BatchNorm in eval mode throughout. The study did this, which
@@ -42,16 +43,18 @@ def epoch_metrics(num_classes: int) -> MetricCollection:
         "balanced_acc": MulticlassRecall(num_classes, average="macro"),
         "macro_f1": MulticlassF1Score(num_classes, average="macro"),
         "auroc": MulticlassAUROC(num_classes, average="macro"),
+        "recall": MulticlassRecall(num_classes, average="none"),  # per class
     })
 
 
 class Classifier(pl.LightningModule):
-    def __init__(self, backbone: nn.Module, feature_dim: int, num_classes: int, lr: float,
+    def __init__(self, backbone: nn.Module, feature_dim: int, classes: list[str], lr: float,
                  weight_decay: float = 1e-6, head: str = "linear", freeze_epochs: int = 0,
                  bn_eval: bool = False, class_weights: torch.Tensor | None = None):
         super().__init__()
         self.save_hyperparameters(ignore=["backbone", "class_weights"])
         self.backbone = backbone
+        num_classes = len(classes)
         self.head = make_head(head, feature_dim, num_classes)
         # Class weights shape the training objective only; every reported loss is plain CE,
         # so losses stay comparable between runs with and without weighting.
@@ -102,7 +105,10 @@ class Classifier(pl.LightningModule):
         return self(x).float().softmax(dim=1)
 
     def _log_epoch(self, stage: str) -> None:
-        values = {f"{stage}/{k}": v for k, v in self.metrics[f"m_{stage}"].compute().items()}
+        computed = self.metrics[f"m_{stage}"].compute()
+        recall = computed.pop("recall")
+        values = {f"{stage}/{k}": v for k, v in computed.items()}
+        values.update({f"{stage}/recall/{c}": r for c, r in zip(self.hparams.classes, recall)})
         values[f"{stage}/loss"] = self.losses[f"m_{stage}"].compute()
         self.log_dict(values, sync_dist=True)
         self.metrics[f"m_{stage}"].reset()

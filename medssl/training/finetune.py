@@ -158,7 +158,7 @@ def run_finetune(cfg: FinetuneConfig) -> Path:
         counts = torch.bincount(torch.tensor(train_loader.dataset.targets), minlength=n_classes)
         weights = len(labelled) / (n_classes * counts.clamp_min(1).float())
 
-    module = Classifier(backbone, feature_dim(cfg.arch), n_classes, lr=cfg.lr,
+    module = Classifier(backbone, feature_dim(cfg.arch), table.classes, lr=cfg.lr,
                         weight_decay=cfg.weight_decay, head=cfg.head,
                         freeze_epochs=cfg.freeze_epochs, bn_eval=cfg.bn_eval, class_weights=weights)
     monitor, mode = f"val/{cfg.select}", SELECT_METRICS[cfg.select]

@@ -51,7 +51,7 @@ def test_pretrain_script_writes_a_strict_torchvision_backbone(tmp_path):
     model.fc = nn.Identity()
     model.load_state_dict(state, strict=True)
 
-    trained = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    trained = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     for key, value in state.items():
         assert torch.equal(value, trained[f"backbone.{key}"]), key
     meta = json.loads((out / "backbone.json").read_text())

@@ -179,7 +179,7 @@ def run_finetune(cfg: FinetuneConfig) -> Path:
         return out
 
     # Only now, with the selected checkpoint, is the test split looked at: once.
-    selected = torch.load(best.best_model_path, map_location="cpu", weights_only=False)
+    selected = torch.load(best.best_model_path, map_location="cpu", weights_only=True)
     module.load_state_dict(selected["state_dict"])
     names = list(loaders)
     outputs = trainer.predict(module, [loaders[s] for s in names], return_predictions=True)

@@ -162,6 +162,10 @@ def training_options() -> argparse.ArgumentParser:
                    help="DataLoader workers (default: CPU count, at most 8)")
     g.add_argument("--skip-bad-images", action="store_true",
                    help="leave unreadable images out instead of stopping")
+    g.add_argument("--no-cache", dest="cache", action="store_false",
+                   help="decode the original images on every read instead of using the "
+                   "preprocessed image cache ($MEDSSL_CACHE_DIR/images)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the backbone")
     g.add_argument("--max-steps", type=int, default=-1, help=argparse.SUPPRESS)
     return p
 
@@ -210,7 +214,7 @@ def hardware(args: argparse.Namespace) -> dict:
                 image_size=args.image_size, imagenet_weights=args.imagenet_weights,
                 accelerator=args.accelerator, devices=args.devices, precision=args.precision,
                 num_workers=args.num_workers, skip_bad_images=args.skip_bad_images,
-                val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+                cache=args.cache, compile=args.compile, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
                 split_file=args.split_file, read_options=data_config(args).read_options,
                 progress=sys.stderr.isatty())
 

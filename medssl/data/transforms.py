@@ -1,9 +1,19 @@
-"""Image transforms: SimCLR's two views (lightly's SimCLRTransform with presets) and evaluation."""
+"""Image transforms, split where the work is cheapest.
+
+In the loader workers, on uint8 `side x side` squares from the cache: crops and flips
+(`simclr_crops`, `finetune_crops`, `eval_crop`). Per batch on the accelerator: uint8 to normalised
+floats (`Normalize`) and, for SimCLR, colour jitter, grayscale and blur (`simclr_colour_blur`).
+Presets and knobs use lightly's SimCLRTransform names; `lightly_transform` builds lightly's own
+PIL pipeline from the same settings, the reference the fast path is tested and benchmarked against.
+"""
 
 from __future__ import annotations
 
-import torchvision.transforms as T
-from lightly.transforms import SimCLRTransform
+import torch
+from torch import nn
+from torchvision.transforms import v2
+
+from medssl.data.batch_augment import BatchColourBlur, ViewCrops
 
 # The study: random resized crop, colour jitter 0.8 with p 0.8, grayscale p 0.2, blur p 0.5, no flips.
 # X-rays: the same without hue or saturation jitter (they are grey), still no flips (anatomy).
@@ -37,28 +47,65 @@ def parse_augment_override(text: str) -> tuple[str, float | tuple[float, ...]]:
     return key, numbers if len(numbers) == 2 else numbers[0]
 
 
-def simclr_transform(image_size: int, mean, std, preset: str = "study", **overrides) -> SimCLRTransform:
-    """Two augmented views per image; any lightly SimCLRTransform argument can be overridden."""
-    # lightly's blur sigmas are in pixels and tuned for 224 px (SimCLR's kernel is 10% of the
-    # image); scaled with the image size, a 64-px view is blurred as much as a 224-px one.
+def simclr_settings(image_size: int, preset: str = "study", **overrides) -> dict:
+    """The preset's knobs with overrides. lightly's blur sigmas are in pixels and tuned for 224
+    px (SimCLR's kernel is 10% of the image); scaled with the size, a 64-px view is blurred as
+    much as a 224-px one."""
     scale = image_size / 224
-    kwargs = {**AUGMENT_PRESETS[preset], "sigmas": (0.1 * scale, 2.0 * scale), **overrides}
+    return {**AUGMENT_PRESETS[preset], "sigmas": (0.1 * scale, 2.0 * scale), **overrides}
+
+
+def simclr_crops(image_size: int, settings: dict) -> ViewCrops:
+    """Per image, in the workers: two random resized crops with the preset's flips/rotation."""
+    if settings.get("rr_prob", 0) > 0:
+        raise ValueError("rotation (rr_prob > 0) is not supported by the fast SimCLR views; "
+                         "use flips (hf_prob, vf_prob) instead")
+    return ViewCrops(image_size, settings["min_scale"], settings["hf_prob"], settings["vf_prob"])
+
+
+def simclr_colour_blur(settings: dict, mean, std) -> BatchColourBlur:
+    """Per batch, on the accelerator: colour jitter, grayscale, blur and normalisation."""
+    keys = ("cj_prob", "cj_strength", "cj_bright", "cj_contrast", "cj_sat", "cj_hue",
+            "random_gray_scale", "gaussian_blur", "sigmas")
+    return BatchColourBlur(mean, std, **{k: settings[k] for k in keys})
+
+
+def lightly_transform(image_size: int, settings: dict, mean, std):
+    """lightly's own SimCLRTransform (PIL, per image) with the same settings: the reference."""
+    from lightly.transforms import SimCLRTransform
+
     return SimCLRTransform(input_size=image_size, normalize={"mean": list(mean), "std": list(std)},
-                           **kwargs)
+                           **settings)
 
 
-def eval_transform(image_size: int, mean, std) -> T.Compose:
-    """Resize the short side to 8/7 of the size and centre-crop, as ImageNet evaluation does."""
-    return T.Compose([T.Resize(int(round(image_size * 8 / 7))), T.CenterCrop(image_size),
-                      T.ToTensor(), T.Normalize(mean, std)])
-
-
-def finetune_transform(image_size: int, mean, std, flips: str = "") -> T.Compose:
-    """Train-time augmentation for finetuning: a mild random resized crop, and flips only where
-    the anatomy allows them (`flips`: "h", "v", "hv" or "")."""
-    steps = [T.RandomResizedCrop(image_size, scale=(0.6, 1.0))]
+def finetune_crops(image_size: int, flips: str = "") -> v2.Compose:
+    """Finetuning's train-time augmentation on uint8: a mild random resized crop, and flips only
+    where the anatomy allows them (`flips`: "h", "v", "hv" or "")."""
+    steps = [v2.RandomResizedCrop(image_size, scale=(0.6, 1.0), antialias=True)]
     if "h" in flips:
-        steps.append(T.RandomHorizontalFlip())
+        steps.append(v2.RandomHorizontalFlip())
     if "v" in flips:
-        steps.append(T.RandomVerticalFlip())
-    return T.Compose(steps + [T.ToTensor(), T.Normalize(mean, std)])
+        steps.append(v2.RandomVerticalFlip())
+    return v2.Compose(steps)
+
+
+def eval_crop(image_size: int) -> v2.CenterCrop:
+    """The cached square is the image resized to 8/7 of the size: evaluation takes its centre."""
+    return v2.CenterCrop(image_size)
+
+
+class Normalize(nn.Module):
+    """uint8 batch -> normalised float batch in channels-last layout, on whatever device it is."""
+
+    def __init__(self, mean, std):
+        super().__init__()
+        std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.register_buffer("scale", 1 / (255 * std_t), persistent=False)
+        self.register_buffer("shift", -torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) / std_t,
+                             persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.uint8:
+            return x
+        x = x.float().mul_(self.scale).add_(self.shift)
+        return x.contiguous(memory_format=torch.channels_last)

@@ -51,6 +51,8 @@ class CompareConfig:
     precision: str | None = None
     num_workers: int | None = None
     skip_bad_images: bool = False
+    cache: bool = True
+    compile: bool = False
     progress: bool = True
 
 
@@ -108,6 +110,7 @@ def run_compare(cfg: CompareConfig) -> tuple[str, Path]:
                   split_file=str(split), accelerator=cfg.accelerator, devices=cfg.devices,
                   precision=cfg.precision, num_workers=cfg.num_workers,
                   skip_bad_images=cfg.skip_bad_images, read_options=cfg.read_options,
+                  cache=cfg.cache, compile=cfg.compile,
                   progress=cfg.progress)
 
     for init in sorted({MODELS[m].init for m in models if MODELS[m].ssl}):

@@ -50,10 +50,16 @@ def epoch_metrics(num_classes: int) -> MetricCollection:
 class Classifier(pl.LightningModule):
     def __init__(self, backbone: nn.Module, feature_dim: int, classes: list[str], lr: float,
                  weight_decay: float = 1e-6, head: str = "linear", freeze_epochs: int = 0,
-                 bn_eval: bool = False, class_weights: torch.Tensor | None = None):
+                 bn_eval: bool = False, class_weights: torch.Tensor | None = None,
+                 input_transform: nn.Module | None = None, compile_model: bool = False):
         super().__init__()
-        self.save_hyperparameters(ignore=["backbone", "class_weights"])
-        self.backbone = backbone
+        self.save_hyperparameters(ignore=["backbone", "class_weights", "input_transform"])
+        self.backbone = backbone.to(memory_format=torch.channels_last)
+        # uint8 batches become normalised floats on the accelerator, after the transfer.
+        self.input_transform = input_transform
+        # Kept out of the module tree: the compiled wrapper shares the backbone's weights, and a
+        # second registration would write every weight twice into checkpoints.
+        self.__dict__["_encode"] = torch.compile(self.backbone) if compile_model else self.backbone
         num_classes = len(classes)
         self.head = make_head(head, feature_dim, num_classes)
         # Class weights shape the training objective only; every reported loss is plain CE,
@@ -64,7 +70,11 @@ class Classifier(pl.LightningModule):
         self.losses = nn.ModuleDict({f"m_{s}": MeanMetric() for s in STAGES})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
+        return self.head(self._encode(x))
+
+    def on_after_batch_transfer(self, batch, dataloader_idx):
+        x, y = batch
+        return (self.input_transform(x) if self.input_transform is not None else x), y
 
     def _backbone_frozen(self) -> bool:
         return self.current_epoch < self.hparams.freeze_epochs

@@ -59,6 +59,8 @@ class FinetuneConfig:
     num_workers: int | None = None
     skip_bad_images: bool = False
     max_steps: int = -1
+    cache: bool = True  # the preprocessed image cache; False decodes the originals every time
+    compile: bool = False  # torch.compile the backbone
     progress: bool = True
 
 
@@ -103,13 +105,13 @@ def run_finetune(cfg: FinetuneConfig) -> Path:
     from medssl import __version__
     from medssl.data import DataConfig, prepare
     from medssl.data.splits import label_subset, write_split_csv
-    from medssl.data.transforms import eval_transform, finetune_transform
+    from medssl.data.transforms import Normalize, eval_crop, finetune_crops
     from medssl.models import feature_dim
     from medssl.models.checkpoints import atomic_write
     from medssl.models.priors import load_prior
     from medssl.presets import preset_for
     from medssl.training.classifier import Classifier
-    from medssl.training.loaders import default_precision, make_loader
+    from medssl.training.loaders import default_precision, make_loader, open_cache
     from medssl.training.metrics import classification_metrics
 
     cfg = resolve(cfg)
@@ -140,12 +142,12 @@ def run_finetune(cfg: FinetuneConfig) -> Path:
         write_split_csv(labelled, out / "labelled_train.csv")
 
     p = preset_for(cfg.dataset)
-    plain = eval_transform(cfg.image_size, p.mean, p.std)
-    augmented = finetune_transform(cfg.image_size, p.mean, p.std, p.flips)
+    plain = eval_crop(cfg.image_size)
     n_classes = len(table.classes)
-    train_loader = make_loader(table, labelled, augmented, cfg, train=True,
-                               balanced=cfg.balanced_sampling)
-    loaders = {split: make_loader(table, rows, plain, cfg)
+    cache = open_cache(table, cfg)
+    train_loader = make_loader(table, labelled, finetune_crops(cfg.image_size, p.flips), cfg, cache,
+                               train=True, balanced=cfg.balanced_sampling)
+    loaders = {split: make_loader(table, rows, plain, cfg, cache)
                for split, rows in (("train", labelled),
                                    ("val", table.samples[table.samples["split"] == "val"]),
                                    ("test", table.samples[table.samples["split"] == "test"]))}
@@ -160,7 +162,8 @@ def run_finetune(cfg: FinetuneConfig) -> Path:
 
     module = Classifier(backbone, feature_dim(cfg.arch), table.classes, lr=cfg.lr,
                         weight_decay=cfg.weight_decay, head=cfg.head,
-                        freeze_epochs=cfg.freeze_epochs, bn_eval=cfg.bn_eval, class_weights=weights)
+                        freeze_epochs=cfg.freeze_epochs, bn_eval=cfg.bn_eval, class_weights=weights,
+                        input_transform=Normalize(p.mean, p.std), compile_model=cfg.compile)
     monitor, mode = f"val/{cfg.select}", SELECT_METRICS[cfg.select]
     best = ModelCheckpoint(dirpath=str(out / "checkpoints"), filename="best", monitor=monitor,
                            mode=mode, save_top_k=1, save_last=True)

@@ -23,10 +23,15 @@ log = logging.getLogger("medssl")
 
 
 @torch.no_grad()
-def embed(backbone: torch.nn.Module, loader, device) -> tuple[torch.Tensor, torch.Tensor]:
+def embed(backbone: torch.nn.Module, loader, device, normalize=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """L2-normalised features and labels of every image of `loader` (uint8 batches are turned
+    into normalised floats on the device by `normalize`)."""
     feats, labels = [], []
     for x, y in loader:
-        feats.append(F.normalize(backbone(x.to(device)).float(), dim=1).cpu())
+        x = x.to(device)
+        if normalize is not None:
+            x = normalize.to(device)(x)
+        feats.append(F.normalize(backbone(x).float(), dim=1).cpu())
         labels.append(torch.as_tensor(y))
     return torch.cat(feats), torch.cat(labels)
 
@@ -39,13 +44,14 @@ def knn_accuracy(train_feats, train_labels, val_feats, val_labels, num_classes: 
 
 
 def evaluate_features(backbone: torch.nn.Module, train_loader, val_loader, num_classes: int,
-                      device="cpu", k: int = 20, shots: int = 5, seed: int = 0) -> dict:
+                      device="cpu", k: int = 20, shots: int = 5, seed: int = 0,
+                      normalize=None) -> dict:
     """kNN and few-shot probe accuracy of `backbone` on val; the backbone's mode is restored."""
     was_training = backbone.training
     backbone.eval()
     try:
-        tf, tl = embed(backbone, train_loader, device)
-        vf, vl = embed(backbone, val_loader, device)
+        tf, tl = embed(backbone, train_loader, device, normalize)
+        vf, vl = embed(backbone, val_loader, device, normalize)
     finally:
         backbone.train(was_training)
     return {"knn_acc": knn_accuracy(tf, tl, vf, vl, num_classes, k),
@@ -53,15 +59,17 @@ def evaluate_features(backbone: torch.nn.Module, train_loader, val_loader, num_c
 
 
 class KNNMonitor(pl.Callback):
-    def __init__(self, train_loader, val_loader, num_classes: int, k: int = 20, shots: int = 5):
+    def __init__(self, train_loader, val_loader, num_classes: int, k: int = 20, shots: int = 5,
+                 normalize=None):
         self.train_loader, self.val_loader = train_loader, val_loader
+        self.normalize = normalize
         self.num_classes, self.k, self.shots = num_classes, k, shots
         self.initial: dict | None = None  # the prior's scores, before any SimCLR step
         self.last: dict | None = None
 
     def measure(self, backbone: torch.nn.Module, device) -> dict:
         return evaluate_features(backbone, self.train_loader, self.val_loader, self.num_classes,
-                                 device, self.k, self.shots)
+                                 device, self.k, self.shots, normalize=self.normalize)
 
     def on_train_start(self, trainer, pl_module):
         if self.initial is None:  # a resumed run keeps the baseline from its checkpoint

@@ -32,10 +32,23 @@ def default_precision() -> str:
     return "bf16-mixed" if cuda and torch.cuda.is_bf16_supported() else "32-true"
 
 
-def make_loader(table, rows, transform, cfg, train: bool = False, balanced: bool = False,
-                drop_last: bool = False) -> DataLoader:
+def open_cache(table, cfg):
+    """The preprocessed image cache of this table at this size (built where missing), or None
+    with `--no-cache`, which decodes the originals on every read instead."""
+    from medssl.data.cache import ImageCache, cache_side
+
+    if not cfg.cache:
+        return None
+    return ImageCache.build(table.root, list(table.samples["path"]), cache_side(cfg.image_size),
+                            progress=cfg.progress)
+
+
+def make_loader(table, rows, transform, cfg, cache=None, train: bool = False,
+                balanced: bool = False, drop_last: bool = False) -> DataLoader:
     """A loader over `rows` of `table`; shuffled (or class-balanced) when `train`."""
-    dataset = ImageDataset(table, rows, transform, cfg.image_size)
+    from medssl.data.cache import cache_side
+
+    dataset = ImageDataset(table, rows, transform, cache_side(cfg.image_size), cache)
     sampler = None
     if train and balanced:
         # Each class drawn equally often: weight every image by 1 / its class's size.

@@ -48,6 +48,8 @@ class PretrainConfig:
     test_fraction: float | None = None
     read_options: object = None  # ReadOptions: csv column names
     max_steps: int = -1
+    cache: bool = True  # the preprocessed image cache; False decodes the originals every time
+    compile: bool = False  # torch.compile the backbone
     progress: bool = True
     extra: dict = field(default_factory=dict)
 
@@ -74,11 +76,12 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
     from medssl import __version__
     from medssl.data import DataConfig, prepare
     from medssl.data.splits import write_split_csv
-    from medssl.data.transforms import eval_transform, simclr_transform
+    from medssl.data.transforms import (Normalize, eval_crop, simclr_colour_blur, simclr_crops,
+                                        simclr_settings)
     from medssl.models import build_backbone, feature_dim, save_backbone
     from medssl.presets import preset_for
     from medssl.training.knn import KNNMonitor
-    from medssl.training.loaders import default_precision, make_loader
+    from medssl.training.loaders import default_precision, make_loader, open_cache
     from medssl.training.simclr import SimCLR
 
     cfg = resolve(cfg)
@@ -97,22 +100,27 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
     write_split_csv(table.samples, out / "split.csv")
 
     p = preset_for(cfg.dataset)
-    views = simclr_transform(cfg.image_size, p.mean, p.std, cfg.augment, **cfg.augment_overrides)
+    settings = simclr_settings(cfg.image_size, cfg.augment, **cfg.augment_overrides)
     n_train = int((table.samples["split"] == "train").sum())
     if n_train < 2:
         raise MedsslError(f"The train split of {cfg.dataset} has {n_train} image(s); "
                           "SimCLR needs at least 2.")
     cfg.batch_size = min(cfg.batch_size, n_train)
-    train_loader = make_loader(table, "train", views, cfg, train=True, drop_last=True)
-    plain = eval_transform(cfg.image_size, p.mean, p.std)
-    knn = KNNMonitor(make_loader(table, "train", plain, cfg), make_loader(table, "val", plain, cfg),
-                     num_classes=len(table.classes))
+    cache = open_cache(table, cfg)
+    train_loader = make_loader(table, "train", simclr_crops(cfg.image_size, settings), cfg, cache,
+                               train=True, drop_last=True)
+    plain = eval_crop(cfg.image_size)
+    knn = KNNMonitor(make_loader(table, "train", plain, cfg, cache),
+                     make_loader(table, "val", plain, cfg, cache), num_classes=len(table.classes),
+                     normalize=Normalize(p.mean, p.std))
     batch_size = cfg.batch_size
 
     backbone = build_backbone(cfg.arch, cfg.init, cfg.imagenet_weights)
     module = SimCLR(backbone, feature_dim(cfg.arch), lr=cfg.lr, weight_decay=cfg.weight_decay,
                     warmup_epochs=cfg.warmup_epochs, temperature=cfg.temperature,
-                    optimizer=cfg.optimizer, exclude_bn_bias=cfg.exclude_bn_bias)
+                    optimizer=cfg.optimizer, exclude_bn_bias=cfg.exclude_bn_bias,
+                    batch_transform=simclr_colour_blur(settings, p.mean, p.std),
+                    compile_model=cfg.compile)
     precision = cfg.precision or default_precision()
     trainer = pl.Trainer(
         max_epochs=cfg.epochs, max_steps=cfg.max_steps, accelerator=cfg.accelerator,
@@ -131,7 +139,7 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
             "image_size": cfg.image_size, "normalize": {"mean": list(p.mean), "std": list(p.std)},
             "epochs": trainer.current_epoch, "steps": trainer.global_step,
             "batch_size": batch_size, "lr": cfg.lr, "augment": cfg.augment,
-            "augment_overrides": cfg.augment_overrides,
+            "augment_overrides": cfg.augment_overrides, "augmentation": settings,
             "final_loss": float(loss) if loss is not None else None,
             "final_knn_acc": knn.last and knn.last["knn_acc"],
             "final_fewshot_acc": knn.last and knn.last["fewshot_acc"],

@@ -20,15 +20,31 @@ from torch import nn
 class SimCLR(pl.LightningModule):
     def __init__(self, backbone: nn.Module, feature_dim: int, lr: float = 1e-3,
                  weight_decay: float = 1e-6, warmup_epochs: int = 10, temperature: float = 0.1,
-                 optimizer: str = "adam", exclude_bn_bias: bool = False, projection_dim: int = 128):
+                 optimizer: str = "adam", exclude_bn_bias: bool = False, projection_dim: int = 128,
+                 batch_transform: nn.Module | None = None, compile_model: bool = False):
         super().__init__()
-        self.save_hyperparameters(ignore=["backbone"])
-        self.backbone = backbone
+        self.save_hyperparameters(ignore=["backbone", "batch_transform"])
+        # channels-last is the layout convolutions run fastest in with mixed precision on GPUs.
+        self.backbone = backbone.to(memory_format=torch.channels_last)
         self.projection_head = SimCLRProjectionHead(feature_dim, feature_dim, projection_dim)
         self.criterion = NTXentLoss(temperature=temperature, gather_distributed=True)
+        # Colour jitter, grayscale, blur and normalisation of the uint8 views, per batch, on the
+        # accelerator (see medssl.data.batch_augment). None: the loader already made float views.
+        self.batch_transform = batch_transform
+        # Kept out of the module tree: the compiled wrapper shares the backbone's weights, and a
+        # second registration would write every weight twice into checkpoints.
+        self.__dict__["_encode"] = torch.compile(self.backbone) if compile_model else self.backbone
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.projection_head(self.backbone(x))
+        return self.projection_head(self._encode(x))
+
+    def on_after_batch_transfer(self, batch, dataloader_idx):
+        (view0, view1), labels = batch
+        if self.batch_transform is not None and view0.dtype == torch.uint8:
+            # Both views in one call: one set of kernels for the whole batch.
+            both = self.batch_transform(torch.cat([view0, view1]))
+            view0, view1 = both.contiguous(memory_format=torch.channels_last).chunk(2)
+        return (view0, view1), labels
 
     def training_step(self, batch, batch_idx):
         (view0, view1), _ = batch

@@ -166,6 +166,8 @@ def training_options() -> argparse.ArgumentParser:
                    help="decode the original images on every read instead of using the "
                    "preprocessed image cache ($MEDSSL_CACHE_DIR/images)")
     g.add_argument("--compile", action="store_true", help="torch.compile the backbone")
+    g.add_argument("--deterministic", action="store_true",
+                   help="deterministic algorithms only: identical reruns on GPUs too, but slower")
     g.add_argument("--max-steps", type=int, default=-1, help=argparse.SUPPRESS)
     return p
 
@@ -214,7 +216,8 @@ def hardware(args: argparse.Namespace) -> dict:
                 image_size=args.image_size, imagenet_weights=args.imagenet_weights,
                 accelerator=args.accelerator, devices=args.devices, precision=args.precision,
                 num_workers=args.num_workers, skip_bad_images=args.skip_bad_images,
-                cache=args.cache, compile=args.compile, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+                cache=args.cache, compile=args.compile, deterministic=args.deterministic,
+                val_fraction=args.val_fraction, test_fraction=args.test_fraction,
                 split_file=args.split_file, read_options=data_config(args).read_options,
                 progress=sys.stderr.isatty())
 

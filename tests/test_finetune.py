@@ -207,3 +207,17 @@ def test_finetuning_script_names_its_preset_and_passes_flags(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert m["dataset"] == "covid19" and m["config"]["arch"] == "resnet18"
+
+
+def test_two_seeded_cpu_runs_write_identical_metrics(tmp_path, cli):
+    root = fx.make_covid19(tmp_path, per_class=6)
+    runs = []
+    for name in ("a", "b"):
+        code, _, err = cli("finetune", "--dataset", "covid19", "--data-root", root, "--model", "M1",
+                           "--epochs", "2", "--seed", "3", "--deterministic", "--out",
+                           tmp_path / name, *FAST)
+        assert code == 0, err
+        m = json.loads((tmp_path / name / "metrics.json").read_text())
+        del m["wall_time_s"], m["config"]["out"]
+        runs.append(m)
+    assert runs[0] == runs[1]

@@ -145,3 +145,38 @@ def test_skipped_bad_images_are_recorded_in_the_run_metadata(tmp_path, cli):
     assert cli(*args, "--skip-bad-images")[0] == 0
     meta = json.loads((tmp_path / "run" / "backbone.json").read_text())
     assert meta["data"]["skipped_bad_images"] == ["train/Normal/02.jpg"]
+
+
+class Payload:
+    """A pickle that, when unpickled, would create a file: what a malicious checkpoint does."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_malicious_checkpoint_is_refused_and_its_payload_never_runs(tmp_path):
+    marker = tmp_path / "payload_ran"
+    torch.save({"conv1.weight": Payload(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(MedsslError, match="weights_only"):
+        load_backbone_file(build_backbone("resnet18"), tmp_path / "evil.pt")
+    assert not marker.exists()
+
+
+def test_safetensors_backbones_load_strictly(tmp_path):
+    from safetensors.torch import save_file
+
+    torch.manual_seed(4)
+    model = build_backbone("resnet18")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+              str(tmp_path / "backbone.safetensors"))
+    loaded = build_backbone("resnet18")
+    load_backbone_file(loaded, tmp_path / "backbone.safetensors")
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.state_dict().items())
+    with pytest.raises(MedsslError, match="missing key|shape mismatch"):
+        load_backbone_file(build_backbone("resnet34"), tmp_path / "backbone.safetensors")
+    (tmp_path / "broken.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(MedsslError, match="not a readable safetensors file"):
+        load_backbone_file(build_backbone("resnet18"), tmp_path / "broken.safetensors")

@@ -134,8 +134,10 @@ class BatchColourBlur(nn.Module):
     def forward(self, views: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         params = self.draw(len(views), generator)
         out = torch.empty(views.shape, dtype=torch.float32, device=views.device)
-        for start in range(0, len(views), self.chunk):
-            part = slice(start, start + self.chunk)
+        # Chunks help a CPU's caches; a GPU wants the whole batch in each kernel.
+        chunk = self.chunk if views.device.type == "cpu" else len(views)
+        for start in range(0, len(views), chunk):
+            part = slice(start, start + chunk)
             p = {k: v[part].to(views.device) for k, v in params.items()}
             out[part] = self._augment(views[part].float().div_(255), p)
         return out.mul_(self.scale * 255).add_(self.shift)

@@ -53,6 +53,7 @@ class CompareConfig:
     skip_bad_images: bool = False
     cache: bool = True
     compile: bool = False
+    deterministic: bool = False  # deterministic algorithms only (slower on GPUs)
     progress: bool = True
 
 
@@ -110,7 +111,7 @@ def run_compare(cfg: CompareConfig) -> tuple[str, Path]:
                   split_file=str(split), accelerator=cfg.accelerator, devices=cfg.devices,
                   precision=cfg.precision, num_workers=cfg.num_workers,
                   skip_bad_images=cfg.skip_bad_images, read_options=cfg.read_options,
-                  cache=cfg.cache, compile=cfg.compile,
+                  cache=cfg.cache, compile=cfg.compile, deterministic=cfg.deterministic,
                   progress=cfg.progress)
 
     for init in sorted({MODELS[m].init for m in models if MODELS[m].ssl}):

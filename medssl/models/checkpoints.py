@@ -36,10 +36,19 @@ def save_backbone(model: nn.Module, path: Path, meta: dict) -> None:
 
 
 def read_state_dict(path: Path) -> dict:
-    """A state_dict from a file, never running pickled code."""
+    """A state_dict from a file, never running pickled code: `.safetensors` files hold tensors
+    only; anything else goes through `torch.load(weights_only=True)`, which refuses pickled code."""
     path = Path(path)
     if not path.is_file():
         raise MedsslError(f"Checkpoint {path} does not exist.")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except (SafetensorError, OSError) as exc:
+            raise MedsslError(f"{path} is not a readable safetensors file ({exc}).") from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:

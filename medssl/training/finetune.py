@@ -61,6 +61,7 @@ class FinetuneConfig:
     max_steps: int = -1
     cache: bool = True  # the preprocessed image cache; False decodes the originals every time
     compile: bool = False  # torch.compile the backbone
+    deterministic: bool = False  # deterministic algorithms only (slower on GPUs)
     progress: bool = True
 
 
@@ -170,7 +171,7 @@ def run_finetune(cfg: FinetuneConfig) -> Path:
     trainer = pl.Trainer(
         max_epochs=cfg.epochs, max_steps=cfg.max_steps, accelerator=cfg.accelerator,
         devices=cfg.devices, precision=cfg.precision or default_precision(),
-        default_root_dir=str(out), deterministic="warn",
+        default_root_dir=str(out), deterministic=cfg.deterministic or None,
         logger=[TensorBoardLogger(str(out), name="tensorboard", version=""),
                 CSVLogger(str(out), name="logs", version="")],
         callbacks=[best],

@@ -50,6 +50,7 @@ class PretrainConfig:
     max_steps: int = -1
     cache: bool = True  # the preprocessed image cache; False decodes the originals every time
     compile: bool = False  # torch.compile the backbone
+    deterministic: bool = False  # deterministic algorithms only (slower on GPUs)
     progress: bool = True
     extra: dict = field(default_factory=dict)
 
@@ -125,6 +126,7 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
     trainer = pl.Trainer(
         max_epochs=cfg.epochs, max_steps=cfg.max_steps, accelerator=cfg.accelerator,
         devices=cfg.devices, precision=precision, default_root_dir=str(out),
+        deterministic=cfg.deterministic or None,
         logger=TensorBoardLogger(str(out), name="tensorboard", version=""),
         callbacks=[ModelCheckpoint(dirpath=str(out / "checkpoints"), save_last=True,
                                    save_top_k=0), knn, LearningRateMonitor("step")],

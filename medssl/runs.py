@@ -11,6 +11,7 @@ A run counts as finished only when its last, atomically written file exists.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from medssl.errors import MedsslError
@@ -49,4 +50,10 @@ def open_run_folder(out: Path, finished_file: str, force: bool, resume: bool) ->
     last = out / "checkpoints" / "last.ckpt"
     if resume and not last.is_file():
         raise MedsslError(f"--resume: no checkpoint at {last}. Fix: drop --resume to start anew.")
-    return last if resume else None
+    if resume:
+        return last
+    # A fresh start: what an earlier, unfinished or forced-over run left must not be mistaken
+    # for this run's (a stale last.ckpt would be what a later --resume continues from).
+    for owned in ("checkpoints", "logs", "tensorboard"):
+        shutil.rmtree(out / owned, ignore_errors=True)
+    return None

@@ -13,12 +13,15 @@ from torch.utils.data import Dataset
 
 from medssl.data.cache import ImageCache, square
 from medssl.data.registry import SampleTable
+from medssl.data.sampling import stream_seed
 
 
 class ImageDataset(Dataset):
     def __init__(self, table: SampleTable, rows: str | pd.DataFrame | None, transform, side: int,
-                 cache: ImageCache | None = None):
-        """`rows`: a split name, a subset of `table.samples`, or None for every sample."""
+                 cache: ImageCache | None = None, augment_seed: int | None = None):
+        """`rows`: a split name, a subset of `table.samples`, or None for every sample.
+        `augment_seed`: seed the transform of index `epoch * len + i` by (seed, epoch, i), so a
+        sample's augmentation does not depend on workers or on where a run was resumed."""
         if rows is None:
             rows = table.samples
         elif isinstance(rows, str):
@@ -28,6 +31,7 @@ class ImageDataset(Dataset):
         index = {c: i for i, c in enumerate(table.classes)}
         self.targets = [index[label] for label in rows["label"]]
         self.transform, self.side, self.cache = transform, side, cache
+        self.augment_seed = augment_seed
 
     def __len__(self) -> int:
         return len(self.rel_paths)
@@ -38,5 +42,12 @@ class ImageDataset(Dataset):
         pixels = self.cache.get(rel) if self.cache else square(self.root / rel, self.side)
         return torch.from_numpy(pixels.copy()).permute(2, 0, 1)
 
-    def __getitem__(self, i: int):
-        return self.transform(self.image(i)), self.targets[i]
+    def __getitem__(self, k: int):
+        epoch, i = divmod(k, len(self))
+        if self.augment_seed is None:
+            return self.transform(self.image(i)), self.targets[i]
+        # torchvision's random transforms draw from the global RNG: seed it for this sample only,
+        # and leave the process's own stream as it was (with 0 workers this is the main process).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(stream_seed(self.augment_seed, epoch, i))
+            return self.transform(self.image(i)), self.targets[i]

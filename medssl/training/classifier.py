@@ -21,6 +21,8 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import (MulticlassAccuracy, MulticlassAUROC, MulticlassF1Score,
                                          MulticlassRecall)
 
+from medssl.data.sampling import stream_seed
+
 log = logging.getLogger("medssl")
 HEADS = ("linear", "mlp")
 STAGES = ("train", "val", "test")
@@ -51,7 +53,8 @@ class Classifier(pl.LightningModule):
     def __init__(self, backbone: nn.Module, feature_dim: int, classes: list[str], lr: float,
                  weight_decay: float = 1e-6, head: str = "linear", freeze_epochs: int = 0,
                  bn_eval: bool = False, class_weights: torch.Tensor | None = None,
-                 input_transform: nn.Module | None = None, compile_model: bool = False):
+                 input_transform: nn.Module | None = None, compile_model: bool = False,
+                 seed: int = 0):
         super().__init__()
         self.save_hyperparameters(ignore=["backbone", "class_weights", "input_transform"])
         self.backbone = backbone.to(memory_format=torch.channels_last)
@@ -80,6 +83,9 @@ class Classifier(pl.LightningModule):
         return self.current_epoch < self.hparams.freeze_epochs
 
     def on_train_epoch_start(self):
+        # Dropout (the mlp head) draws from the global RNG: a stream per epoch, so that a run
+        # resumed at epoch k draws what an uninterrupted run draws there.
+        torch.manual_seed(stream_seed(self.hparams.seed, self.current_epoch))
         frozen = self._backbone_frozen()
         for p in self.backbone.parameters():
             p.requires_grad_(not frozen)

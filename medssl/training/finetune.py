@@ -164,17 +164,22 @@ def run_finetune(cfg: FinetuneConfig) -> Path:
     module = Classifier(backbone, feature_dim(cfg.arch), table.classes, lr=cfg.lr,
                         weight_decay=cfg.weight_decay, head=cfg.head,
                         freeze_epochs=cfg.freeze_epochs, bn_eval=cfg.bn_eval, class_weights=weights,
-                        input_transform=Normalize(p.mean, p.std), compile_model=cfg.compile)
+                        input_transform=Normalize(p.mean, p.std), compile_model=cfg.compile,
+                        seed=cfg.seed)
     monitor, mode = f"val/{cfg.select}", SELECT_METRICS[cfg.select]
     best = ModelCheckpoint(dirpath=str(out / "checkpoints"), filename="best", monitor=monitor,
-                           mode=mode, save_top_k=1, save_last=True)
+                           mode=mode, save_top_k=1, enable_version_counter=False)
+    # Every epoch, for --resume. (Lightning's save_last copies only when `best` saves, so after
+    # the best epoch it would go stale and a resumed run would repeat epochs.)
+    latest = ModelCheckpoint(dirpath=str(out / "checkpoints"), filename="last", save_top_k=1,
+                             enable_version_counter=False)
     trainer = pl.Trainer(
         max_epochs=cfg.epochs, max_steps=cfg.max_steps, accelerator=cfg.accelerator,
         devices=cfg.devices, precision=cfg.precision or default_precision(),
         default_root_dir=str(out), deterministic=cfg.deterministic or None,
         logger=[TensorBoardLogger(str(out), name="tensorboard", version=""),
                 CSVLogger(str(out), name="logs", version="")],
-        callbacks=[best],
+        callbacks=[best, latest],
         enable_progress_bar=cfg.progress, log_every_n_steps=1, enable_model_summary=False,
         num_sanity_val_steps=0)
     trainer.fit(module, train_loader, loaders["val"],

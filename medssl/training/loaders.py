@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import torch
-from torch.utils.data import DataLoader, WeightedRandomSampler
+from torch.utils.data import DataLoader
+
+from medssl.data.sampling import EpochSampler
 
 from medssl.data.torch_dataset import ImageDataset
 
@@ -48,16 +50,17 @@ def make_loader(table, rows, transform, cfg, cache=None, train: bool = False,
     """A loader over `rows` of `table`; shuffled (or class-balanced) when `train`."""
     from medssl.data.cache import cache_side
 
-    dataset = ImageDataset(table, rows, transform, cache_side(cfg.image_size), cache)
+    dataset = ImageDataset(table, rows, transform, cache_side(cfg.image_size), cache,
+                           augment_seed=cfg.seed if train else None)
     sampler = None
-    if train and balanced:
-        # Each class drawn equally often: weight every image by 1 / its class's size.
-        targets = torch.tensor(dataset.targets)
-        weights = 1.0 / torch.bincount(targets).float()[targets]
-        sampler = WeightedRandomSampler(weights, len(dataset), replacement=True,
-                                        generator=torch.Generator().manual_seed(cfg.seed))
+    if train:
+        weights = None
+        if balanced:  # each class drawn equally often: weight every image by 1 / its class's size
+            targets = torch.tensor(dataset.targets)
+            weights = 1.0 / torch.bincount(targets).float()[targets]
+        sampler = EpochSampler(len(dataset), cfg.seed, weights)
     return DataLoader(dataset, batch_size=min(cfg.batch_size, max(1, len(dataset))),
-                      shuffle=train and sampler is None, sampler=sampler, drop_last=drop_last,
+                      sampler=sampler, drop_last=drop_last,
                       num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0,
                       pin_memory=torch.cuda.is_available())
 

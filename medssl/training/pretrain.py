@@ -121,7 +121,7 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
                     warmup_epochs=cfg.warmup_epochs, temperature=cfg.temperature,
                     optimizer=cfg.optimizer, exclude_bn_bias=cfg.exclude_bn_bias,
                     batch_transform=simclr_colour_blur(settings, p.mean, p.std),
-                    compile_model=cfg.compile)
+                    compile_model=cfg.compile, seed=cfg.seed)
     precision = cfg.precision or default_precision()
     trainer = pl.Trainer(
         max_epochs=cfg.epochs, max_steps=cfg.max_steps, accelerator=cfg.accelerator,
@@ -129,7 +129,7 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
         deterministic=cfg.deterministic or None,
         logger=TensorBoardLogger(str(out), name="tensorboard", version=""),
         callbacks=[ModelCheckpoint(dirpath=str(out / "checkpoints"), save_last=True,
-                                   save_top_k=0), knn, LearningRateMonitor("step")],
+                                   save_top_k=0, enable_version_counter=False), knn, LearningRateMonitor("step")],
         enable_progress_bar=cfg.progress, log_every_n_steps=1, enable_model_summary=False)
     trainer.fit(module, train_loader, ckpt_path=resume_from)
 

@@ -16,12 +16,15 @@ from lightly.utils.lars import LARS
 from lightly.utils.scheduler import cosine_warmup_schedule
 from torch import nn
 
+from medssl.data.sampling import stream_seed
+
 
 class SimCLR(pl.LightningModule):
     def __init__(self, backbone: nn.Module, feature_dim: int, lr: float = 1e-3,
                  weight_decay: float = 1e-6, warmup_epochs: int = 10, temperature: float = 0.1,
                  optimizer: str = "adam", exclude_bn_bias: bool = False, projection_dim: int = 128,
-                 batch_transform: nn.Module | None = None, compile_model: bool = False):
+                 batch_transform: nn.Module | None = None, compile_model: bool = False,
+                 seed: int = 0):
         super().__init__()
         self.save_hyperparameters(ignore=["backbone", "batch_transform"])
         # channels-last is the layout convolutions run fastest in with mixed precision on GPUs.
@@ -42,7 +45,9 @@ class SimCLR(pl.LightningModule):
         (view0, view1), labels = batch
         if self.batch_transform is not None and view0.dtype == torch.uint8:
             # Both views in one call: one set of kernels for the whole batch.
-            both = self.batch_transform(torch.cat([view0, view1]))
+            # Seeded by (seed, step): a resumed run draws what an uninterrupted one would.
+            g = torch.Generator().manual_seed(stream_seed(self.hparams.seed, self.global_step))
+            both = self.batch_transform(torch.cat([view0, view1]), generator=g)
             view0, view1 = both.contiguous(memory_format=torch.channels_last).chunk(2)
         return (view0, view1), labels
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import sys
@@ -361,6 +362,13 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except MedsslError as exc:
         print(f"medssl: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        from medssl.models.checkpoints import disk_full_message
+
+        print(f"medssl: error: {disk_full_message(exc.filename or 'a file')}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("medssl: interrupted", file=sys.stderr)

@@ -6,17 +6,25 @@
         M1/seed0/ ... M4/seed2/     finetuning runs at label fraction 1: metrics.json when finished
         M1/frac0.1/seed0/ ...       finetuning runs at a smaller label fraction
         results.csv results.md curves.png
-A run counts as finished only when its last, atomically written file exists.
+
+Every result file is written to a temporary name and renamed. Last of all a run writes its
+completion marker, `finished.json`, with the size of each result file: a run counts as finished
+only when the marker is there and every file it lists has that size.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
+from datetime import datetime, timezone
 from pathlib import Path
 
 from medssl.errors import MedsslError
 
 RUNS = Path("runs")
+MARKER = "finished.json"
+SSL_OUTPUTS = ("backbone.pt", "backbone.json")
+FINETUNE_OUTPUTS = ("metrics.json", "val_predictions.csv", "test_predictions.csv")
 
 
 def dataset_dir(dataset: str) -> Path:
@@ -32,24 +40,48 @@ def finetune_dir(base: Path, model: str, seed: int, label_fraction: float = 1.0)
     return Path(base) / model / frac / f"seed{seed}"
 
 
+def mark_finished(run: Path, outputs: tuple[str, ...]) -> None:
+    """Write the completion marker: call it after every file in `outputs` is in place."""
+    from medssl.models.checkpoints import atomic_write
+
+    run = Path(run)
+    marker = {"finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "files": {name: (run / name).stat().st_size for name in outputs}}
+    atomic_write(run / MARKER, lambda p: p.write_text(json.dumps(marker, indent=2)))
+
+
+def is_finished(run: Path) -> bool:
+    """Whether `run` has its marker and every file the marker lists, at the listed size."""
+    try:
+        files = json.loads((Path(run) / MARKER).read_text())["files"]
+        return all((Path(run) / name).stat().st_size == size for name, size in files.items())
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 def ssl_finished(run: Path) -> bool:
-    return (Path(run) / "backbone.pt").is_file() and (Path(run) / "backbone.json").is_file()
+    return is_finished(run) and all((Path(run) / f).is_file() for f in SSL_OUTPUTS)
 
 
 def finetune_finished(run: Path) -> bool:
-    return (Path(run) / "metrics.json").is_file()
+    return is_finished(run) and all((Path(run) / f).is_file() for f in FINETUNE_OUTPUTS)
 
 
-def open_run_folder(out: Path, finished_file: str, force: bool, resume: bool) -> Path | None:
+def open_run_folder(out: Path, outputs: tuple[str, ...], force: bool, resume: bool) -> Path | None:
     """Refuse to overwrite a finished run without `force`; return the checkpoint to resume from
-    (None for a fresh start), refusing `resume` when there is none."""
+    (None for a fresh start), refusing `resume` when there is none.
+
+    Whatever goes ahead, the marker and the result files of an earlier run are removed first: a
+    forced rerun cut off half-way must not look finished with the old run's results."""
     out = Path(out)
-    if (out / finished_file).is_file() and not force:
-        raise MedsslError(f"{out} already holds a finished run ({finished_file}). "
+    if is_finished(out) and not force:
+        raise MedsslError(f"{out} already holds a finished run ({MARKER}). "
                           "Fix: pass --force to run it again, or --out another folder.")
     last = out / "checkpoints" / "last.ckpt"
     if resume and not last.is_file():
         raise MedsslError(f"--resume: no checkpoint at {last}. Fix: drop --resume to start anew.")
+    for name in (MARKER, *outputs):
+        (out / name).unlink(missing_ok=True)
     if resume:
         return last
     # A fresh start: what an earlier, unfinished or forced-over run left must not be mistaken

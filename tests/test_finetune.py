@@ -138,7 +138,7 @@ def test_finetune_outputs_and_finished_folder(tmp_path, cli):
     assert {"train/acc", "val/acc", "train/loss", "val/loss", "val/balanced_acc", "val/auroc",
             "val/macro_f1", "val/recall/Viral Pneumonia"} <= set(curves.columns)
     code, _, err = cli(*args)
-    assert code == 2 and "already holds a finished run (metrics.json)" in err
+    assert code == 2 and "already holds a finished run (finished.json)" in err
 
 
 def test_ssl_that_saw_test_images_is_refused(tmp_path, cli):
@@ -153,6 +153,17 @@ def test_ssl_that_saw_test_images_is_refused(tmp_path, cli):
                        "--ssl-checkpoint", ssl, "--split-file", tmp_path / "s.csv", "--epochs", "1",
                        "--out", tmp_path / "run", *FAST)
     assert code == 2 and "pretrained on" in err and "holds out for val/test" in err
+
+
+def test_batch_size_above_the_dataset_is_clamped_and_said(tmp_path, cli, caplog):
+    root = fx.make_covid19(tmp_path, per_class=6)
+    args = [*FAST[:-1], "1000"]  # FAST ends with the batch size
+    for command in (["finetune", "--model", "M1"], ["pretrain"]):
+        caplog.clear()
+        code, _, err = cli(*command, "--dataset", "covid19", "--data-root", root, "--epochs", "1",
+                           "--out", tmp_path / command[0], *args)
+        assert code == 0, err
+        assert "--batch-size 1000 is above the" in caplog.text, command
 
 
 @pytest.mark.parametrize("flag, value", [("--label-fraction", "0"), ("--label-fraction", "1.5"),
@@ -192,6 +203,14 @@ def test_compare_runs_the_grid_skips_imagenet_offline_reuses_and_reports(tmp_pat
         (out / name).unlink()
     code, stdout, _ = cli("report", out)
     assert code == 0 and (out / "results.md").read_text() == before and (out / "curves.png").is_file()
+    # A run without its completion marker (cut off, or copied half-way) is left out, by name.
+    (out / "M2" / "seed1" / "finished.json").unlink()
+    caplog.clear()
+    code, stdout, _ = cli("report", out)
+    assert code == 0 and "not reported (unfinished" in caplog.text and "M2/seed1" in caplog.text
+    assert "Not included, unfinished (no completion marker): M2/seed1" in stdout
+    m2 = pd.read_csv(out / "results.csv").set_index("model").loc["M2"]
+    assert m2["seeds"] == 1
 
 
 def test_finetuning_script_names_its_preset_and_passes_flags(tmp_path):

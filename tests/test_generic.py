@@ -61,12 +61,14 @@ def test_csv_paths_relative_to_the_csv_with_custom_columns(tmp_path):
 def test_csv_problems_missing_files_and_escaping_paths(tmp_path):
     make_tree(tmp_path / "imgs", n=6)
     rows = "".join(f"imgs/{c}/{i}.png,{c}\n" for c in ("cats", "dogs") for i in range(6))
-    write_csv(tmp_path, "path,label\n" + rows + "imgs/cats/99.png,cats\n../secret.png,cats\n")
+    write_csv(tmp_path, "path,label\n" + rows + "imgs/cats/99.png,cats\n../secret.png,cats\n"
+              + f"{tmp_path / 'imgs' / 'cats' / '0.png'},cats\n")
     fx.write(tmp_path / "imgs" / "cats" / "unlisted.png", fx.image_bytes("PNG"))
     table = open_dataset(DataConfig("csv", str(tmp_path)))
     problems = {p.path: p.problem for p in table.errors}
     assert "missing on disk" in problems["imgs/cats/99.png"]
     assert "stay inside" in problems["labels.csv row 15"]
+    assert "stay inside" in problems["labels.csv row 16"]  # an absolute path, even to a real image
     warnings = {p.path: p.problem for p in table.problems if p.severity == "warning"}
     assert warnings == {"imgs/cats/unlisted.png": "image not listed in labels.csv; ignored"}
 
@@ -93,3 +95,39 @@ def test_demo_is_generated_once_deterministically(tmp_path, isolated_cache):
     again = open_dataset(DataConfig("demo", str(other)))
     assert again.root != table.root
     assert digest(again.root) == digest(table.root)
+
+
+def test_uppercase_extensions_are_images(tmp_path):
+    root = tmp_path / "mine"
+    for cls, ext, fmt in (("cats", "JPG", "JPEG"), ("dogs", "PNG", "PNG"), ("owls", "Jpeg", "JPEG")):
+        for i in range(6):
+            fx.write(root / cls / f"{i}.{ext}", fx.image_bytes(fmt))
+    table = open_dataset(DataConfig("folder", str(root)))
+    assert table.classes == ["cats", "dogs", "owls"] and len(table.samples) == 18
+    assert not table.errors
+
+
+def test_csv_blank_lines_extra_columns_and_row_numbers(tmp_path):
+    make_tree(tmp_path / "imgs", n=6)
+    rows = [f"imgs/{c}/{i}.png,{c},extra{i}" for c in ("cats", "dogs") for i in range(6)]
+    rows[3] = "../outside.png,cats,x"  # a bad row after the blank lines below
+    text = "path,label,notes\n\n" + "\n".join(rows[:2]) + "\n,,\n" + "\n".join(rows[2:]) + "\n\n"
+    write_csv(tmp_path, text)
+    table = open_dataset(DataConfig("csv", str(tmp_path)))
+    assert len(table.samples) == 11 and table.classes == ["cats", "dogs"]
+    # Named by its real line in the file: header, blank, 2 rows, ",,", 1 row, then it.
+    assert [p.path for p in table.errors] == ["labels.csv row 7"]
+
+
+def test_csv_duplicate_paths(tmp_path):
+    make_tree(tmp_path / "imgs", n=6)
+    rows = "".join(f"imgs/{c}/{i}.png,{c}\n" for c in ("cats", "dogs") for i in range(6))
+    write_csv(tmp_path, "path,label\n" + rows + "imgs/cats/0.png,cats\nimgs/cats/1.png,dogs\n")
+    table = open_dataset(DataConfig("csv", str(tmp_path)))
+    assert len(table.samples) == 12  # each image once
+    warnings = {p.path: p.problem for p in table.problems if p.severity == "warning"}
+    assert "listed twice; the first row is used" in warnings["labels.csv row 14"]
+    # Two labels for one image: which is right cannot be guessed, so it is an error.
+    assert {p.path: p.problem for p in table.errors} == {
+        "labels.csv row 15": "'imgs/cats/1.png' is listed again with label 'dogs' (first: "
+                             "'cats'); keep one row"}

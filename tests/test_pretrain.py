@@ -70,7 +70,7 @@ def test_rerun_into_a_finished_folder_stops_unless_forced(tmp_path, cli):
             "--out", tmp_path / "run", *FAST]
     assert cli(*args)[0] == 0
     code, _, err = cli(*args)
-    assert code == 2 and "already holds a finished run (backbone.pt)" in err and "--force" in err
+    assert code == 2 and "already holds a finished run (finished.json)" in err and "--force" in err
     assert cli(*args, "--force")[0] == 0
 
 

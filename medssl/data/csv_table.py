@@ -49,7 +49,8 @@ class CsvDataset(DatasetAdapter):
                            " (set the names with --csv-path-column / --csv-label-column)")
         root = csv_path.parent
         rows, problems, seen = [], [], set()
-        for i, rec in enumerate(table.to_dict("records"), start=2):
+        labels = {}
+        for i, rec in zip(table.index, table.to_dict("records")):  # i: the line in the file
             raw, label = rec[options.path_column], rec[options.label_column]
             where = f"{csv_path.name} row {i}"
             rel = PurePosixPath(raw.replace("\\", "/"))
@@ -66,10 +67,15 @@ class CsvDataset(DatasetAdapter):
                 continue
             key = rel.as_posix()
             if key in seen:
-                problems.append(Problem(where, f"'{raw}' is listed twice; the first row is used",
-                                        "warning"))
+                if labels[key] != label:  # which one is true cannot be guessed
+                    problems.append(Problem(where, f"'{raw}' is listed again with label '{label}'"
+                                            f" (first: '{labels[key]}'); keep one row"))
+                else:
+                    problems.append(Problem(where, f"'{raw}' is listed twice; the first row is "
+                                            "used", "warning"))
                 continue
             seen.add(key)
+            labels[key] = label
             if not (root / key).is_file():
                 problems.append(Problem(key, f"named in {csv_path.name} (row {i}) but missing on disk"))
                 continue

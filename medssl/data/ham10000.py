@@ -56,7 +56,7 @@ class Ham10000Dataset(DatasetAdapter):
         duplicates = sum(len(v) - 1 for v in copies.values())
 
         rows, problems, seen = [], [], set()
-        for i, rec in enumerate(meta.itertuples(index=False), start=2):  # row 1 is the header
+        for i, rec in zip(meta.index, meta.itertuples(index=False)):  # i: the line in the file
             image_id, dx, lesion = rec.image_id, rec.dx, rec.lesion_id
             where = f"{meta_name} row {i}"
             if image_id in seen:

@@ -55,7 +55,7 @@ B. Disease Grading/
             on_disk = {p.stem: p for p in images_in(folder, recursive=False)}
             listed = set()
             pairs = labels[["Image name", "Retinopathy grade"]].itertuples(index=False, name=None)
-            for i, (name, grade) in enumerate(pairs, start=2):  # row 1 is the header
+            for i, (name, grade) in zip(labels.index, pairs):  # i: the line in the file
                 name = Path(name).stem if name.lower().endswith((".jpg", ".jpeg")) else name
                 where = f"{csv_path.name} row {i}"
                 listed.add(name)

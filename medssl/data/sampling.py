@@ -27,8 +27,9 @@ class EpochSampler(Sampler):
     0 or 8 workers, persistent or not.
     """
 
-    def __init__(self, n: int, seed: int, weights: torch.Tensor | None = None):
-        self.n, self.seed, self.weights, self.epoch = n, seed, weights, 0
+    def __init__(self, n: int, seed: int, weights: torch.Tensor | None = None, epoch: int = 0):
+        self.n, self.seed, self.weights, self.epoch = n, seed, weights, epoch
+        self.served_epoch: int | None = None  # the epoch of the last order handed out
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -37,6 +38,7 @@ class EpochSampler(Sampler):
         return self.n
 
     def __iter__(self):
+        self.served_epoch = self.epoch
         g = torch.Generator().manual_seed(stream_seed(self.seed, self.epoch))
         if self.weights is None:
             order = torch.randperm(self.n, generator=g)

@@ -16,7 +16,8 @@ from medssl.errors import MedsslError
 
 
 def read_table(path: Path, required: list[str], what: str = "") -> pd.DataFrame:
-    """Every cell as a stripped string; `required` columns matched ignoring case and spaces.
+    """Every cell as a stripped string; `required` columns matched ignoring case and spaces; blank
+    lines dropped; the index is each row's line in the file.
 
     The returned frame names the required columns exactly as asked, so callers need not care
     whether the header said `Image name`, `image name` or `Image name `.
@@ -30,8 +31,9 @@ def read_table(path: Path, required: list[str], what: str = "") -> pd.DataFrame:
     first_line = text.split("\n", 1)[0]
     sep = "\t" if first_line.count("\t") > first_line.count(",") else ","
     try:
+        # Blank lines are kept as rows for now, so that every row knows its line in the file.
         df = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False,
-                         skip_blank_lines=True, quoting=csv.QUOTE_MINIMAL)
+                         skip_blank_lines=False, quoting=csv.QUOTE_MINIMAL).fillna("")
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise MedsslError(f"{path} is not a readable table ({exc}). Fix: restore the file "
                           f"from the download.") from None
@@ -40,8 +42,10 @@ def read_table(path: Path, required: list[str], what: str = "") -> pd.DataFrame:
              if (c == "" or c.startswith("Unnamed:")) and (df[c].str.strip() == "").all()]
     df = df.drop(columns=empty)
     df = df.apply(lambda col: col.str.strip())
+    df.index = df.index + 2  # the line in the file (line 1 is the header), for messages
+    df.index.name = "line"
     # A row of nothing but separators (",,,,") is a blank line too.
-    df = df[(df != "").any(axis=1)].reset_index(drop=True)
+    df = df[(df != "").any(axis=1)]
 
     by_key = {_key(c): c for c in df.columns}
     renames = {}

@@ -24,7 +24,7 @@ def build_report(base: Path, dataset: str | None = None,
         skipped_models = json.loads((base / "skipped.json").read_text())
     summary, md, unfinished = write_results(base, skipped_models)
     for run in unfinished:
-        log.warning("not reported (unfinished, no metrics.json): %s", run)
+        log.warning("not reported (unfinished: no completion marker): %s", run)
     if summary.empty:
         raise MedsslError(f"No finished finetuning runs under {base}. Fix: run `medssl compare "
                           f"--dataset {dataset or 'NAME'}` (or `medssl finetune`) first.")

@@ -1,7 +1,7 @@
 """The results table: one row per model and label fraction, mean ± sd over seeds, and for M2-M4
 the test-accuracy difference to M1 and to M3 with a paired bootstrap 95% interval.
 
-Only finished runs (with `metrics.json`) are read; unfinished folders are listed as skipped.
+Only finished runs (with their completion marker) are read; unfinished folders are listed as skipped.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from medssl.models.checkpoints import atomic_write
+from medssl.runs import finetune_finished
 
 # (column, split, metric) in the order of the study's table, then the added metrics.
 COLUMNS = [("train_acc", "train", "acc"), ("train_loss", "train", "loss"),
@@ -27,13 +28,12 @@ def collect_runs(base: Path) -> tuple[pd.DataFrame, list[str]]:
     """Every finished finetuning run under `base` as a row; and the unfinished folders skipped."""
     rows, skipped = [], []
     for model_dir in sorted(Path(base).glob("M[1-4]")):
-        # split.csv is the first file a run writes: a folder with it but no metrics.json is unfinished.
+        # split.csv is the first file a run writes: a folder with it but no marker is unfinished.
         for run in sorted(p.parent for p in model_dir.rglob("split.csv")):
-            metrics_file = run / "metrics.json"
-            if not metrics_file.is_file():
+            if not finetune_finished(run):
                 skipped.append(str(run))
                 continue
-            m = json.loads(metrics_file.read_text())
+            m = json.loads((run / "metrics.json").read_text())
             row = {"dataset": m["dataset"], "model": m["model"], "seed": m["seed"],
                    "label_fraction": m["label_fraction"], "run": str(run),
                    "selected_epoch": m["selection"]["epoch"]}
@@ -135,6 +135,9 @@ def write_results(base: Path, skipped_models: dict[str, str] | None = None) -> t
         return pd.DataFrame(), "", skipped
     summary = summarise(runs)
     md = markdown_table(summary, skipped_models)
+    if skipped:  # said in the table itself, so that it never looks complete when it is not
+        names = ", ".join(str(Path(r).relative_to(base)) for r in skipped)
+        md += f"\nNot included, unfinished (no completion marker): {names}\n"
     atomic_write(Path(base) / "results.csv", lambda p: summary.to_csv(p, index=False))
     atomic_write(Path(base) / "results.md", lambda p: p.write_text(md))
     return summary, md, skipped

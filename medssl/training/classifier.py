@@ -22,6 +22,7 @@ from torchmetrics.classification import (MulticlassAccuracy, MulticlassAUROC, Mu
                                          MulticlassRecall)
 
 from medssl.data.sampling import stream_seed
+from medssl.training.run_logs import log_now
 
 log = logging.getLogger("medssl")
 HEADS = ("linear", "mlp")
@@ -120,21 +121,24 @@ class Classifier(pl.LightningModule):
         x, _ = batch
         return self(x).float().softmax(dim=1)
 
-    def _log_epoch(self, stage: str) -> None:
+    def _log_epoch(self, stage: str) -> dict:
         computed = self.metrics[f"m_{stage}"].compute()
         recall = computed.pop("recall")
         values = {f"{stage}/{k}": v for k, v in computed.items()}
         values.update({f"{stage}/recall/{c}": r for c, r in zip(self.hparams.classes, recall)})
         values[f"{stage}/loss"] = self.losses[f"m_{stage}"].compute()
-        self.log_dict(values, sync_dist=True)
+        if stage == "train":
+            log_now(self.trainer, values)  # before this epoch's checkpoint, see log_now
+        else:  # through Lightning: checkpoint selection reads val values from callback_metrics
+            self.log_dict(values, sync_dist=True)
         self.metrics[f"m_{stage}"].reset()
         self.losses[f"m_{stage}"].reset()
+        return values
 
     def on_train_epoch_end(self):
-        self._log_epoch("train")
+        m = {**self.trainer.callback_metrics, **self._log_epoch("train")}
         # One line per epoch: the progress a log file or a batch job shows. (A callback would run
         # before this hook and print the previous epoch's train numbers.)
-        m = self.trainer.callback_metrics
         shown = ", ".join(f"{k} {float(m[k]):.3f}" for k in ("train/loss", "train/acc", "val/loss",
                                                              "val/acc") if k in m)
         log.info("epoch %d/%d: %s", self.current_epoch + 1, self.trainer.max_epochs, shown)

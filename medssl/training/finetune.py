@@ -1,9 +1,9 @@
 """A finetuning run: one of M1-M4 on one dataset, one seed, one label fraction.
 
 Selection happens on val only (best val loss by default). The test split is predicted once, by the
-selected checkpoint, after training. The run folder holds `metrics.json` (written last, so its
-presence means the run finished), `test_predictions.csv`, `val_predictions.csv`, `split.csv`,
-checkpoints, TensorBoard logs and a CSV of the per-epoch curves.
+selected checkpoint, after training. The run folder holds `metrics.json`, `test_predictions.csv`,
+`val_predictions.csv`, `split.csv`, checkpoints, TensorBoard logs, a CSV of the per-epoch curves
+(`logs/metrics.csv`) and, written last, the completion marker `finished.json`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from medssl.errors import MedsslError
-from medssl.runs import dataset_dir, finetune_dir, open_run_folder
+from medssl.runs import FINETUNE_OUTPUTS, dataset_dir, finetune_dir, mark_finished, open_run_folder
 
 log = logging.getLogger("medssl")
 SELECT_METRICS = {"loss": "min", "acc": "max", "balanced_acc": "max", "macro_f1": "max",
@@ -101,7 +101,6 @@ def run_finetune(cfg: FinetuneConfig) -> Path:
     import pytorch_lightning as pl
     import torch
     from pytorch_lightning.callbacks import ModelCheckpoint
-    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
     from medssl import __version__
     from medssl.data import DataConfig, prepare
@@ -112,12 +111,16 @@ def run_finetune(cfg: FinetuneConfig) -> Path:
     from medssl.models.priors import load_prior
     from medssl.presets import preset_for
     from medssl.training.classifier import Classifier
-    from medssl.training.loaders import default_precision, make_loader, open_cache
+    from medssl.training.loaders import (AtomicCheckpointIO, SamplerEpochCheck, default_precision,
+                                         every_epoch_checkpoint, make_loader, open_cache,
+                                         resume_point)
     from medssl.training.metrics import classification_metrics
+    from medssl.training.run_logs import run_loggers
 
     cfg = resolve(cfg)
     out = Path(cfg.out)
-    resume_from = open_run_folder(out, "metrics.json", cfg.force, cfg.resume)
+    resume_from = open_run_folder(out, FINETUNE_OUTPUTS, cfg.force, cfg.resume)
+    resume_at = resume_point(resume_from)
     started = time.time()
     # Seeded before anything random is drawn: the head, and M1's random backbone.
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -147,7 +150,8 @@ def run_finetune(cfg: FinetuneConfig) -> Path:
     n_classes = len(table.classes)
     cache = open_cache(table, cfg)
     train_loader = make_loader(table, labelled, finetune_crops(cfg.image_size, p.flips), cfg, cache,
-                               train=True, balanced=cfg.balanced_sampling)
+                               train=True, balanced=cfg.balanced_sampling,
+                               start_epoch=resume_at[0] if resume_at else 0)
     loaders = {split: make_loader(table, rows, plain, cfg, cache)
                for split, rows in (("train", labelled),
                                    ("val", table.samples[table.samples["split"] == "val"]),
@@ -168,22 +172,19 @@ def run_finetune(cfg: FinetuneConfig) -> Path:
                         seed=cfg.seed)
     monitor, mode = f"val/{cfg.select}", SELECT_METRICS[cfg.select]
     best = ModelCheckpoint(dirpath=str(out / "checkpoints"), filename="best", monitor=monitor,
-                           mode=mode, save_top_k=1, enable_version_counter=False)
-    # Every epoch, for --resume. (Lightning's save_last copies only when `best` saves, so after
-    # the best epoch it would go stale and a resumed run would repeat epochs.)
-    latest = ModelCheckpoint(dirpath=str(out / "checkpoints"), filename="last", save_top_k=1,
-                             enable_version_counter=False)
+                           mode=mode, save_top_k=1, enable_version_counter=False,
+                           save_on_train_epoch_end=True)
     trainer = pl.Trainer(
         max_epochs=cfg.epochs, max_steps=cfg.max_steps, accelerator=cfg.accelerator,
         devices=cfg.devices, precision=cfg.precision or default_precision(),
         default_root_dir=str(out), deterministic=cfg.deterministic or None,
-        logger=[TensorBoardLogger(str(out), name="tensorboard", version=""),
-                CSVLogger(str(out), name="logs", version="")],
-        callbacks=[best, latest],
+        logger=run_loggers(out, resume_at),
+        callbacks=[best, every_epoch_checkpoint(out), SamplerEpochCheck()],
+        plugins=[AtomicCheckpointIO()],
         enable_progress_bar=cfg.progress, log_every_n_steps=1, enable_model_summary=False,
         num_sanity_val_steps=0)
     trainer.fit(module, train_loader, loaders["val"],
-                ckpt_path=resume_from)
+                ckpt_path=resume_from, weights_only=True)
     if trainer.global_rank != 0:
         return out
 
@@ -219,6 +220,7 @@ def run_finetune(cfg: FinetuneConfig) -> Path:
         "config": asdict(cfg),
     }
     atomic_write(out / "metrics.json", lambda path: path.write_text(json.dumps(metrics, indent=2)))
+    mark_finished(out, FINETUNE_OUTPUTS)
     log.info("%s %s seed %d: selected epoch %d, test acc %.3f, balanced acc %.3f",
              cfg.dataset, cfg.model, cfg.seed, metrics["selection"]["epoch"],
              results["test"]["acc"], results["test"]["balanced_acc"])

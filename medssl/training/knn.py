@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from lightly.utils.benchmarking import knn_predict
 
 from medssl.training.probe import few_shot_accuracy
+from medssl.training.run_logs import log_now
 
 log = logging.getLogger("medssl")
 
@@ -79,16 +80,20 @@ class KNNMonitor(pl.Callback):
 
     def on_train_epoch_end(self, trainer, pl_module):
         self.last = self.measure(pl_module.backbone, pl_module.device)
-        pl_module.log("val_knn_acc", self.last["knn_acc"], prog_bar=True, sync_dist=True)
-        pl_module.log("val_fewshot_acc", self.last["fewshot_acc"], prog_bar=True, sync_dist=True)
-        loss = trainer.callback_metrics.get("train_loss_epoch")
+        # Written at once, before the epoch's checkpoint (see run_logs.log_now).
+        log_now(trainer, {"val_knn_acc": self.last["knn_acc"],
+                          "val_fewshot_acc": self.last["fewshot_acc"]})
+        # This hook runs before the module's, which logs and resets the epoch's mean loss.
+        loss = pl_module.epoch_loss.compute() if hasattr(pl_module, "epoch_loss") else None
         # One line per epoch: the progress a log file or a batch job shows.
         log.info("epoch %d/%d: loss %s, val kNN %.3f, few-shot %.3f", trainer.current_epoch + 1,
                  trainer.max_epochs, f"{float(loss):.3f}" if loss is not None else "?",
                  self.last["knn_acc"], self.last["fewshot_acc"])
 
+    # Both kept in checkpoints: a run resumed after its last epoch trains nothing more, yet
+    # reports the prior's scores and the last epoch's.
     def state_dict(self) -> dict:
-        return {"initial": self.initial}
+        return {"initial": self.initial, "last": self.last}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self.initial = state_dict.get("initial")
+        self.initial, self.last = state_dict.get("initial"), state_dict.get("last")

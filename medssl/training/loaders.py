@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
+import pytorch_lightning as pl
 import torch
+from lightning_fabric.plugins import TorchCheckpointIO
 from torch.utils.data import DataLoader
 
 from medssl.data.sampling import EpochSampler
-
 from medssl.data.torch_dataset import ImageDataset
+
+log = logging.getLogger("medssl")
 
 
 def fill_training_defaults(cfg, preset, epochs: int, batch_size: int, lr: float):
@@ -45,9 +51,60 @@ def open_cache(table, cfg):
                             progress=cfg.progress)
 
 
+def every_epoch_checkpoint(out: Path):
+    """`<out>/checkpoints/last.ckpt`, rewritten at the end of every epoch, for `--resume`.
+
+    Not Lightning's `save_last`: that copies only when another checkpoint is saved (with
+    `save_top_k=0`, only when training ends), so a run cut off later would repeat epochs. Saved
+    at the very end of the train epoch, after validation and after `run_logs.log_now`."""
+    import warnings
+
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    # A resumed run finds its own checkpoints there: expected, not worth a warning.
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+    return ModelCheckpoint(dirpath=str(Path(out) / "checkpoints"), filename="last", save_top_k=1,
+                           enable_version_counter=False, save_on_train_epoch_end=True)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written beside their final name, then renamed. (Lightning stages them in the
+    system temp folder; where that is another disk, the final copy can be cut off half-way.)"""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        from medssl.models.checkpoints import atomic_write
+
+        atomic_write(Path(path), lambda tmp: torch.save(checkpoint, tmp))
+
+
+def resume_point(checkpoint: Path | None) -> tuple[int, int] | None:
+    """(epoch, global step) at which a run resumed from this Lightning checkpoint starts; None
+    when fresh. The epoch is its fit loop's `current.processed` count: what Lightning hands to
+    `set_epoch`."""
+    if checkpoint is None:
+        return None
+    from medssl.errors import MedsslError
+
+    try:
+        # weights_only: a planted or corrupt checkpoint is refused here, its pickle never run.
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:
+        raise MedsslError(f"{checkpoint} is not a checkpoint this run can resume from: it does not "
+                          f"load with weights_only=True ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0][:200]}). Fix: delete it and run again "
+                          "without --resume.") from None
+    try:
+        epoch = int(state["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
+    except KeyError:
+        epoch = int(state["epoch"]) + 1  # written by another Lightning version: epoch-end saves
+    return epoch, int(state["global_step"])
+
+
 def make_loader(table, rows, transform, cfg, cache=None, train: bool = False,
-                balanced: bool = False, drop_last: bool = False) -> DataLoader:
-    """A loader over `rows` of `table`; shuffled (or class-balanced) when `train`."""
+                balanced: bool = False, drop_last: bool = False,
+                start_epoch: int = 0) -> DataLoader:
+    """A loader over `rows` of `table`; shuffled (or class-balanced) when `train`, starting at
+    `start_epoch`'s order (see `SamplerEpochCheck` for why a resumed run must say it)."""
     from medssl.data.cache import cache_side
 
     dataset = ImageDataset(table, rows, transform, cache_side(cfg.image_size), cache,
@@ -58,9 +115,30 @@ def make_loader(table, rows, transform, cfg, cache=None, train: bool = False,
         if balanced:  # each class drawn equally often: weight every image by 1 / its class's size
             targets = torch.tensor(dataset.targets)
             weights = 1.0 / torch.bincount(targets).float()[targets]
-        sampler = EpochSampler(len(dataset), cfg.seed, weights)
-    return DataLoader(dataset, batch_size=min(cfg.batch_size, max(1, len(dataset))),
+        sampler = EpochSampler(len(dataset), cfg.seed, weights, epoch=start_epoch)
+    batch_size = min(cfg.batch_size, max(1, len(dataset)))
+    if train and batch_size < cfg.batch_size:
+        log.warning("--batch-size %d is above the %d training images: batches of %d instead",
+                    cfg.batch_size, len(dataset), batch_size)
+    return DataLoader(dataset, batch_size=batch_size,
                       sampler=sampler, drop_last=drop_last,
                       num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0,
                       pin_memory=torch.cuda.is_available())
 
+
+class SamplerEpochCheck(pl.Callback):
+    """Stops a run whose first batch of an epoch came from another epoch's order.
+
+    Lightning creates the train iterator of a resumed run before it calls `set_epoch`, and with
+    loader workers that iterator fetches its first batches at once: without `start_epoch` the
+    resumed epoch would replay epoch 0's images and augmentations. This check makes any such
+    mismatch (for example after a Lightning upgrade) an error instead of a silent difference.
+    """
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        sampler = getattr(trainer.train_dataloader, "sampler", None)
+        if batch_idx == 0 and isinstance(sampler, EpochSampler) \
+                and sampler.served_epoch != trainer.current_epoch:
+            raise RuntimeError(f"epoch {trainer.current_epoch} is training on the image order of "
+                               f"epoch {sampler.served_epoch}: a resumed run would not match an "
+                               "uninterrupted one. Please report this with your Lightning version.")

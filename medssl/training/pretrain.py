@@ -1,18 +1,22 @@
 """A SimCLR pretraining run: data, module and Trainer in; `backbone.pt` and its JSON out.
 
 The output folder holds `backbone.pt` (a plain torchvision state_dict, `fc` = Identity),
-`backbone.json` (how it was made), `split.csv`, `checkpoints/last.ckpt` for `--resume`, and the
-TensorBoard logs. SimCLR sees only the train split, never val or test images.
+`backbone.json` (how it was made), `split.csv`, `checkpoints/last.ckpt` for `--resume`, the
+TensorBoard and CSV logs and, written last, the completion marker `finished.json`. SimCLR sees
+only the train split, never val or test images.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from medssl.errors import MedsslError
-from medssl.runs import dataset_dir, open_run_folder, ssl_dir
+from medssl.runs import SSL_OUTPUTS, dataset_dir, mark_finished, open_run_folder, ssl_dir
+
+log = logging.getLogger("medssl")
 
 
 @dataclass
@@ -71,8 +75,7 @@ def resolve(cfg: PretrainConfig) -> PretrainConfig:
 
 def run_pretrain(cfg: PretrainConfig) -> Path:
     import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
-    from pytorch_lightning.loggers import TensorBoardLogger
+    from pytorch_lightning.callbacks import LearningRateMonitor
 
     from medssl import __version__
     from medssl.data import DataConfig, prepare
@@ -82,12 +85,16 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
     from medssl.models import build_backbone, feature_dim, save_backbone
     from medssl.presets import preset_for
     from medssl.training.knn import KNNMonitor
-    from medssl.training.loaders import default_precision, make_loader, open_cache
+    from medssl.training.loaders import (AtomicCheckpointIO, SamplerEpochCheck, default_precision,
+                                         every_epoch_checkpoint, make_loader, open_cache,
+                                         resume_point)
+    from medssl.training.run_logs import run_loggers
     from medssl.training.simclr import SimCLR
 
     cfg = resolve(cfg)
     out = Path(cfg.out)
-    resume_from = open_run_folder(out, "backbone.pt", cfg.force, cfg.resume)
+    resume_from = open_run_folder(out, SSL_OUTPUTS, cfg.force, cfg.resume)
+    resume_at = resume_point(resume_from)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     started = time.time()
 
@@ -106,10 +113,13 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
     if n_train < 2:
         raise MedsslError(f"The train split of {cfg.dataset} has {n_train} image(s); "
                           "SimCLR needs at least 2.")
-    cfg.batch_size = min(cfg.batch_size, n_train)
+    if cfg.batch_size > n_train:
+        log.warning("--batch-size %d is above the %d train images: batches of %d instead",
+                    cfg.batch_size, n_train, n_train)
+        cfg.batch_size = n_train
     cache = open_cache(table, cfg)
     train_loader = make_loader(table, "train", simclr_crops(cfg.image_size, settings), cfg, cache,
-                               train=True, drop_last=True)
+                               train=True, drop_last=True, start_epoch=resume_at[0] if resume_at else 0)
     plain = eval_crop(cfg.image_size)
     knn = KNNMonitor(make_loader(table, "train", plain, cfg, cache),
                      make_loader(table, "val", plain, cfg, cache), num_classes=len(table.classes),
@@ -127,14 +137,15 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
         max_epochs=cfg.epochs, max_steps=cfg.max_steps, accelerator=cfg.accelerator,
         devices=cfg.devices, precision=precision, default_root_dir=str(out),
         deterministic=cfg.deterministic or None,
-        logger=TensorBoardLogger(str(out), name="tensorboard", version=""),
-        callbacks=[ModelCheckpoint(dirpath=str(out / "checkpoints"), save_last=True,
-                                   save_top_k=0, enable_version_counter=False), knn, LearningRateMonitor("step")],
+        logger=run_loggers(out, resume_at),
+        callbacks=[every_epoch_checkpoint(out), knn, LearningRateMonitor("step"),
+                   SamplerEpochCheck()],
+        plugins=[AtomicCheckpointIO()],
         enable_progress_bar=cfg.progress, log_every_n_steps=1, enable_model_summary=False)
-    trainer.fit(module, train_loader, ckpt_path=resume_from)
+    trainer.fit(module, train_loader, ckpt_path=resume_from, weights_only=True)
 
     if trainer.global_rank == 0:
-        loss = trainer.callback_metrics.get("train_loss_epoch")
+        loss = module.last_epoch_loss
         meta = {
             "arch": cfg.arch, "init": cfg.init, "dataset": cfg.dataset,
             "imagenet_weights": cfg.imagenet_weights if cfg.init == "imagenet" else None,
@@ -153,5 +164,6 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
             "config": {k: v for k, v in asdict(cfg).items() if k != "extra"},
         }
         save_backbone(module.backbone, out / "backbone.pt", meta)
+        mark_finished(out, SSL_OUTPUTS)
     return out
 

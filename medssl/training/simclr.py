@@ -15,8 +15,10 @@ from lightly.models.modules import SimCLRProjectionHead
 from lightly.utils.lars import LARS
 from lightly.utils.scheduler import cosine_warmup_schedule
 from torch import nn
+from torchmetrics import MeanMetric
 
 from medssl.data.sampling import stream_seed
+from medssl.training.run_logs import log_now
 
 
 class SimCLR(pl.LightningModule):
@@ -31,6 +33,8 @@ class SimCLR(pl.LightningModule):
         self.backbone = backbone.to(memory_format=torch.channels_last)
         self.projection_head = SimCLRProjectionHead(feature_dim, feature_dim, projection_dim)
         self.criterion = NTXentLoss(temperature=temperature, gather_distributed=True)
+        self.epoch_loss = MeanMetric()
+        self.last_epoch_loss: float | None = None
         # Colour jitter, grayscale, blur and normalisation of the uint8 views, per batch, on the
         # accelerator (see medssl.data.batch_augment). None: the loader already made float views.
         self.batch_transform = batch_transform
@@ -54,8 +58,23 @@ class SimCLR(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         (view0, view1), _ = batch
         loss = self.criterion(self(view0), self(view1))
-        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True)
+        self.log("train_loss_step", loss, prog_bar=True)
+        self.epoch_loss.update(loss.detach())
         return loss
+
+    def on_train_epoch_end(self):
+        # Written at once, before the epoch's checkpoint (see run_logs.log_now); the mean is
+        # reduced over ranks by torchmetrics.
+        self.last_epoch_loss = float(self.epoch_loss.compute())
+        log_now(self.trainer, {"train_loss_epoch": self.last_epoch_loss})
+        self.epoch_loss.reset()
+
+    # Kept in checkpoints, for a run resumed after its last epoch (it trains nothing more).
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["last_epoch_loss"] = self.last_epoch_loss
+
+    def on_load_checkpoint(self, checkpoint):
+        self.last_epoch_loss = checkpoint.get("last_epoch_loss")
 
     def configure_optimizers(self):
         hp = self.hparams

@@ -1,0 +1,99 @@
+"""A run's loggers: TensorBoard for curves, and `logs/metrics.csv` that survives a resume.
+
+Lightning's CSVLogger deletes `metrics.csv` when it starts and writes rows only every 100 steps,
+so a killed and resumed run would lose every epoch before the kill. Here each row is written at
+once, end-of-epoch values before the epoch's checkpoint (`log_now`), and a resumed run keeps the
+rows logged before its checkpoint and drops the ones after it, which it logs again: its file ends
+up with the rows an uninterrupted run writes.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import warnings
+from pathlib import Path
+
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+from pytorch_lightning.loggers.logger import rank_zero_experiment
+
+
+def log_now(trainer, values: dict) -> None:
+    """Write end-of-epoch values to every logger at once, tagged with the epoch.
+
+    What `self.log` collects at the end of a train epoch, Lightning writes only after the
+    epoch's checkpoint is saved: a run killed in between would lose those values, and resumed
+    it would not log them again. Written here, they precede the checkpoint."""
+    row = {k: float(v) for k, v in values.items()}
+    row["epoch"] = trainer.current_epoch
+    for logger in trainer.loggers:
+        logger.log_metrics(row, step=trainer.global_step)
+        flush = getattr(logger.experiment, "flush", None)  # TensorBoard buffers up to 2 minutes
+        if callable(flush):
+            flush()
+
+
+def _logged_before(row: dict, epoch: int, step: int) -> bool:
+    """Whether a row was logged before the checkpoint at which a run resumes at `epoch` and
+    global step `step`: every row of an earlier epoch, and rows without an epoch (the learning
+    rate) from earlier steps. The rest (the resumed epoch, the final test rows) come again."""
+    if None in row.values():  # a line cut short by the kill
+        return False
+    if row.get("epoch"):
+        return int(float(row["epoch"])) < epoch
+    return bool(row.get("step")) and int(float(row["step"])) < step
+
+
+class ResumableCSVLogger(CSVLogger):
+    """`<out>/logs/metrics.csv`, flushed on every row; resumed at (`epoch`, `step`) it keeps
+    what was logged before that checkpoint."""
+
+    def __init__(self, out: Path, resume_at: tuple[int, int] | None = None):
+        super().__init__(str(out), name="logs", version="", flush_logs_every_n_steps=1)
+        self._kept_header, self._kept_rows = [], []
+        if resume_at is not None:
+            self._keep_rows_before(*resume_at)
+
+    def _keep_rows_before(self, epoch: int, step: int) -> None:
+        path = Path(self.log_dir) / "metrics.csv"
+        # A copy survives the moment between Lightning deleting metrics.csv and us writing it
+        # back: if an earlier attempt died there, the copy is the log.
+        kept = path.with_name("metrics.kept.csv")
+        source = kept if kept.is_file() else path
+        if not source.is_file():
+            return
+        with open(source, newline="") as f:
+            reader = csv.DictReader(f)
+            self._kept_header = list(reader.fieldnames or [])
+            self._kept_rows = [r for r in reader if _logged_before(r, epoch, step)]
+        if source == path:
+            tmp = kept.with_suffix(".tmp")
+            self._write(tmp)
+            os.replace(tmp, kept)
+
+    def _write(self, path: Path) -> None:
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self._kept_header)
+            writer.writeheader()
+            writer.writerows(self._kept_rows)
+
+    @property
+    @rank_zero_experiment
+    def experiment(self):
+        if self._experiment is not None:
+            return self._experiment
+        with warnings.catch_warnings():  # "…will be deleted": not here, see _keep_rows_before
+            warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
+            writer = super().experiment
+        if self._kept_header:
+            path = Path(self.log_dir) / "metrics.csv"
+            self._write(path)
+            writer.metrics_keys = list(self._kept_header)
+            path.with_name("metrics.kept.csv").unlink(missing_ok=True)
+        return writer
+
+
+def run_loggers(out: Path, resume_at: tuple[int, int] | None = None) -> list:
+    """TensorBoard (`<out>/tensorboard`) and the CSV log (`<out>/logs/metrics.csv`)."""
+    return [TensorBoardLogger(str(out), name="tensorboard", version=""),
+            ResumableCSVLogger(Path(out), resume_at)]

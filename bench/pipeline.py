@@ -215,7 +215,7 @@ def bench_memory(tmp: Path) -> dict:
         env = {**os.environ, "MEDSSL_CACHE_DIR": str(tmp / "cache"), "MEDSSL_OFFLINE": "1"}
         out = subprocess.run([sys.executable, "-c", code, str(folder), str(tmp / f"run{n}")],
                              capture_output=True, text=True, env=env, timeout=900)
-        line = [l for l in out.stdout.splitlines() if l.startswith("PEAK")]
+        line = [row for row in out.stdout.splitlines() if row.startswith("PEAK")]
         if not line:
             raise RuntimeError(out.stderr[-2000:])
         own, kids = map(int, line[0].split()[1:])

@@ -10,6 +10,7 @@ import sys
 
 from medssl import __version__
 from medssl.errors import MedsslError
+from medssl.training.distributed import LR_SCALING, STRATEGIES, is_rank_zero
 
 
 def fraction(text: str) -> float:
@@ -33,6 +34,16 @@ def int_at_least(minimum: int):
             raise argparse.ArgumentTypeError(f"{text} must be at least {minimum}")
         return value
     return parse
+
+
+def devices_flag(text: str) -> int | str:
+    """`--devices`: a count, a comma-separated list of device indices, or auto."""
+    if text == "auto" or "," in text and all(part.strip().isdigit() for part in text.split(",")):
+        return text
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"expected a count of at least 1, a list such as 0,2, or "
+                                     f"auto; got {text!r}")
 
 
 def augment_override(text: str):
@@ -157,7 +168,15 @@ def training_options() -> argparse.ArgumentParser:
     g.add_argument("--imagenet-weights", default="IMAGENET1K_V1",
                    help="IMAGENET1K_V1 (default), IMAGENET1K_V2, or a state_dict file")
     g.add_argument("--accelerator", default="auto", help="cpu, gpu or auto")
-    g.add_argument("--devices", default="auto")
+    g.add_argument("--devices", type=devices_flag, default=1,
+                   help="devices per node: N, a list such as 0,2, or auto (all); more than one "
+                   "(or --num-nodes above 1) runs DDP, see docs/distributed.md")
+    g.add_argument("--num-nodes", type=positive_int, default=1)
+    g.add_argument("--strategy", choices=STRATEGIES, default="auto",
+                   help="auto (DDP when there are several devices) or ddp")
+    g.add_argument("--lr-scaling", choices=LR_SCALING, default="linear",
+                   help="how --lr follows the global batch over several processes: "
+                   "x world size (linear, default), x its square root (sqrt), or none")
     g.add_argument("--precision", default=None, help="default: bf16-mixed on a GPU, else 32-true")
     g.add_argument("--num-workers", type=non_negative_int, default=None,
                    help="DataLoader workers (default: CPU count, at most 8)")
@@ -215,7 +234,8 @@ def hardware(args: argparse.Namespace) -> dict:
     """The training flags every command passes on unchanged."""
     return dict(dataset=args.dataset, data_root=args.data_root, arch=args.arch,
                 image_size=args.image_size, imagenet_weights=args.imagenet_weights,
-                accelerator=args.accelerator, devices=args.devices, precision=args.precision,
+                accelerator=args.accelerator, devices=args.devices, num_nodes=args.num_nodes,
+                strategy=args.strategy, lr_scaling=args.lr_scaling, precision=args.precision,
                 num_workers=args.num_workers, skip_bad_images=args.skip_bad_images,
                 cache=args.cache, compile=args.compile, deterministic=args.deterministic,
                 val_fraction=args.val_fraction, test_fraction=args.test_fraction,
@@ -234,7 +254,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         out=args.out, resume=args.resume, force=args.force, max_steps=args.max_steps,
         **hardware(args))
     out = run_pretrain(cfg)
-    print(f"backbone written to {out / 'backbone.pt'}")
+    if is_rank_zero():
+        print(f"backbone written to {out / 'backbone.pt'}")
     return 0
 
 
@@ -269,7 +290,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         select=args.select, out=args.out, resume=args.resume, force=args.force,
         max_steps=args.max_steps, **hardware(args))
     out = run_finetune(cfg)
-    print(f"metrics written to {out / 'metrics.json'}")
+    if is_rank_zero():
+        print(f"metrics written to {out / 'metrics.json'}")
     return 0
 
 
@@ -301,8 +323,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         out=args.out, images_dir=args.images_dir, resume=args.resume,
         progress=sys.stderr.isatty(), **common)
     table, base = run_compare(cfg)
-    print(table)
-    print(f"results: {base / 'results.md'}, {base / 'results.csv'}, {base / 'curves.png'}")
+    if table:  # empty in the other processes of a distributed run
+        print(table)
+        print(f"results: {base / 'results.md'}, {base / 'results.csv'}, {base / 'curves.png'}")
     return 0
 
 
@@ -357,7 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="medssl: %(message)s")
-    logging.getLogger("medssl").setLevel(logging.INFO)  # progress lines, whatever the root level
+    # Progress lines, whatever the root level; from one process of a distributed run only.
+    logging.getLogger("medssl").setLevel(logging.INFO if is_rank_zero() else logging.WARNING)
     try:
         return args.func(args)
     except MedsslError as exc:

@@ -67,13 +67,17 @@ def finetune_finished(run: Path) -> bool:
     return is_finished(run) and all((Path(run) / f).is_file() for f in FINETUNE_OUTPUTS)
 
 
-def open_run_folder(out: Path, outputs: tuple[str, ...], force: bool, resume: bool) -> Path | None:
+def open_run_folder(out: Path, outputs: tuple[str, ...], force: bool, resume: bool,
+                    owner: bool = True) -> Path | None:
     """Refuse to overwrite a finished run without `force`; return the checkpoint to resume from
     (None for a fresh start), refusing `resume` when there is none.
 
     Whatever goes ahead, the marker and the result files of an earlier run are removed first: a
-    forced rerun cut off half-way must not look finished with the old run's results."""
+    forced rerun cut off half-way must not look finished with the old run's results. Only the
+    `owner` (rank 0 of a distributed run) checks and cleans; the other ranks follow it."""
     out = Path(out)
+    if not owner:
+        return out / "checkpoints" / "last.ckpt" if resume else None
     if is_finished(out) and not force:
         raise MedsslError(f"{out} already holds a finished run ({MARKER}). "
                           "Fix: pass --force to run it again, or --out another folder.")

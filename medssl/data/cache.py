@@ -15,6 +15,7 @@ last, through a temporary name, so an interrupted build is never taken for a fin
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -66,6 +67,22 @@ def _decode_rows(args) -> int:
     return len(rows)
 
 
+@contextlib.contextmanager
+def _exclusive(lock_path: Path):
+    """Hold an exclusive lock on `lock_path` (POSIX advisory lock; none where fcntl is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock
+        yield
+        return
+    with open(lock_path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 class ImageCache:
     """Rows of preprocessed images, one per relative path, read with `get(i)` as HWC uint8."""
 
@@ -87,6 +104,14 @@ class ImageCache:
         root = Path(root)
         folder = cls.folder_for(root, side)
         folder.mkdir(parents=True, exist_ok=True)
+        # One builder at a time: the ranks of a torchrun job, or two jobs on one dataset, would
+        # otherwise write the same temporary file. The second finds the cache built and reuses it.
+        with _exclusive(folder / ".lock"):
+            return cls._build(root, folder, rel_paths, side, workers, progress)
+
+    @classmethod
+    def _build(cls, root: Path, folder: Path, rel_paths: list[str], side: int,
+               workers: int | None, progress: bool) -> ImageCache:
         paths = sorted(set(rel_paths))
         stamps = {p: _source_stamp(root / p) for p in paths}
         index_path, data_path = folder / "index.json", folder / "images.u8"

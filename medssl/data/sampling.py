@@ -6,8 +6,20 @@ was interrupted and resumed, so a resumed run continues exactly as an uninterrup
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch.utils.data import Sampler
+
+
+def shard() -> tuple[int, int]:
+    """(rank, world size) of this process in a distributed run, (0, 1) otherwise. Asked when
+    a loader iterates, so it is the process group's answer, set up by then."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def stream_seed(*parts: int) -> int:
@@ -19,7 +31,8 @@ def stream_seed(*parts: int) -> int:
 
 
 class EpochSampler(Sampler):
-    """Shuffled (or class-balanced) indices whose order depends only on (seed, epoch).
+    """Shuffled (or class-balanced) indices whose order depends only on (seed, epoch); in a
+    distributed run, this process's share of that order.
 
     Lightning calls `set_epoch` before each epoch, so a run resumed at epoch k draws exactly what
     an uninterrupted run draws there. Each index comes out as `epoch * n + i`, which tells the
@@ -35,7 +48,7 @@ class EpochSampler(Sampler):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.n
+        return math.ceil(self.n / shard()[1])
 
     def __iter__(self):
         self.served_epoch = self.epoch
@@ -44,4 +57,25 @@ class EpochSampler(Sampler):
             order = torch.randperm(self.n, generator=g)
         else:
             order = torch.multinomial(self.weights, self.n, replacement=True, generator=g)
+        # Several processes: each takes every world-th index of the one epoch order, padded by
+        # wrapping around to equal shares, as torch's DistributedSampler does.
+        rank, world = shard()
+        if world > 1:
+            order = torch.cat([order, order[: len(self) * world - self.n]])[rank::world]
         return iter((order + self.epoch * self.n).tolist())
+
+
+class ShardSampler(Sampler):
+    """Evaluation order (0..n-1), split across processes without padding, so that metrics
+    reduced over the processes count every image exactly once."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        rank, world = shard()
+        return len(range(rank, self.n, world))
+
+    def __iter__(self):
+        rank, world = shard()
+        return iter(range(rank, self.n, world))

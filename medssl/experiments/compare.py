@@ -16,6 +16,7 @@ from medssl.errors import MedsslError
 from medssl.models.checkpoints import atomic_write
 from medssl.models.priors import MODELS
 from medssl.runs import dataset_dir, finetune_dir, finetune_finished, ssl_dir, ssl_finished
+from medssl.training.distributed import is_rank_zero, wait_for_rank_zero
 
 log = logging.getLogger("medssl")
 
@@ -47,7 +48,10 @@ class CompareConfig:
     images_dir: str | None = None
     resume: bool = False
     accelerator: str = "auto"
-    devices: str = "auto"
+    devices: int | str = 1  # per node; more than one (or nodes) runs DDP: docs/distributed.md
+    num_nodes: int = 1
+    strategy: str = "auto"
+    lr_scaling: str = "linear"  # the lr for the global batch: training/distributed.py
     precision: str | None = None
     num_workers: int | None = None
     skip_bad_images: bool = False
@@ -74,7 +78,9 @@ def shared_split(cfg: CompareConfig, base: Path) -> Path:
     from medssl.data.splits import write_split_csv
 
     path = base / "split.csv"
-    if not path.is_file():
+    if not is_rank_zero():  # the other processes of a distributed run read rank 0's
+        wait_for_rank_zero(path)
+    elif not path.is_file():
         table = open_dataset(DataConfig(cfg.dataset, cfg.data_root, cfg.split_seed, cfg.val_fraction,
                                         cfg.test_fraction, cfg.split_file, cfg.read_options))
         write_split_csv(table.samples, path)
@@ -104,11 +110,13 @@ def run_compare(cfg: CompareConfig) -> tuple[str, Path]:
             log.warning("skipping %s: %s", ", ".join(skipped), reason)
     models = [m for m in cfg.models if m not in skipped]
     # Remembered for `medssl report`, which rebuilds the table without rerunning this check.
-    atomic_write(base / "skipped.json", lambda p: p.write_text(json.dumps(skipped, indent=2)))
+    if is_rank_zero():
+        atomic_write(base / "skipped.json", lambda p: p.write_text(json.dumps(skipped, indent=2)))
     split = shared_split(cfg, base)
     common = dict(dataset=cfg.dataset, data_root=cfg.data_root, arch=arch,
                   image_size=cfg.image_size, imagenet_weights=cfg.imagenet_weights,
                   split_file=str(split), accelerator=cfg.accelerator, devices=cfg.devices,
+                  num_nodes=cfg.num_nodes, strategy=cfg.strategy, lr_scaling=cfg.lr_scaling,
                   precision=cfg.precision, num_workers=cfg.num_workers,
                   skip_bad_images=cfg.skip_bad_images, read_options=cfg.read_options,
                   cache=cfg.cache, compile=cfg.compile, deterministic=cfg.deterministic,
@@ -140,5 +148,7 @@ def run_compare(cfg: CompareConfig) -> tuple[str, Path]:
             ssl_checkpoint=str(ssl_dir(base, MODELS[model].init)) if MODELS[model].ssl else None,
             base=str(base), out=str(run), resume=resume, force=True, **common))
 
+    if not is_rank_zero():  # one report, from rank 0
+        return "", base
     return build_report(base, cfg.dataset, skipped, cfg.images_dir), base
 

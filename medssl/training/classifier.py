@@ -22,6 +22,7 @@ from torchmetrics.classification import (MulticlassAccuracy, MulticlassAUROC, Mu
                                          MulticlassRecall)
 
 from medssl.data.sampling import stream_seed
+from medssl.training.distributed import scaled_lr
 from medssl.training.run_logs import log_now
 
 log = logging.getLogger("medssl")
@@ -55,7 +56,7 @@ class Classifier(pl.LightningModule):
                  weight_decay: float = 1e-6, head: str = "linear", freeze_epochs: int = 0,
                  bn_eval: bool = False, class_weights: torch.Tensor | None = None,
                  input_transform: nn.Module | None = None, compile_model: bool = False,
-                 seed: int = 0):
+                 seed: int = 0, lr_scaling: str = "linear"):
         super().__init__()
         self.save_hyperparameters(ignore=["backbone", "class_weights", "input_transform"])
         self.backbone = backbone.to(memory_format=torch.channels_last)
@@ -155,5 +156,7 @@ class Classifier(pl.LightningModule):
 
     def configure_optimizers(self):
         # The study's recipe for all four models: Adam with a small weight decay.
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr,
+        # `lr` is for one process's batch; several processes train on a larger global batch.
+        lr = scaled_lr(self.hparams.lr, self.trainer.world_size, self.hparams.lr_scaling)
+        return torch.optim.Adam(self.parameters(), lr=lr,
                                 weight_decay=self.hparams.weight_decay)

@@ -54,7 +54,10 @@ class FinetuneConfig:
     resume: bool = False
     force: bool = False
     accelerator: str = "auto"
-    devices: str = "auto"
+    devices: int | str = 1  # per node; more than one (or nodes) runs DDP: docs/distributed.md
+    num_nodes: int = 1
+    strategy: str = "auto"
+    lr_scaling: str = "linear"  # the lr for the global batch: training/distributed.py
     precision: str | None = None
     num_workers: int | None = None
     skip_bad_images: bool = False
@@ -115,11 +118,13 @@ def run_finetune(cfg: FinetuneConfig) -> Path:
                                          every_epoch_checkpoint, make_loader, open_cache,
                                          resume_point)
     from medssl.training.metrics import classification_metrics
+    from medssl.training.distributed import barrier, is_rank_zero, scaled_lr, trainer_options
     from medssl.training.run_logs import run_loggers
 
     cfg = resolve(cfg)
     out = Path(cfg.out)
-    resume_from = open_run_folder(out, FINETUNE_OUTPUTS, cfg.force, cfg.resume)
+    writer = is_rank_zero()  # in a distributed run, rank 0 alone writes files
+    resume_from = open_run_folder(out, FINETUNE_OUTPUTS, cfg.force, cfg.resume, owner=writer)
     resume_at = resume_point(resume_from)
     started = time.time()
     # Seeded before anything random is drawn: the head, and M1's random backbone.
@@ -139,11 +144,12 @@ def run_finetune(cfg: FinetuneConfig) -> Path:
                                skip_bad_images=cfg.skip_bad_images, progress=cfg.progress)
     if "ssl_split_file" in source and not cfg.allow_other_dataset:
         check_no_ssl_leak(table, Path(source["ssl_split_file"]))
-    out.mkdir(parents=True, exist_ok=True)
-    write_split_csv(table.samples, out / "split.csv")
     labelled = label_subset(table.samples, cfg.label_fraction, cfg.seed)
-    if cfg.label_fraction < 1:
-        write_split_csv(labelled, out / "labelled_train.csv")
+    if writer:
+        out.mkdir(parents=True, exist_ok=True)
+        write_split_csv(table.samples, out / "split.csv")
+        if cfg.label_fraction < 1:
+            write_split_csv(labelled, out / "labelled_train.csv")
 
     p = preset_for(cfg.dataset)
     plain = eval_crop(cfg.image_size)
@@ -152,10 +158,14 @@ def run_finetune(cfg: FinetuneConfig) -> Path:
     train_loader = make_loader(table, labelled, finetune_crops(cfg.image_size, p.flips), cfg, cache,
                                train=True, balanced=cfg.balanced_sampling,
                                start_epoch=resume_at[0] if resume_at else 0)
+    # For the predictions of the selected checkpoint: every image, in every process.
     loaders = {split: make_loader(table, rows, plain, cfg, cache)
                for split, rows in (("train", labelled),
                                    ("val", table.samples[table.samples["split"] == "val"]),
                                    ("test", table.samples[table.samples["split"] == "test"]))}
+    # Validation while training: each process a share, metrics reduced over them.
+    val_loader = make_loader(table, table.samples[table.samples["split"] == "val"], plain, cfg,
+                             cache, shard=True)
     for split, loader in loaders.items():
         if len(loader.dataset) == 0:
             raise MedsslError(f"The {split} split of {cfg.dataset} is empty. Fix: check the split "
@@ -169,61 +179,64 @@ def run_finetune(cfg: FinetuneConfig) -> Path:
                         weight_decay=cfg.weight_decay, head=cfg.head,
                         freeze_epochs=cfg.freeze_epochs, bn_eval=cfg.bn_eval, class_weights=weights,
                         input_transform=Normalize(p.mean, p.std), compile_model=cfg.compile,
-                        seed=cfg.seed)
+                        seed=cfg.seed, lr_scaling=cfg.lr_scaling)
     monitor, mode = f"val/{cfg.select}", SELECT_METRICS[cfg.select]
     best = ModelCheckpoint(dirpath=str(out / "checkpoints"), filename="best", monitor=monitor,
                            mode=mode, save_top_k=1, enable_version_counter=False,
                            save_on_train_epoch_end=True)
     trainer = pl.Trainer(
         max_epochs=cfg.epochs, max_steps=cfg.max_steps, accelerator=cfg.accelerator,
-        devices=cfg.devices, precision=cfg.precision or default_precision(),
+        precision=cfg.precision or default_precision(), **trainer_options(cfg),
         default_root_dir=str(out), deterministic=cfg.deterministic or None,
         logger=run_loggers(out, resume_at),
         callbacks=[best, every_epoch_checkpoint(out), SamplerEpochCheck()],
         plugins=[AtomicCheckpointIO()],
         enable_progress_bar=cfg.progress, log_every_n_steps=1, enable_model_summary=False,
         num_sanity_val_steps=0)
-    trainer.fit(module, train_loader, loaders["val"],
-                ckpt_path=resume_from, weights_only=True)
-    if trainer.global_rank != 0:
-        return out
+    trainer.fit(module, train_loader, val_loader, ckpt_path=resume_from, weights_only=True)
 
-    # Only now, with the selected checkpoint, is the test split looked at: once.
+    # Only now, with the selected checkpoint, is the test split looked at: once. (Every process
+    # predicts, as a distributed Trainer needs them all; rank 0 writes.)
     selected = torch.load(best.best_model_path, map_location="cpu", weights_only=True)
     module.load_state_dict(selected["state_dict"])
     names = list(loaders)
     outputs = trainer.predict(module, [loaders[s] for s in names], return_predictions=True)
-    results, predictions = {}, {}
-    for split, batches in zip(names, outputs):
-        probs = torch.cat(batches)
-        labels = torch.tensor(loaders[split].dataset.targets)
-        results[split] = classification_metrics(probs, labels, table.classes)
-        predictions[split] = probs
-    for split in ("val", "test"):
-        write_predictions(out / f"{split}_predictions.csv", loaders[split].dataset, table,
-                          predictions[split])
-    for logger in trainer.loggers:
-        logger.log_metrics({f"selected/test_{k}": results["test"][k]
-                            for k in ("acc", "balanced_acc", "macro_f1", "auroc", "loss")},
-                           step=trainer.global_step)
-        logger.save()
+    if trainer.is_global_zero:
+        results, predictions = {}, {}
+        for split, batches in zip(names, outputs):
+            probs = torch.cat(batches)
+            labels = torch.tensor(loaders[split].dataset.targets)
+            results[split] = classification_metrics(probs, labels, table.classes)
+            predictions[split] = probs
+        for split in ("val", "test"):
+            write_predictions(out / f"{split}_predictions.csv", loaders[split].dataset, table,
+                              predictions[split])
+        for logger in trainer.loggers:
+            logger.log_metrics({f"selected/test_{k}": results["test"][k]
+                                for k in ("acc", "balanced_acc", "macro_f1", "auroc", "loss")},
+                               step=trainer.global_step)
+            logger.save()
 
-    metrics = {
-        "dataset": cfg.dataset, "model": cfg.model, "seed": cfg.seed,
-        "label_fraction": cfg.label_fraction, "labelled_train_images": len(labelled),
-        "selection": {"metric": monitor, "mode": mode, "epoch": int(selected["epoch"]) + 1,
-                      "value": float(best.best_model_score)},
-        "epochs_trained": trainer.current_epoch, "classes": table.classes,
-        "train": results["train"], "val": results["val"], "test": results["test"],
-        "prior": source, "split_file": "split.csv", "data": data_info,
-        "medssl_version": __version__, "wall_time_s": round(time.time() - started, 1),
-        "config": asdict(cfg),
-    }
-    atomic_write(out / "metrics.json", lambda path: path.write_text(json.dumps(metrics, indent=2)))
-    mark_finished(out, FINETUNE_OUTPUTS)
-    log.info("%s %s seed %d: selected epoch %d, test acc %.3f, balanced acc %.3f",
-             cfg.dataset, cfg.model, cfg.seed, metrics["selection"]["epoch"],
-             results["test"]["acc"], results["test"]["balanced_acc"])
+        metrics = {
+            "dataset": cfg.dataset, "model": cfg.model, "seed": cfg.seed,
+            "label_fraction": cfg.label_fraction, "labelled_train_images": len(labelled),
+            "selection": {"metric": monitor, "mode": mode, "epoch": int(selected["epoch"]) + 1,
+                          "value": float(best.best_model_score)},
+            "epochs_trained": trainer.current_epoch, "classes": table.classes,
+            "world_size": trainer.world_size,
+            "lr_used": scaled_lr(cfg.lr, trainer.world_size, cfg.lr_scaling),
+            "train": results["train"], "val": results["val"], "test": results["test"],
+            "prior": source, "split_file": "split.csv", "data": data_info,
+            "medssl_version": __version__, "wall_time_s": round(time.time() - started, 1),
+            "config": asdict(cfg),
+        }
+        atomic_write(out / "metrics.json",
+                     lambda path: path.write_text(json.dumps(metrics, indent=2)))
+        mark_finished(out, FINETUNE_OUTPUTS)
+        log.info("%s %s seed %d: selected epoch %d, test acc %.3f, balanced acc %.3f",
+                 cfg.dataset, cfg.model, cfg.seed, metrics["selection"]["epoch"],
+                 results["test"]["acc"], results["test"]["balanced_acc"])
+    barrier()  # the other ranks return once the results are there
     return out
 
 

@@ -10,7 +10,7 @@ import torch
 from lightning_fabric.plugins import TorchCheckpointIO
 from torch.utils.data import DataLoader
 
-from medssl.data.sampling import EpochSampler
+from medssl.data.sampling import EpochSampler, ShardSampler
 from medssl.data.torch_dataset import ImageDataset
 
 log = logging.getLogger("medssl")
@@ -102,9 +102,10 @@ def resume_point(checkpoint: Path | None) -> tuple[int, int] | None:
 
 def make_loader(table, rows, transform, cfg, cache=None, train: bool = False,
                 balanced: bool = False, drop_last: bool = False,
-                start_epoch: int = 0) -> DataLoader:
+                start_epoch: int = 0, shard: bool = False) -> DataLoader:
     """A loader over `rows` of `table`; shuffled (or class-balanced) when `train`, starting at
-    `start_epoch`'s order (see `SamplerEpochCheck` for why a resumed run must say it)."""
+    `start_epoch`'s order (see `SamplerEpochCheck` for why a resumed run must say it). Training
+    loaders, and `shard` ones, give each process of a distributed run its own share."""
     from medssl.data.cache import cache_side
 
     dataset = ImageDataset(table, rows, transform, cache_side(cfg.image_size), cache,
@@ -116,6 +117,8 @@ def make_loader(table, rows, transform, cfg, cache=None, train: bool = False,
             targets = torch.tensor(dataset.targets)
             weights = 1.0 / torch.bincount(targets).float()[targets]
         sampler = EpochSampler(len(dataset), cfg.seed, weights, epoch=start_epoch)
+    elif shard:
+        sampler = ShardSampler(len(dataset))
     batch_size = min(cfg.batch_size, max(1, len(dataset)))
     if train and batch_size < cfg.batch_size:
         log.warning("--batch-size %d is above the %d training images: batches of %d instead",

@@ -9,6 +9,7 @@ only the train split, never val or test images.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,7 +44,10 @@ class PretrainConfig:
     resume: bool = False
     force: bool = False
     accelerator: str = "auto"
-    devices: str = "auto"
+    devices: int | str = 1  # per node; more than one (or nodes) runs DDP: docs/distributed.md
+    num_nodes: int = 1
+    strategy: str = "auto"
+    lr_scaling: str = "linear"  # the lr for the global batch: training/distributed.py
     precision: str | None = None
     num_workers: int | None = None
     skip_bad_images: bool = False
@@ -88,12 +92,15 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
     from medssl.training.loaders import (AtomicCheckpointIO, SamplerEpochCheck, default_precision,
                                          every_epoch_checkpoint, make_loader, open_cache,
                                          resume_point)
+    from medssl.training.distributed import (barrier, is_rank_zero, planned_world_size,
+                                             scaled_lr, trainer_options)
     from medssl.training.run_logs import run_loggers
     from medssl.training.simclr import SimCLR
 
     cfg = resolve(cfg)
     out = Path(cfg.out)
-    resume_from = open_run_folder(out, SSL_OUTPUTS, cfg.force, cfg.resume)
+    writer = is_rank_zero()  # in a distributed run, rank 0 alone writes files
+    resume_from = open_run_folder(out, SSL_OUTPUTS, cfg.force, cfg.resume, owner=writer)
     resume_at = resume_point(resume_from)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     started = time.time()
@@ -104,8 +111,9 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
     table, data_info = prepare(DataConfig(cfg.dataset, cfg.data_root, cfg.split_seed, cfg.val_fraction,
                                           cfg.test_fraction, split_file, cfg.read_options),
                                skip_bad_images=cfg.skip_bad_images, progress=cfg.progress)
-    out.mkdir(parents=True, exist_ok=True)
-    write_split_csv(table.samples, out / "split.csv")
+    if writer:
+        out.mkdir(parents=True, exist_ok=True)
+        write_split_csv(table.samples, out / "split.csv")
 
     p = preset_for(cfg.dataset)
     settings = simclr_settings(cfg.image_size, cfg.augment, **cfg.augment_overrides)
@@ -113,10 +121,11 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
     if n_train < 2:
         raise MedsslError(f"The train split of {cfg.dataset} has {n_train} image(s); "
                           "SimCLR needs at least 2.")
-    if cfg.batch_size > n_train:
-        log.warning("--batch-size %d is above the %d train images: batches of %d instead",
-                    cfg.batch_size, n_train, n_train)
-        cfg.batch_size = n_train
+    share = math.ceil(n_train / planned_world_size(cfg))  # the train images of each process
+    if cfg.batch_size > share:
+        log.warning("--batch-size %d is above the %d train images%s: batches of %d instead",
+                    cfg.batch_size, share, " of each process" if share < n_train else "", share)
+        cfg.batch_size = share
     cache = open_cache(table, cfg)
     train_loader = make_loader(table, "train", simclr_crops(cfg.image_size, settings), cfg, cache,
                                train=True, drop_last=True, start_epoch=resume_at[0] if resume_at else 0)
@@ -131,11 +140,11 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
                     warmup_epochs=cfg.warmup_epochs, temperature=cfg.temperature,
                     optimizer=cfg.optimizer, exclude_bn_bias=cfg.exclude_bn_bias,
                     batch_transform=simclr_colour_blur(settings, p.mean, p.std),
-                    compile_model=cfg.compile, seed=cfg.seed)
+                    compile_model=cfg.compile, seed=cfg.seed, lr_scaling=cfg.lr_scaling)
     precision = cfg.precision or default_precision()
     trainer = pl.Trainer(
         max_epochs=cfg.epochs, max_steps=cfg.max_steps, accelerator=cfg.accelerator,
-        devices=cfg.devices, precision=precision, default_root_dir=str(out),
+        precision=precision, default_root_dir=str(out), **trainer_options(cfg),
         deterministic=cfg.deterministic or None,
         logger=run_loggers(out, resume_at),
         callbacks=[every_epoch_checkpoint(out), knn, LearningRateMonitor("step"),
@@ -144,14 +153,17 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
         enable_progress_bar=cfg.progress, log_every_n_steps=1, enable_model_summary=False)
     trainer.fit(module, train_loader, ckpt_path=resume_from, weights_only=True)
 
-    if trainer.global_rank == 0:
+    if trainer.is_global_zero:
         loss = module.last_epoch_loss
         meta = {
             "arch": cfg.arch, "init": cfg.init, "dataset": cfg.dataset,
             "imagenet_weights": cfg.imagenet_weights if cfg.init == "imagenet" else None,
             "image_size": cfg.image_size, "normalize": {"mean": list(p.mean), "std": list(p.std)},
             "epochs": trainer.current_epoch, "steps": trainer.global_step,
-            "batch_size": batch_size, "lr": cfg.lr, "augment": cfg.augment,
+            "batch_size": batch_size, "world_size": trainer.world_size,
+            "global_batch_size": batch_size * trainer.world_size, "lr": cfg.lr,
+            "lr_used": scaled_lr(cfg.lr, trainer.world_size, cfg.lr_scaling),
+            "augment": cfg.augment,
             "augment_overrides": cfg.augment_overrides, "augmentation": settings,
             "final_loss": float(loss) if loss is not None else None,
             "final_knn_acc": knn.last and knn.last["knn_acc"],
@@ -165,5 +177,6 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
         }
         save_backbone(module.backbone, out / "backbone.pt", meta)
         mark_finished(out, SSL_OUTPUTS)
+    barrier()  # the other ranks return once the backbone is there (compare goes on to use it)
     return out
 

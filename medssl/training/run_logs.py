@@ -17,6 +17,8 @@ from pathlib import Path
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 
+from medssl.training.distributed import is_rank_zero
+
 
 def log_now(trainer, values: dict) -> None:
     """Write end-of-epoch values to every logger at once, tagged with the epoch.
@@ -51,7 +53,7 @@ class ResumableCSVLogger(CSVLogger):
     def __init__(self, out: Path, resume_at: tuple[int, int] | None = None):
         super().__init__(str(out), name="logs", version="", flush_logs_every_n_steps=1)
         self._kept_header, self._kept_rows = [], []
-        if resume_at is not None:
+        if resume_at is not None and is_rank_zero():  # rank 0 alone writes the log
             self._keep_rows_before(*resume_at)
 
     def _keep_rows_before(self, epoch: int, step: int) -> None:

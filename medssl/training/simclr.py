@@ -18,6 +18,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from medssl.data.sampling import stream_seed
+from medssl.training.distributed import scaled_lr
 from medssl.training.run_logs import log_now
 
 
@@ -26,7 +27,7 @@ class SimCLR(pl.LightningModule):
                  weight_decay: float = 1e-6, warmup_epochs: int = 10, temperature: float = 0.1,
                  optimizer: str = "adam", exclude_bn_bias: bool = False, projection_dim: int = 128,
                  batch_transform: nn.Module | None = None, compile_model: bool = False,
-                 seed: int = 0):
+                 seed: int = 0, lr_scaling: str = "linear"):
         super().__init__()
         self.save_hyperparameters(ignore=["backbone", "batch_transform"])
         # channels-last is the layout convolutions run fastest in with mixed precision on GPUs.
@@ -84,10 +85,12 @@ class SimCLR(pl.LightningModule):
             (no_decay if hp.exclude_bn_bias and p.ndim <= 1 else decay).append(p)
         groups = [{"params": decay, "weight_decay": hp.weight_decay},
                   {"params": no_decay, "weight_decay": 0.0}]
+        # `lr` is for one process's batch; several processes train on a larger global batch.
+        lr = scaled_lr(hp.lr, self.trainer.world_size, hp.lr_scaling)
         if hp.optimizer == "lars":
-            opt = LARS(groups, lr=hp.lr, momentum=0.9)
+            opt = LARS(groups, lr=lr, momentum=0.9)
         else:
-            opt = torch.optim.Adam(groups, lr=hp.lr)
+            opt = torch.optim.Adam(groups, lr=lr)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         epochs = max(1, self.trainer.max_epochs or 1)
         warmup = min(total - 1, round(total * hp.warmup_epochs / epochs))

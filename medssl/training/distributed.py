@@ -1,0 +1,91 @@
+"""Several GPUs or nodes: what changes, in one place (docs/distributed.md).
+
+Lightning's DDP runs one process per device. Each trains on its own share of every epoch's
+order (`data.sampling`), so the global batch is `--batch-size` × world size. SimCLR gathers the
+embeddings of every process for its negatives (lightly's NT-Xent, `gather_distributed=True`),
+BatchNorm layers become SyncBatchNorm, the learning rate follows the global batch
+(`--lr-scaling`), metrics are reduced over processes by torchmetrics, and only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+LR_SCALING = ("linear", "sqrt", "none")
+STRATEGIES = ("auto", "ddp")
+
+
+def is_rank_zero() -> bool:
+    """Whether this process writes the run's files (the others compute the same, silently).
+    Read from what its launcher set, so it is known before torch.distributed starts: torchrun's
+    RANK, SLURM's SLURM_PROCID, or Lightning's NODE_RANK and LOCAL_RANK."""
+    env = os.environ
+    if "RANK" in env:
+        return int(env["RANK"]) == 0
+    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+        return int(env["SLURM_PROCID"]) == 0
+    return int(env.get("NODE_RANK", "0")) == 0 and int(env.get("LOCAL_RANK", "0")) == 0
+
+
+def planned_world_size(cfg) -> int:
+    """How many processes the Trainer will start (devices per node × nodes), known before it
+    starts them; `auto` devices count the visible GPUs where the accelerator may use them."""
+    devices = cfg.devices
+    if isinstance(devices, str) and "," in devices:
+        per_node = len(devices.split(","))
+    elif devices == "auto":
+        import torch
+
+        gpu = cfg.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+        per_node = torch.cuda.device_count() if gpu else 1
+    else:
+        per_node = int(devices)
+    return per_node * cfg.num_nodes
+
+
+def barrier() -> None:
+    """Wait for every process, where there are several: rank 0's files exist after it."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def wait_for_rank_zero(path, timeout_s: float = 600) -> None:
+    """Before the process group exists (no barrier yet), the other ranks wait for a file that
+    rank 0 writes atomically (a grid's shared split)."""
+    import time
+    from pathlib import Path
+
+    from medssl.errors import MedsslError
+
+    deadline = time.monotonic() + timeout_s
+    while not Path(path).is_file():
+        if time.monotonic() > deadline:
+            raise MedsslError(f"{path} did not appear within {timeout_s:.0f} s; rank 0 writes it. "
+                              "Fix: check rank 0's output for its error.")
+        time.sleep(0.5)
+
+
+def scaled_lr(lr: float, world_size: int, rule: str) -> float:
+    """The learning rate for `world_size` processes, `lr` being the one for a single process
+    with the same per-process batch: × world size (linear, as for SimCLR's LARS), × its square
+    root (sqrt, often better for Adam), or unchanged (none)."""
+    if rule not in LR_SCALING:
+        raise ValueError(f"unknown lr scaling {rule!r}; expected one of {LR_SCALING}")
+    factor = {"linear": world_size, "sqrt": math.sqrt(world_size), "none": 1}[rule]
+    return lr * factor
+
+
+def trainer_options(cfg) -> dict:
+    """The Trainer arguments for devices, nodes and strategy.
+
+    Lightning's own distributed sampler is off: ours shard themselves and keep the exact
+    (seed, epoch) order that resuming relies on. SyncBatchNorm applies under DDP only, and only
+    on GPUs (PyTorch has none for the CPU, where DDP serves tests: BatchNorm stays per process)."""
+    import torch
+
+    on_gpu = cfg.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return {"devices": cfg.devices, "num_nodes": cfg.num_nodes, "strategy": cfg.strategy,
+            "sync_batchnorm": on_gpu, "use_distributed_sampler": False}

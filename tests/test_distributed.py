@@ -1,0 +1,181 @@
+"""Several processes (gloo on the CPU): the same loss and metrics as one process on all the
+data, one set of outputs, and checkpoints that move between process counts."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from medssl.data import fixtures as fx
+from medssl.data import sampling
+
+FAST = ["--arch", "resnet18", "--image-size", "32", "--num-workers", "0", "--batch-size", "4"]
+DDP = ["--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_two_ranks(fn, *args):
+    """fn(rank, *args) in 2 gloo processes; {rank: what it returned}."""
+    port = free_port()
+    ctx = mp.get_context("spawn")
+    with ctx.Manager() as manager:
+        results = manager.dict()
+        mp.start_processes(_rank_main, args=(port, fn, results, args), nprocs=2, join=True,
+                           start_method="spawn")
+        return dict(results)
+
+
+def _rank_main(rank, port, fn, results, args):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=2)
+    try:
+        results[rank] = fn(rank, *args)
+    finally:
+        dist.destroy_process_group()
+
+
+def _embeddings(b: int = 6, dim: int = 16):
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(2 * b, dim, generator=g), torch.randn(2 * b, dim, generator=g)
+
+
+def _ntxent_on_my_half(rank):
+    from lightly.loss import NTXentLoss
+
+    z0, z1 = _embeddings()
+    half = slice(rank * 6, rank * 6 + 6)
+    return float(NTXentLoss(temperature=0.1, gather_distributed=True)(z0[half], z1[half]))
+
+
+def test_ntxent_gathered_over_two_ranks_equals_one_process_on_the_whole_batch():
+    from lightly.loss import NTXentLoss
+
+    losses = run_two_ranks(_ntxent_on_my_half)
+    z0, z1 = _embeddings()
+    whole = float(NTXentLoss(temperature=0.1)(z0, z1))
+    # DDP averages the ranks' gradients, so the loss it optimises is the mean of theirs.
+    assert sum(losses.values()) / 2 == pytest.approx(whole, rel=1e-5)
+    # Without gathering, each rank would see 6 images, not 12, as its negatives.
+    alone = float(NTXentLoss(temperature=0.1)(z0[:6], z1[:6]))
+    assert alone != pytest.approx(losses[0], rel=1e-3)
+
+
+def _metrics_on_my_share(rank, probs, labels):
+    from medssl.training.classifier import epoch_metrics
+
+    mine = list(sampling.ShardSampler(len(labels)))  # this rank's share of the val set
+    metrics = epoch_metrics(3)
+    metrics.update(probs[mine], labels[mine])
+    return {k: v.tolist() for k, v in metrics.compute().items()}  # torchmetrics syncs here
+
+
+def test_validation_metrics_over_two_ranks_equal_one_process_on_all_images():
+    from medssl.training.classifier import epoch_metrics
+
+    g = torch.Generator().manual_seed(1)
+    probs = torch.rand(11, 3, generator=g).softmax(dim=1)  # 11: the shares are uneven
+    labels = torch.randint(0, 3, (11,), generator=g)
+    per_rank = run_two_ranks(_metrics_on_my_share, probs, labels)
+    metrics = epoch_metrics(3)
+    metrics.update(probs, labels)
+    whole = {k: v.tolist() for k, v in metrics.compute().items()}
+    for rank in (0, 1):
+        assert per_rank[rank].keys() == whole.keys()
+        for k in whole:
+            assert per_rank[rank][k] == pytest.approx(whole[k], abs=1e-6), k
+
+
+def test_epoch_sampler_shares_partition_each_epoch_order(monkeypatch):
+    full = list(sampling.EpochSampler(10, seed=3, epoch=2))
+    shares = []
+    for rank in (0, 1, 2):
+        monkeypatch.setattr(sampling, "shard", lambda rank=rank: (rank, 3))
+        s = sampling.EpochSampler(10, seed=3, epoch=2)
+        assert len(s) == 4
+        shares.append(list(s))
+    # Every index of the epoch's order once, plus 2 wrapped around to even the shares.
+    assert sorted(sum(shares, [])) == sorted(full + full[:2])
+    assert [x for pair in zip(*shares) for x in pair][:10] == full
+
+
+def medssl(*args, timeout=600):
+    result = subprocess.run([sys.executable, "-m", "medssl", *map(str, args)],
+                            capture_output=True, text=True, timeout=timeout,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_two_process_pretraining_and_finetuning_write_one_set_of_outputs(tmp_path):
+    root = fx.make_covid19(tmp_path, per_class=8)
+    ssl = tmp_path / "ssl"
+    out = medssl("pretrain", "--dataset", "covid19", "--data-root", root, "--epochs", "2",
+                 "--out", ssl, *DDP, *FAST)
+    assert out.stdout.count("backbone written") == 1
+    meta = json.loads((ssl / "backbone.json").read_text())
+    assert meta["world_size"] == 2 and meta["global_batch_size"] == 8
+    assert meta["lr_used"] == pytest.approx(2 * meta["lr"])  # linear scaling by default
+    # A torchvision ResNet loads it strictly, and one process wrote each row of the log.
+    from medssl.models import build_backbone, load_backbone_file
+
+    load_backbone_file(build_backbone("resnet18"), ssl / "backbone.pt")
+    log = pd.read_csv(ssl / "logs" / "metrics.csv")
+    assert log.dropna(subset=["val_knn_acc"])["epoch"].tolist() == [0, 1]
+
+    run = tmp_path / "ft"
+    out = medssl("finetune", "--dataset", "covid19", "--data-root", root, "--model", "M2",
+                 "--ssl-checkpoint", ssl, "--epochs", "2", "--out", run, *DDP, *FAST)
+    assert out.stdout.count("metrics written") == 1
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["world_size"] == 2
+    split = pd.read_csv(run / "split.csv")
+    # Predictions of every image, once: not a share of one process.
+    for name in ("val", "test"):
+        preds = pd.read_csv(run / f"{name}_predictions.csv")
+        assert len(preds) == m[name]["n"] == (split["split"] == name).sum()
+        assert preds["path"].is_unique
+    assert sorted(p.name for p in run.glob("*.json")) == ["finished.json", "metrics.json"]
+
+    # A checkpoint two processes wrote resumes in one.
+    (ssl / "finished.json").unlink()
+    (ssl / "backbone.pt").unlink()
+    medssl("pretrain", "--dataset", "covid19", "--data-root", root, "--epochs", "3",
+           "--out", ssl, "--resume", "--accelerator", "cpu", "--devices", "1", *FAST)
+    meta = json.loads((ssl / "backbone.json").read_text())
+    assert meta["epochs"] == 3 and meta["world_size"] == 1
+
+
+def test_torchrun_and_lightnings_launcher_train_the_same_backbone(tmp_path):
+    root = fx.make_covid19(tmp_path, per_class=8)
+    args = ["pretrain", "--dataset", "covid19", "--data-root", root, "--epochs", "2", *DDP, *FAST]
+    medssl(*args, "--out", tmp_path / "lightning")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                "--master-port", str(free_port()), "-m", "medssl", *map(str, args),
+                "--out", str(tmp_path / "torchrun")]
+    result = subprocess.run(torchrun, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    a, b = (torch.load(tmp_path / name / "backbone.pt", weights_only=True)
+            for name in ("lightning", "torchrun"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_two_process_compare_runs_the_grid_once(tmp_path):
+    root = fx.make_covid19(tmp_path, per_class=8)
+    grid = tmp_path / "grid"
+    out = medssl("compare", "--dataset", "covid19", "--data-root", root, "--models", "M1", "M2",
+                 "--seeds", "0", "--epochs", "1", "--ssl-epochs", "1", "--out", grid, *DDP, *FAST)
+    assert out.stdout.count("results:") == 1
+    assert len(list(grid.rglob("finished.json"))) == 3  # SimCLR, M1, M2
+    assert sorted(pd.read_csv(grid / "results.csv")["model"]) == ["M1", "M2"]

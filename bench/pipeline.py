@@ -31,6 +31,8 @@ import torch
 from PIL import Image
 
 from medssl.data.cache import ImageCache, cache_side, square
+from medssl.data.sampling import EpochSampler
+from medssl.data.torch_dataset import ImageDataset
 from medssl.data.transforms import (Normalize, finetune_crops, lightly_transform,
                                     simclr_colour_blur, simclr_crops, simclr_settings)
 from medssl.presets import IMAGENET_MEAN, IMAGENET_STD
@@ -67,6 +69,14 @@ def rate(fn, items: int, min_seconds: float = 2.0) -> float:
     return calls * items / (time.perf_counter() - start)
 
 
+def bench_table(folder: Path, names: list[str]):
+    """The benchmark's images as a dataset table (two made-up classes)."""
+    from medssl.data.registry import SampleTable, make_samples
+
+    return SampleTable("bench", folder, ["a", "b"],
+                       make_samples([(n, "ab"[i % 2], n, "train") for i, n in enumerate(names)]))
+
+
 def bench_loader(folder: Path, names: list[str]) -> dict:
     """Views/s on one core: ours vs lightly's on the same cached squares vs lightly's on originals."""
     torch.set_num_threads(1)
@@ -76,10 +86,12 @@ def bench_loader(folder: Path, names: list[str]) -> dict:
     colour = simclr_colour_blur(settings, IMAGENET_MEAN, IMAGENET_STD)
     lightly = lightly_transform(SIZE, settings, IMAGENET_MEAN, IMAGENET_STD)
     batch = 64
+    # Exactly what a training loader's worker runs: the dataset item, with its per-image seed.
+    dataset = ImageDataset(bench_table(folder, names), None, crops, cache_side(SIZE), cache,
+                           augment_seed=0)
 
-    def worker_part():  # what each DataLoader worker does
-        return [v for i in range(batch) for v in
-                crops(torch.from_numpy(cache.get(names[i % len(names)]).copy()).permute(2, 0, 1))]
+    def worker_part():
+        return [v for k in range(batch) for v in dataset[k][0]]
 
     views = torch.stack(worker_part())
     worker = rate(worker_part, 2 * batch)
@@ -113,14 +125,11 @@ def bench_steps(folder: Path, names: list[str], device: str, arch: str, batch: i
     """End-to-end images/s of a SimCLR and a finetuning step vs the same step on ready tensors."""
     from torch.utils.data import DataLoader
 
-    from medssl.data.torch_dataset import ImageDataset
     from medssl.models import build_backbone, feature_dim
     from medssl.training.classifier import Classifier
     from medssl.training.simclr import SimCLR
-    from medssl.data.registry import SampleTable, make_samples
 
-    table = SampleTable("bench", folder, ["a", "b"],
-                        make_samples([(n, "ab"[i % 2], n, "train") for i, n in enumerate(names)]))
+    table = bench_table(folder, names)
     cache = ImageCache.build(folder, names, cache_side(SIZE), progress=False)
     settings = simclr_settings(SIZE, "study")
     autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda")
@@ -137,8 +146,10 @@ def bench_steps(folder: Path, names: list[str], device: str, arch: str, batch: i
             transform = finetune_crops(SIZE, "hv")
         model = model.to(device)
         opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-        loader = DataLoader(ImageDataset(table, None, transform, cache_side(SIZE), cache),
-                            batch_size=batch, shuffle=True, drop_last=True, num_workers=workers,
+        # As in training: the epoch sampler and per-image augmentation seeds.
+        dataset = ImageDataset(table, None, transform, cache_side(SIZE), cache, augment_seed=0)
+        loader = DataLoader(dataset, batch_size=batch, sampler=EpochSampler(len(dataset), 0),
+                            drop_last=True, num_workers=workers,
                             persistent_workers=workers > 0, pin_memory=device == "cuda")
 
         def step(batch_):

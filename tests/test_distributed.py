@@ -97,6 +97,35 @@ def test_validation_metrics_over_two_ranks_equal_one_process_on_all_images():
             assert per_rank[rank][k] == pytest.approx(whole[k], abs=1e-6), k
 
 
+def _knn_features(rank, images, labels):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from medssl.training.knn import embed
+
+    torch.manual_seed(0)
+    backbone = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5))
+    data = TensorDataset(images, labels)
+    loader = DataLoader(data, batch_size=4, sampler=sampling.ShardSampler(len(data)))
+    feats, labs = embed(backbone, loader, "cpu")
+    return feats.tolist(), labs.tolist()
+
+
+def test_knn_features_gathered_over_two_ranks_equal_one_process():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from medssl.training.knn import embed
+
+    g = torch.Generator().manual_seed(2)
+    images, labels = torch.rand(9, 3, 2, 2, generator=g), torch.arange(9) % 3
+    per_rank = run_two_ranks(_knn_features, images, labels)
+    torch.manual_seed(0)
+    backbone = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5))
+    feats, labs = embed(backbone, DataLoader(TensorDataset(images, labels), batch_size=4), "cpu")
+    for rank in (0, 1):  # every process holds every image's features, in the original order
+        assert torch.tensor(per_rank[rank][1]).equal(labs)
+        assert torch.allclose(torch.tensor(per_rank[rank][0]), feats, atol=1e-6)
+
+
 def test_epoch_sampler_shares_partition_each_epoch_order(monkeypatch):
     full = list(sampling.EpochSampler(10, seed=3, epoch=2))
     shares = []

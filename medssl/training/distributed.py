@@ -68,6 +68,27 @@ def wait_for_rank_zero(path, timeout_s: float = 600) -> None:
         time.sleep(0.5)
 
 
+def gather_shards(local: torch.Tensor, n: int) -> torch.Tensor:
+    """All `n` rows in their original order, in every process, from each process's share as
+    `data.sampling.ShardSampler` hands it out (rows rank, rank + world, ...)."""
+    import torch
+    import torch.distributed as dist
+
+    from medssl.data.sampling import shard
+
+    rank, world = shard()
+    if world == 1:
+        return local
+    shares: list = [None] * world
+    dist.all_gather_object(shares, local.cpu())  # any share size, empty ones included
+    ref = max(shares, key=len)
+    full = torch.empty((n, *ref.shape[1:]), dtype=ref.dtype)
+    for r, part in enumerate(shares):
+        if len(part):
+            full[r::world] = part
+    return full
+
+
 def scaled_lr(lr: float, world_size: int, rule: str) -> float:
     """The learning rate for `world_size` processes, `lr` being the one for a single process
     with the same per-process batch: × world size (linear, as for SimCLR's LARS), × its square

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from lightly.utils.benchmarking import knn_predict
 
+from medssl.training.distributed import gather_shards
 from medssl.training.probe import few_shot_accuracy
 from medssl.training.run_logs import log_now
 
@@ -26,7 +27,8 @@ log = logging.getLogger("medssl")
 @torch.no_grad()
 def embed(backbone: torch.nn.Module, loader, device, normalize=None) -> tuple[torch.Tensor, torch.Tensor]:
     """L2-normalised features and labels of every image of `loader` (uint8 batches are turned
-    into normalised floats on the device by `normalize`)."""
+    into normalised floats on the device by `normalize`). In a distributed run each process
+    embeds its share (a `ShardSampler` loader) and every process gets all of them, in order."""
     feats, labels = [], []
     for x, y in loader:
         x = x.to(device)
@@ -34,7 +36,10 @@ def embed(backbone: torch.nn.Module, loader, device, normalize=None) -> tuple[to
             x = normalize.to(device)(x)
         feats.append(F.normalize(backbone(x).float(), dim=1).cpu())
         labels.append(torch.as_tensor(y))
-    return torch.cat(feats), torch.cat(labels)
+    n = len(loader.dataset)
+    feats = torch.cat(feats) if feats else torch.empty(0, 0)
+    labels = torch.cat(labels) if labels else torch.empty(0, dtype=torch.long)
+    return gather_shards(feats, n), gather_shards(labels, n)
 
 
 def knn_accuracy(train_feats, train_labels, val_feats, val_labels, num_classes: int,

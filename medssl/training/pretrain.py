@@ -130,8 +130,10 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
     train_loader = make_loader(table, "train", simclr_crops(cfg.image_size, settings), cfg, cache,
                                train=True, drop_last=True, start_epoch=resume_at[0] if resume_at else 0)
     plain = eval_crop(cfg.image_size)
-    knn = KNNMonitor(make_loader(table, "train", plain, cfg, cache),
-                     make_loader(table, "val", plain, cfg, cache), num_classes=len(table.classes),
+    # Each process embeds a share; every process then holds all the features (knn.embed).
+    knn = KNNMonitor(make_loader(table, "train", plain, cfg, cache, shard=True),
+                     make_loader(table, "val", plain, cfg, cache, shard=True),
+                     num_classes=len(table.classes),
                      normalize=Normalize(p.mean, p.std))
     batch_size = cfg.batch_size
 

@@ -47,7 +47,10 @@ def test_unknown_dataset_and_bad_flags(cli):
     code, _, err = cli("check", "--dataset", "mnist")
     assert code == 2 and "Unknown dataset 'mnist'" in err and "ham10000" in err
     for flags in (["check", "--val-fraction", "1.5"], ["pretrain", "--epochs", "-1"],
-                  ["pretrain", "--num-workers", "-2"], ["pretrain", "--batch-size", "x"]):
+                  ["pretrain", "--num-workers", "-2"], ["pretrain", "--batch-size", "x"],
+                  ["pretrain", "--devices", "0"], ["pretrain", "--devices", "two"],
+                  ["finetune", "--num-nodes", "0"], ["compare", "--strategy", "dp"],
+                  ["pretrain", "--lr-scaling", "cubic"]):
         with pytest.raises(SystemExit) as exit_:
             cli(flags[0], "--dataset", "demo", *flags[1:])
         assert exit_.value.code == 2

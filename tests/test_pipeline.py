@@ -184,3 +184,25 @@ def test_training_builds_the_cache_once_and_no_cache_skips_it(tmp_path, cli, iso
     assert cli("finetune", "--dataset", "covid19", "--data-root", root, "--model", "M1",
                "--epochs", "1", "--out", tmp_path / "c", *args[7:])[0] == 0
     assert (folder / "index.json").read_text() == index  # reused by finetuning, not rebuilt
+
+
+def test_a_second_cache_build_waits_for_the_first(tmp_path):
+    """Builds of one cache take turns (the ranks of a torchrun job start together); the second
+    then finds the cache built and reuses it."""
+    import threading
+
+    from medssl.data.cache import _exclusive, cache_side
+
+    root = fx.make_covid19(tmp_path, per_class=2)
+    names = sorted(str(p.relative_to(root)) for p in root.rglob("*.jpg"))
+    folder = ImageCache.folder_for(root, cache_side(32))
+    folder.mkdir(parents=True)
+    built = threading.Event()
+    with _exclusive(folder / ".lock"):  # as if another process were building it
+        thread = threading.Thread(target=lambda: (ImageCache.build(root, names, cache_side(32),
+                                                                   workers=1, progress=False),
+                                                  built.set()))
+        thread.start()
+        assert not built.wait(1.0)
+    thread.join(60)
+    assert built.is_set() and (folder / "images.u8").is_file()

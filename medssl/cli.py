@@ -390,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         if exc.errno != errno.ENOSPC:
             raise
-        from medssl.models.checkpoints import disk_full_message
+        from medssl.atomic import disk_full_message
 
         print(f"medssl: error: {disk_full_message(exc.filename or 'a file')}", file=sys.stderr)
         return 2

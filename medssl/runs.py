@@ -42,7 +42,7 @@ def finetune_dir(base: Path, model: str, seed: int, label_fraction: float = 1.0)
 
 def mark_finished(run: Path, outputs: tuple[str, ...]) -> None:
     """Write the completion marker: call it after every file in `outputs` is in place."""
-    from medssl.models.checkpoints import atomic_write
+    from medssl.atomic import atomic_write
 
     run = Path(run)
     marker = {"finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

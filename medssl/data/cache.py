@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from medssl.atomic import atomic_write
 from medssl.data.files import cache_dir
 from medssl.data.images import load_rgb
 
@@ -141,9 +142,7 @@ class ImageCache:
         os.replace(tmp, data_path)
         index = {"version": VERSION, "root": str(root.resolve()), "side": side,
                  "entries": [[p, stamps[p]] for p in paths]}
-        index_tmp = folder / "index.json.tmp"
-        index_tmp.write_text(json.dumps(index))
-        os.replace(index_tmp, index_path)
+        atomic_write(index_path, lambda tmp: tmp.write_text(json.dumps(index)))
         log.info("image cache %s: %d decoded, %d reused", folder, len(todo), len(paths) - len(todo))
         return cls(folder, side, paths)
 

@@ -85,11 +85,9 @@ def label_subset(samples: pd.DataFrame, fraction: float, seed: int) -> pd.DataFr
 
 def write_split_csv(samples: pd.DataFrame, path: Path) -> None:
     """The split as `path,label,group,split`, paths relative to the dataset root; written atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    samples[COLUMNS].to_csv(tmp, index=False)
-    tmp.replace(path)
+    from medssl.atomic import atomic_write
+
+    atomic_write(Path(path), lambda tmp: samples[COLUMNS].to_csv(tmp, index=False))
 
 
 def read_split_csv(path: Path, table: SampleTable) -> pd.DataFrame:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medssl.errors import MedsslError
-from medssl.models.checkpoints import atomic_write
+from medssl.atomic import atomic_write
 from medssl.models.priors import MODELS
 from medssl.runs import dataset_dir, finetune_dir, finetune_finished, ssl_dir, ssl_finished
 from medssl.training.distributed import is_rank_zero, wait_for_rank_zero

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from medssl.atomic import atomic_write
+
 COLOURS = {"M1": "tab:grey", "M2": "tab:blue", "M3": "tab:orange", "M4": "tab:green"}
 
 
@@ -39,11 +41,9 @@ def curves_figure(runs: pd.DataFrame, path: Path, title: str) -> Path:
     axes[0].legend(fontsize=8, ncol=2)
     fig.suptitle(title)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=110)
+    # The format named, since the temporary file's name does not end in it.
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format=path.suffix[1:]))
     plt.close(fig)
-    tmp.replace(path)
     return path
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medssl.models.checkpoints import atomic_write
+from medssl.atomic import atomic_write
 from medssl.runs import finetune_finished
 
 # (column, split, metric) in the order of the study's table, then the added metrics.

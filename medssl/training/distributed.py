@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import math
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported where it is used: the CLI starts without it
+    import torch
 
 LR_SCALING = ("linear", "sqrt", "none")
 STRATEGIES = ("auto", "ddp")

@@ -110,7 +110,7 @@ def run_finetune(cfg: FinetuneConfig) -> Path:
     from medssl.data.splits import label_subset, write_split_csv
     from medssl.data.transforms import Normalize, eval_crop, finetune_crops
     from medssl.models import feature_dim
-    from medssl.models.checkpoints import atomic_write
+    from medssl.atomic import atomic_write
     from medssl.models.priors import load_prior
     from medssl.presets import preset_for
     from medssl.training.classifier import Classifier
@@ -243,7 +243,7 @@ def run_finetune(cfg: FinetuneConfig) -> Path:
 def write_predictions(path: Path, dataset, table, probs) -> None:
     import pandas as pd
 
-    from medssl.models.checkpoints import atomic_write
+    from medssl.atomic import atomic_write
 
     frame = pd.DataFrame(probs.numpy(), columns=[f"prob_{c}" for c in table.classes])
     frame.insert(0, "label", [table.classes[t] for t in dataset.targets])

@@ -72,7 +72,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     system temp folder; where that is another disk, the final copy can be cut off half-way.)"""
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
-        from medssl.models.checkpoints import atomic_write
+        from medssl.atomic import atomic_write
 
         atomic_write(Path(path), lambda tmp: torch.save(checkpoint, tmp))
 

@@ -10,13 +10,13 @@ up with the rows an uninterrupted run writes.
 from __future__ import annotations
 
 import csv
-import os
 import warnings
 from pathlib import Path
 
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 
+from medssl.atomic import atomic_write
 from medssl.training.distributed import is_rank_zero
 
 
@@ -69,9 +69,7 @@ class ResumableCSVLogger(CSVLogger):
             self._kept_header = list(reader.fieldnames or [])
             self._kept_rows = [r for r in reader if _logged_before(r, epoch, step)]
         if source == path:
-            tmp = kept.with_suffix(".tmp")
-            self._write(tmp)
-            os.replace(tmp, kept)
+            atomic_write(kept, self._write)
 
     def _write(self, path: Path) -> None:
         with open(path, "w", newline="") as f:

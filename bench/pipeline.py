@@ -5,11 +5,13 @@
     python bench/pipeline.py --json out.json # also write the numbers as one JSON object
 
 Measures (docs/benchmarks.md explains each):
-- loader: augmented SimCLR views/s on one core at 224 px - ours (a loader worker: cached uint8
-  square, two crops with flips; colour and blur then run batched on the accelerator), lightly's
+- loader: augmented SimCLR views/s on one core at 224 px - ours (a loader worker: the cached uint8
+  picture, two crops with flips; colour and blur then run batched on the accelerator), the same
+  from a centre-cropped square (what the cache stored before it kept the whole picture), lightly's
   SimCLRTransform on the same cached images, and lightly's on the original JPEGs decoded every
   time; plus ours with the batched colour and blur also on that one CPU core (no accelerator);
-- cache build: images/s on one core for IDRiD-size (4288x2848) JPEGs, with and without draft mode;
+- cache build: images/s on one core for IDRiD-size (4288x2848) JPEGs, with and without draft
+  mode; bytes per cached image, whole picture against a centre square;
 - train step: end-to-end images/s of a SimCLR and a finetuning step, loader included, against the
   same step fed ready-made tensors;
 - peak memory (RSS) of one pretraining epoch at two dataset sizes.
@@ -30,7 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from medssl.data.cache import ImageCache, cache_side, square
+from medssl.data.cache import ImageCache, cache_side, shrink
 from medssl.data.sampling import EpochSampler
 from medssl.data.torch_dataset import ImageDataset
 from medssl.data.transforms import (Normalize, finetune_crops, lightly_transform,
@@ -90,11 +92,16 @@ def bench_loader(folder: Path, names: list[str]) -> dict:
     dataset = ImageDataset(bench_table(folder, names), None, crops, cache_side(SIZE), cache,
                            augment_seed=0)
 
-    def worker_part():
-        return [v for k in range(batch) for v in dataset[k][0]]
+    def worker_part(data=dataset):
+        return [v for k in range(batch) for v in data[k][0]]
 
     views = torch.stack(worker_part())
     worker = rate(worker_part, 2 * batch)
+    # The cache before it kept whole pictures: the centre square of each (a smaller read, and
+    # crops that never reach the sides).
+    squares = ImageDataset(bench_table(folder, names), None, crops, cache_side(SIZE),
+                           CentreSquare(cache), augment_seed=0)
+    worker_square = rate(lambda: worker_part(squares), 2 * batch)
     batched = rate(lambda: colour(views), 2 * batch)  # on the CPU here; on the GPU in training
     cpu_only = 1 / (1 / worker + 1 / batched)  # one core doing both parts: no accelerator
     light = rate(lambda: [lightly(Image.fromarray(cache.get(names[i % len(names)])))
@@ -103,21 +110,49 @@ def bench_loader(folder: Path, names: list[str]) -> dict:
                               for i in range(16)], 32)
     torch.set_num_threads(os.cpu_count() or 1)
     # The loader's figure is the worker's: with an accelerator, colour and blur run there.
-    return {"loader_views_per_core": worker, "lightly_cached_views_per_core": light,
+    return {"loader_views_per_core": worker, "loader_views_per_core_centre_square": worker_square,
+            "loader_ratio_whole_vs_square": worker / worker_square,
+            "lightly_cached_views_per_core": light,
             "lightly_originals_views_per_core": originals,
             "loader_ratio_vs_lightly": worker / light, "loader_ratio_vs_originals": worker / originals,
             "batched_colour_blur_views_per_core_on_cpu": batched,
             "cpu_only_views_per_core": cpu_only, "cpu_only_ratio_vs_lightly": cpu_only / light}
 
 
+class CentreSquare:
+    """A cache whose rows are cut to their centre square, as the cache stored them before."""
+
+    def __init__(self, cache: ImageCache):
+        self.cache = cache
+
+    def get(self, rel: str) -> np.ndarray:
+        row = self.cache.get(rel)
+        h, w = row.shape[:2]
+        side = min(h, w)
+        top, left = (h - side) // 2, (w - side) // 2
+        return row[top:top + side, left:left + side]
+
+
 def bench_cache_build(folder: Path, names: list[str]) -> dict:
-    """Images/s on one core turning an IDRiD-size JPEG into the cached square."""
+    """Images/s on one core turning an IDRiD-size JPEG into its cached picture."""
     side = cache_side(SIZE)
     paths = [folder / n for n in names]
-    draft = rate(lambda: [square(p, side, draft=True) for p in paths], len(paths), 3)
-    full = rate(lambda: [square(p, side, draft=False) for p in paths], len(paths), 3)
+    draft = rate(lambda: [shrink(p, side, draft=True) for p in paths], len(paths), 3)
+    full = rate(lambda: [shrink(p, side, draft=False) for p in paths], len(paths), 3)
     return {"cache_build_images_per_core_draft": draft, "cache_build_images_per_core_full": full,
             "cache_build_ratio_draft_vs_full": draft / full}
+
+
+def bench_cache_size(shapes: dict[str, tuple[int, int]]) -> dict:
+    """Bytes per cached image at 224 px (short side 256), the whole picture against its centre
+    square, for pictures of the given (width, height)."""
+    side = cache_side(SIZE)
+    out = {}
+    for name, (w, h) in shapes.items():
+        long_side = round(max(w, h) * side / min(w, h))
+        out[f"cache_bytes_per_image_{name}"] = side * long_side * 3
+        out[f"cache_size_ratio_whole_vs_square_{name}"] = long_side / side
+    return out
 
 
 def bench_steps(folder: Path, names: list[str], device: str, arch: str, batch: int,
@@ -252,6 +287,7 @@ def main() -> None:
         fundus = make_jpegs(tmp / "fundus", 4, 4288, 2848)  # IDRiD-size originals
         results.update(bench_loader(tmp / "photos", photos))
         results.update(bench_cache_build(tmp / "fundus", fundus))
+        results.update(bench_cache_size({"600x450": (600, 450), "4288x2848": (4288, 2848)}))
         if args.gpu:
             steps = bench_steps(tmp / "photos", photos * 8, "cuda", "resnet50", 128, 30,
                                 workers=min(16, os.cpu_count() or 1))

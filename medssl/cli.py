@@ -73,6 +73,11 @@ def data_options() -> argparse.ArgumentParser:
     g.add_argument("--test-fraction", type=fraction, default=None,
                    help="share carved out for test where the download has no test split (default 0.2)")
     g.add_argument("--split-file", help="reuse the split.csv of an earlier run exactly")
+    g.add_argument("--duplicates", choices=["drop", "keep"], default="drop",
+                   help="copies of one picture: drop (default) keeps the official test split as "
+                   "published and leaves copies of test images, extra copies and copies under "
+                   "different labels out of training; keep reproduces the published, leaky "
+                   "splits (the study's protocol). Either way `medssl check` lists them")
     g.add_argument("--csv-path-column", default="path", help="csv dataset: image path column")
     g.add_argument("--csv-label-column", default="label", help="csv dataset: label column")
     g.add_argument("--csv-split-column", default=None, help="csv dataset: optional split column")
@@ -89,7 +94,7 @@ def data_config(args: argparse.Namespace):
     return DataConfig(
         dataset=args.dataset, data_root=args.data_root, seed=args.split_seed,
         val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-        split_file=args.split_file,
+        split_file=args.split_file, duplicates=args.duplicates,
         read_options=ReadOptions(args.csv_path_column, args.csv_label_column,
                                  args.csv_group_column, args.csv_split_column))
 
@@ -102,20 +107,24 @@ def cmd_datasets(args: argparse.Namespace) -> int:
         classes = f"{len(a.classes)} classes" if a.classes else "classes from the data"
         print(f"{a.name:<11} {a.title} ({classes})")
         print(f"            download: {a.download}")
+        print(f"            groups: {a.grouping}")
+        same_id = " and by the picture's id in file names" if a.image_id_pattern else ""
+        print(f"            copies: found by content (exact and near){same_id}; a copy's "
+              "group joins its twins'")
         print(indent(a.expected_tree, " " * 12))
         print()
     return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from medssl.data import check_images, open_dataset, summary
+    from medssl.data import open_dataset, summary
     from medssl.data.splits import write_split_csv
 
-    table = open_dataset(data_config(args))
-    check_images(table, args.workers, progress=not args.json and sys.stderr.isatty())
+    table = open_dataset(data_config(args), args.workers,
+                         progress=not args.json and sys.stderr.isatty())
     report = summary(table)
     if args.split_out and report["usable"]:
-        write_split_csv(table.samples, args.split_out)
+        write_split_csv(table.samples, args.split_out, args.duplicates)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -130,11 +139,27 @@ def print_check(report: dict, split_out: str | None) -> None:
     print(f"images: {report['total']}   groups: {report['groups']}   classes: {len(report['classes'])}")
     # Classes as rows: class names can be long (`pigmented benign keratosis`), splits are three.
     counts = pd.DataFrame(report["splits"]).loc[report["classes"]]
+    if report["excluded"]:  # left out of training by the duplicate policy
+        left_out = pd.Series([r["label"] for r in report["excluded"]]).value_counts()
+        counts["excluded"] = left_out.reindex(counts.index, fill_value=0)
     counts["total"] = counts.sum(axis=1)
     counts.loc["total"] = counts.sum(axis=0)
     print(counts.to_string())
     for note in report["notes"]:
         print(f"note: {note}")
+    groups = report["duplicates"]
+    print(f"duplicate groups: {len(groups)}" + (" (copies of one picture; policy "
+                                                f"--duplicates {report['duplicate_policy']})"
+                                                if groups else ""))
+    reasons = {r["path"]: r["reason"] for r in report["excluded"]}
+    for i, g in enumerate(groups, start=1):
+        print(f"  group {i}, {g['kind']}:")
+        for path, label, split in zip(g["paths"], g["labels"], g["splits"]):
+            why = f" ({reasons[path]})" if path in reasons else ""
+            print(f"    {split:<8} {label:<20} {path}{why}")
+    if report["excluded"]:
+        kinds = ", ".join(f"{n} {kind}" for kind, n in report["excluded_by_reason"].items())
+        print(f"left out of train/val/SSL: {len(report['excluded'])} image(s) ({kinds})")
     for p in report["problems"]:
         print(f"{p['severity']}: {p['path']}: {p['problem']}")
     errors = sum(p["severity"] == "error" for p in report["problems"])
@@ -239,7 +264,8 @@ def hardware(args: argparse.Namespace) -> dict:
                 num_workers=args.num_workers, skip_bad_images=args.skip_bad_images,
                 cache=args.cache, compile=args.compile, deterministic=args.deterministic,
                 val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-                split_file=args.split_file, read_options=data_config(args).read_options,
+                split_file=args.split_file, duplicates=args.duplicates,
+                read_options=data_config(args).read_options,
                 progress=sys.stderr.isatty())
 
 

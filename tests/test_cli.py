@@ -109,7 +109,7 @@ def test_json_report_and_split_out(tmp_path, cli):
     assert report["dataset"] == "covid19" and report["total"] == 60
     assert set(report["splits"]) == {"train", "val", "test"}
     split = pd.read_csv(tmp_path / "split.csv")
-    assert list(split.columns) == ["path", "label", "group", "split"]
+    assert list(split.columns) == ["path", "label", "group", "split", "reason", "duplicate_policy"]
     assert len(split) == 60
     code, out, _ = cli("check", "--dataset", "covid19", "--data-root", root, "--json",
                        "--split-seed", "9", "--split-file", tmp_path / "split.csv")
@@ -120,3 +120,12 @@ def test_json_report_and_split_out(tmp_path, cli):
 def test_python_dash_m_and_console_script_agree(tmp_path):
     result = run_medssl("--version")
     assert result.returncode == 0 and result.stdout.startswith("medssl ")
+
+
+def test_datasets_states_each_grouping_rule(cli):
+    code, out, _ = cli("datasets")
+    assert code == 0
+    assert out.count("            groups: ") == 8
+    assert "groups: patient: person<N> in pneumonia file names (bacteria and virus alike), IM-<N>" in out
+    assert "groups: lesion_id from the metadata" in out
+    assert "copies: found by content (exact and near) and by the picture's id in file names" in out

@@ -176,7 +176,7 @@ def test_bad_finetune_flags(cli, capsys, flag, value):
 
 
 def test_compare_runs_the_grid_skips_imagenet_offline_reuses_and_reports(tmp_path, cli, caplog):
-    root = fx.make_covid19(tmp_path, per_class=8)
+    root = fx.make_covid19(tmp_path, per_class=8, real_copies=True)  # 5 test images copied into train
     out = tmp_path / "grid"
     args = ["compare", "--dataset", "covid19", "--data-root", root, "--epochs", "1",
             "--ssl-epochs", "1", "--seeds", "0", "1", "--out", out,
@@ -187,6 +187,13 @@ def test_compare_runs_the_grid_skips_imagenet_offline_reuses_and_reports(tmp_pat
         assert (out / name).is_file()
     assert (tmp_path / "Images" / "covid19_curves.png").is_file()
     assert "M3 and M4 skipped" in stdout and "resnet18-f37072fd.pth" in stdout
+    # What the duplicate policy did is in every run's metadata and under the table.
+    assert "Duplicates (--duplicates drop): 5 group(s) of copies of one picture found; 5 image(s) " \
+           "left out of train, val and SSL (5 copies of test images)." in stdout
+    metrics = json.loads((out / "M1" / "seed0" / "metrics.json").read_text())
+    assert metrics["data"]["duplicates"]["policy"] == "drop"
+    assert metrics["data"]["duplicates"]["excluded_images"] == 5
+    assert metrics["config"]["duplicates"] == "drop"
     results = pd.read_csv(out / "results.csv")
     assert sorted(results["model"]) == ["M1", "M2"] and set(results["seeds"]) == {2}
     assert not np.isnan(results.set_index("model").loc["M2", "test_acc_vs_M1_diff"])
@@ -211,6 +218,11 @@ def test_compare_runs_the_grid_skips_imagenet_offline_reuses_and_reports(tmp_pat
     assert "Not included, unfinished (no completion marker): M2/seed1" in stdout
     m2 = pd.read_csv(out / "results.csv").set_index("model").loc["M2"]
     assert m2["seeds"] == 1
+    # Runs split under another policy cannot share the table: said, never averaged.
+    path = out / "M1" / "seed1" / "metrics.json"
+    path.write_text(path.read_text().replace('"policy": "drop"', '"policy": "keep"'))
+    code, _, err = cli("report", out)
+    assert code == 2 and "split differently" in err
 
 
 def test_finetuning_script_names_its_preset_and_passes_flags(tmp_path):

@@ -14,7 +14,7 @@ def make_tree(root, splits=("",), classes=("cats", "dogs"), n=6):
     for split in splits:
         for cls in classes:
             for i in range(n):
-                fx.write(root / split / cls / f"{i}.png", fx.image_bytes("PNG"))
+                fx.write(root / split / cls / f"{i}.png", fx.picture(f"{split}/{cls}/{i}", "PNG"))
     fx.write(root / ".DS_Store", b"junk")
     return root
 
@@ -63,7 +63,7 @@ def test_csv_problems_missing_files_and_escaping_paths(tmp_path):
     rows = "".join(f"imgs/{c}/{i}.png,{c}\n" for c in ("cats", "dogs") for i in range(6))
     write_csv(tmp_path, "path,label\n" + rows + "imgs/cats/99.png,cats\n../secret.png,cats\n"
               + f"{tmp_path / 'imgs' / 'cats' / '0.png'},cats\n")
-    fx.write(tmp_path / "imgs" / "cats" / "unlisted.png", fx.image_bytes("PNG"))
+    fx.write(tmp_path / "imgs" / "cats" / "unlisted.png", fx.picture("unlisted", "PNG"))
     table = open_dataset(DataConfig("csv", str(tmp_path)))
     problems = {p.path: p.problem for p in table.errors}
     assert "missing on disk" in problems["imgs/cats/99.png"]
@@ -101,7 +101,7 @@ def test_uppercase_extensions_are_images(tmp_path):
     root = tmp_path / "mine"
     for cls, ext, fmt in (("cats", "JPG", "JPEG"), ("dogs", "PNG", "PNG"), ("owls", "Jpeg", "JPEG")):
         for i in range(6):
-            fx.write(root / cls / f"{i}.{ext}", fx.image_bytes(fmt))
+            fx.write(root / cls / f"{i}.{ext}", fx.picture(f"{cls}{i}", fmt))
     table = open_dataset(DataConfig("folder", str(root)))
     assert table.classes == ["cats", "dogs", "owls"] and len(table.samples) == 18
     assert not table.errors

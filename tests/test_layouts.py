@@ -68,10 +68,22 @@ def test_chest_xray_groups_by_patient(tmp_path):
     root = fx.make_chest_xray(tmp_path, per_class=30, duplicate_tree=False)
     s = open_dataset(DataConfig("chest_xray", str(root))).samples
     pneumonia = s[s["label"] == "PNEUMONIA"]
-    assert pneumonia["group"].str.fullmatch(r"person\d+_(bacteria|virus)").all()
+    assert pneumonia["group"].str.fullmatch(r"person\d+").all()
     assert pneumonia["group"].nunique() < len(pneumonia)  # several images per patient
     normal = s[s["label"] == "NORMAL"]
-    assert (normal["group"] == normal["path"]).all()
+    assert normal["group"].str.fullmatch(r"im-\d+").all()
+
+
+def test_chest_xray_patient_ids_ignore_organism_and_normal2_prefix():
+    from pathlib import Path
+
+    from medssl.data.chest_xray import patient_of
+
+    assert patient_of(Path("person12_bacteria_47.jpeg")) == patient_of(Path("person12_virus_3.jpeg"))
+    assert patient_of(Path("person12_bacteria_47.jpeg")) != patient_of(Path("person13_virus_3.jpeg"))
+    assert patient_of(Path("IM-0115-0001.jpeg")) == patient_of(Path("NORMAL2-IM-0115-0002.jpeg"))
+    assert patient_of(Path("IM-0115-0001.jpeg")) != patient_of(Path("IM-0116-0001.jpeg"))
+    assert patient_of(Path("scan.jpeg")) is None
 
 
 def test_idrid_numbering_restarts_per_split(tmp_path, check_json):

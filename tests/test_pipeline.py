@@ -12,7 +12,7 @@ from PIL import Image, ImageFilter
 from medssl.data import DataConfig, open_dataset
 from medssl.data import fixtures as fx
 from medssl.data.batch_augment import _adjust_hue, _gaussian_blur
-from medssl.data.cache import ImageCache, square
+from medssl.data.cache import ImageCache, shrink
 from medssl.data.torch_dataset import ImageDataset
 from medssl.data.transforms import (Normalize, lightly_transform, simclr_colour_blur, simclr_crops,
                                     simclr_settings)
@@ -42,8 +42,8 @@ def test_cache_rows_equal_decoding_and_only_changed_sources_are_decoded_again(tm
     names = write_images(tmp_path / "img", 5)
     cache = ImageCache.build(tmp_path / "img", names, side=16, progress=False)
     for name in names:
-        assert np.array_equal(cache.get(name), square(tmp_path / "img" / name, 16))
-    assert cache.get(names[0]).shape == (16, 16, 3)
+        assert np.array_equal(cache.get(name), shrink(tmp_path / "img" / name, 16))
+    assert cache.get(names[0]).shape == (16, 24, 3)  # 60x40 pictures: the aspect ratio is kept
     caplog.set_level("INFO", logger="medssl")
     caplog.clear()
     ImageCache.build(tmp_path / "img", names, side=16, progress=False)
@@ -54,7 +54,7 @@ def test_cache_rows_equal_decoding_and_only_changed_sources_are_decoded_again(tm
     cache = ImageCache.build(tmp_path / "img", names, side=16, progress=False)
     assert "1 decoded, 4 reused" in caplog.text
     assert (cache.get(names[2]) == [255, 0, 0]).all()
-    assert np.array_equal(cache.get(names[1]), square(tmp_path / "img" / names[1], 16))
+    assert np.array_equal(cache.get(names[1]), shrink(tmp_path / "img" / names[1], 16))
 
 
 def test_an_interrupted_cache_build_is_never_taken_as_finished(tmp_path, monkeypatch):
@@ -71,7 +71,7 @@ def test_an_interrupted_cache_build_is_never_taken_as_finished(tmp_path, monkeyp
     assert not (folder / "index.json").exists() and not (folder / "images.u8").exists()
     monkeypatch.undo()
     cache = ImageCache.build(tmp_path / "img", names, side=16, progress=False)
-    assert np.array_equal(cache.get(names[0]), square(tmp_path / "img" / names[0], 16))
+    assert np.array_equal(cache.get(names[0]), shrink(tmp_path / "img" / names[0], 16))
 
 
 def test_no_cache_reads_the_same_pixels_as_the_cache(tmp_path):
@@ -81,7 +81,7 @@ def test_no_cache_reads_the_same_pixels_as_the_cache(tmp_path):
     cached = ImageDataset(table, None, lambda x: x, 16, cache)
     direct = ImageDataset(table, None, lambda x: x, 16, None)
     for i in range(len(cached)):
-        assert cached[i][0].dtype == torch.uint8 and cached[i][0].shape == (3, 16, 16)
+        assert cached[i][0].dtype == torch.uint8 and min(cached[i][0].shape[1:]) == 16
         assert torch.equal(cached[i][0], direct[i][0])
 
 
@@ -206,3 +206,35 @@ def test_a_second_cache_build_waits_for_the_first(tmp_path):
         assert not built.wait(1.0)
     thread.join(60)
     assert built.is_set() and (folder / "images.u8").is_file()
+
+
+def test_views_come_from_the_whole_picture_and_evaluation_is_resize_then_centre_crop(tmp_path):
+    """A 2:1 picture with a red left edge and a blue right edge. The cache keeps all of it (its
+    short side 8/7 of the training size), so SimCLR's crops reach both edges, as
+    RandomResizedCrop on the original does; a centre-cropped square would hold neither. The
+    evaluation crop is the usual resize-and-centre-crop of the original."""
+    from torchvision.transforms import v2
+
+    from medssl.data.cache import cache_side
+    from medssl.data.transforms import eval_crop
+
+    size = 16
+    pixels = np.full((32, 64, 3), 128, dtype=np.uint8)
+    pixels[:, :8] = (255, 0, 0)
+    pixels[:, -8:] = (0, 0, 255)
+    (tmp_path / "img").mkdir()
+    Image.fromarray(pixels).save(tmp_path / "img" / "wide.png")
+    cache = ImageCache.build(tmp_path / "img", ["wide.png"], cache_side(size), progress=False)
+    stored = cache.get("wide.png")
+    assert stored.shape == (cache_side(size), 2 * cache_side(size), 3)
+    image = torch.from_numpy(stored.copy()).permute(2, 0, 1)
+    crops = simclr_crops(size, simclr_settings(size, "study"))
+    torch.manual_seed(0)
+    views = torch.stack([v for _ in range(100) for v in crops(image)])
+    red = ((views[:, 0] > 200) & (views[:, 2] < 60)).flatten(1).any(1)
+    blue = ((views[:, 2] > 200) & (views[:, 0] < 60)).flatten(1).any(1)
+    assert red.float().mean() > 0.1 and blue.float().mean() > 0.1
+    original = torch.from_numpy(pixels).permute(2, 0, 1)
+    expected = v2.CenterCrop(size)(v2.Resize(cache_side(size), antialias=True)(original))
+    assert (eval_crop(size)(image).int() - expected.int()).abs().max() <= 2  # resize rounding
+    assert eval_crop(size)(image).shape == (3, size, size)

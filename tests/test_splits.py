@@ -62,8 +62,9 @@ def test_split_file_round_trip_reproduces_the_split(tmp_path):
     root = fx.make_ham10000(tmp_path, per_class=30)
     original = open_dataset(DataConfig("ham10000", str(root), seed=5))
     path = tmp_path / "split.csv"
-    write_split_csv(original.samples, path)
-    assert list(pd.read_csv(path).columns) == ["path", "label", "group", "split"]
+    write_split_csv(original.samples, path, "drop")
+    assert list(pd.read_csv(path).columns) == ["path", "label", "group", "split", "reason",
+                                               "duplicate_policy"]
     again = open_dataset(DataConfig("ham10000", str(root), seed=99, split_file=str(path)))
     assert again.samples.equals(original.samples)
 
@@ -74,11 +75,11 @@ def test_split_file_that_does_not_fit_the_dataset_is_refused(tmp_path):
     path = tmp_path / "split.csv"
     changed = table.samples.copy()
     changed.loc[0, "label"] = "Normal" if changed.loc[0, "label"] != "Normal" else "Covid"
-    write_split_csv(changed, path)
+    write_split_csv(changed, path, "drop")
     with pytest.raises(MedsslError, match=changed.loc[0, "path"]):
         read_split_csv(path, table)
     changed = table.samples.copy()
     changed.loc[0, "path"] = "train/Covid/not-there.png"
-    write_split_csv(changed, path)
+    write_split_csv(changed, path, "drop")
     with pytest.raises(MedsslError, match="not-there.png"):
         read_split_csv(path, table)

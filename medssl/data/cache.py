@@ -1,16 +1,19 @@
-"""The preprocessed image cache: decode every image once, train from small uint8 squares.
+"""The preprocessed image cache: decode every image once, train from small uint8 images.
 
 Decoding a 4288x2848 fundus JPEG costs ~100 ms; training needs a 224-px crop of it. One parallel
-pass (JPEG draft mode, then a resize) turns each image into a `side x side` RGB square - the short
-side resized to `side`, the long side centre-cropped - where `side` is 8/7 of the training size
-(256 for 224), exactly what evaluation's resize-and-centre-crop starts from.
+pass (JPEG draft mode, then a resize) turns each image into an RGB image whose short side is
+`side`, 8/7 of the training size (256 for 224), with its aspect ratio kept: SimCLR's random
+resized crops are taken from the whole picture (the sides of a chest X-ray, a fundus's margins),
+as torchvision's RandomResizedCrop takes them from the original, and evaluation's centre crop of
+it is exactly the usual resize-and-centre-crop.
 
-Storage: one flat uint8 file per dataset and size, `images.u8` (N rows of side*side*3 bytes), and
-`index.json` naming each row's source path, byte size and modification time. Why one file rather
-than a folder of PNG/JPEG files: a row is read with a single `pread` and no decoding at all, and
-reads go through the page cache without mapping the file, so a worker's memory does not grow
-with the dataset. A source whose size or mtime changed is decoded again; the index is written
-last, through a temporary name, so an interrupted build is never taken for a finished one.
+Storage: one flat uint8 file per dataset and size, `images.u8` (the rows one after the other, each
+height*width*3 bytes), and `index.json` naming each row's source path, byte size, modification
+time, offset and shape. Why one file rather than a folder of PNG/JPEG files: a row is read with a
+single `pread` and no decoding at all, and reads go through the page cache without mapping the
+file, so a worker's memory does not grow with the dataset. A source whose size or mtime changed is
+decoded again; the index is written last, through a temporary name, so an interrupted build is
+never taken for a finished one.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from medssl.atomic import atomic_write
 from medssl.data.files import cache_dir
 from medssl.data.images import load_rgb
 
-VERSION = 1
+VERSION = 2  # 1: centre-cropped squares; 2: the whole picture, aspect ratio kept
 log = logging.getLogger("medssl")
 
 
@@ -39,15 +42,31 @@ def cache_side(image_size: int) -> int:
     return int(round(image_size * 8 / 7))
 
 
-def square(path: str | Path, side: int, draft: bool = True) -> np.ndarray:
-    """One image as a `side x side x 3` uint8 array: short side resized to `side`, centre crop."""
-    img = load_rgb(path, min_side=side if draft else None)
-    w, h = img.size
+def shrunk_size(size: tuple[int, int], side: int) -> tuple[int, int]:
+    """(width, height) of a picture of `size` with its short side resized to `side`."""
+    w, h = size
     scale = side / min(w, h)
-    size = (max(side, round(w * scale)), max(side, round(h * scale)))
-    img = img.resize(size, Image.BILINEAR)
-    left, top = (size[0] - side) // 2, (size[1] - side) // 2
-    return np.asarray(img.crop((left, top, left + side, top + side)), dtype=np.uint8)
+    return max(side, round(w * scale)), max(side, round(h * scale))
+
+
+def shrink(path: str | Path, side: int, draft: bool = True) -> np.ndarray:
+    """One image as an `h x w x 3` uint8 array: the whole picture, short side resized to `side`."""
+    img = load_rgb(path, min_side=side if draft else None)
+    return np.asarray(img.resize(shrunk_size(img.size, side), Image.BILINEAR), dtype=np.uint8)
+
+
+def _shape(path: str, side: int) -> tuple[int, int]:
+    """The (height, width) `shrink` gives, from the file's header alone (EXIF orientation too)."""
+    from medssl.data.images import oriented_size
+
+    with Image.open(path) as img:
+        w, h = shrunk_size(oriented_size(img), side)
+    return h, w
+
+
+def _shapes(args) -> list[tuple[int, int]]:
+    side, paths = args
+    return [_shape(p, side) for p in paths]
 
 
 def _source_stamp(path: Path) -> list[int]:
@@ -56,16 +75,18 @@ def _source_stamp(path: Path) -> list[int]:
 
 
 def _decode_rows(args) -> int:
-    """Worker: decode `rows` of `paths` into the data file at `data_path` (opened for writing)."""
-    data_path, side, rows, paths = args
-    row_bytes = side * side * 3
+    """Worker: decode `paths` into the data file at `data_path` at their byte `offsets`."""
+    data_path, side, offsets, paths, shapes = args
     fd = os.open(data_path, os.O_WRONLY)
     try:
-        for row, path in zip(rows, paths):
-            os.pwrite(fd, square(path, side).tobytes(), row * row_bytes)
+        for offset, path, shape in zip(offsets, paths, shapes):
+            pixels = shrink(path, side)
+            if pixels.shape[:2] != tuple(shape):  # the header promised another size
+                raise RuntimeError(f"{path}: decoded as {pixels.shape[:2]}, expected {shape}")
+            os.pwrite(fd, pixels.tobytes(), offset)
     finally:
         os.close(fd)
-    return len(rows)
+    return len(paths)
 
 
 @contextlib.contextmanager
@@ -85,12 +106,12 @@ def _exclusive(lock_path: Path):
 
 
 class ImageCache:
-    """Rows of preprocessed images, one per relative path, read with `get(i)` as HWC uint8."""
+    """Preprocessed images, one per relative path, read with `get(path)` as HWC uint8."""
 
-    def __init__(self, folder: Path, side: int, rel_paths: list[str]):
+    def __init__(self, folder: Path, side: int, entries: list):
         self.folder, self.side = Path(folder), side
-        self.row = {p: i for i, p in enumerate(rel_paths)}
-        self.row_bytes = side * side * 3
+        # path -> (byte offset, height, width)
+        self.row = {e[0]: (e[2], e[3], e[4]) for e in entries}
         self._fd: int | None = None  # opened lazily: every DataLoader worker gets its own
 
     @staticmethod
@@ -117,40 +138,46 @@ class ImageCache:
         stamps = {p: _source_stamp(root / p) for p in paths}
         index_path, data_path = folder / "index.json", folder / "images.u8"
         old = json.loads(index_path.read_text()) if index_path.is_file() else {}
-        old_rows = {e[0]: (i, e[1]) for i, e in enumerate(old.get("entries", []))}
-        if old.get("version") == VERSION and [e[0] for e in old.get("entries", [])] == paths \
-                and data_path.is_file() and all(old_rows[p][1] == stamps[p] for p in paths):
-            return cls(folder, side, paths)
+        old_entries = old.get("entries", []) if old.get("version") == VERSION else []
+        old_rows = {e[0]: e for e in old_entries}
+        if [e[0] for e in old_entries] == paths and data_path.is_file() \
+                and all(old_rows[p][1] == stamps[p] for p in paths):
+            return cls(folder, side, old_entries)
 
-        row_bytes = side * side * 3
+        reused = {p for p in paths if p in old_rows and old_rows[p][1] == stamps[p]
+                  and data_path.is_file()}
+        todo = [p for p in paths if p not in reused]
+        new_shapes = dict(zip(todo, _header_shapes([str(root / p) for p in todo], side, workers)))
+        entries, offset = [], 0
+        for p in paths:
+            h, w = (old_rows[p][3], old_rows[p][4]) if p in reused else new_shapes[p]
+            entries.append([p, stamps[p], offset, h, w])
+            offset += h * w * 3
         tmp = folder / "images.u8.tmp"
         with open(tmp, "wb") as f:
-            f.truncate(len(paths) * row_bytes)
-        todo = []
-        if data_path.is_file():  # keep the rows whose source did not change
+            f.truncate(offset)
+        if reused:  # copy the rows whose source did not change
             with open(data_path, "rb") as src, open(tmp, "r+b") as dst:
-                for i, p in enumerate(paths):
-                    if p in old_rows and old_rows[p][1] == stamps[p]:
-                        src.seek(old_rows[p][0] * row_bytes)
-                        dst.seek(i * row_bytes)
-                        dst.write(src.read(row_bytes))
-                    else:
-                        todo.append(i)
-        else:
-            todo = list(range(len(paths)))
-        _decode(tmp, side, todo, [str(root / paths[i]) for i in todo], workers, progress)
+                for p, _, at, h, w in entries:
+                    if p in reused:
+                        src.seek(old_rows[p][2])
+                        dst.seek(at)
+                        dst.write(src.read(h * w * 3))
+        row = {e[0]: e for e in entries}
+        _decode(tmp, side, [row[p][2] for p in todo], [str(root / p) for p in todo],
+                [(row[p][3], row[p][4]) for p in todo], workers, progress)
         os.replace(tmp, data_path)
-        index = {"version": VERSION, "root": str(root.resolve()), "side": side,
-                 "entries": [[p, stamps[p]] for p in paths]}
+        index = {"version": VERSION, "root": str(root.resolve()), "side": side, "entries": entries}
         atomic_write(index_path, lambda tmp: tmp.write_text(json.dumps(index)))
-        log.info("image cache %s: %d decoded, %d reused", folder, len(todo), len(paths) - len(todo))
-        return cls(folder, side, paths)
+        log.info("image cache %s: %d decoded, %d reused", folder, len(todo), len(reused))
+        return cls(folder, side, entries)
 
     def get(self, rel_path: str) -> np.ndarray:
         if self._fd is None:
             self._fd = os.open(self.folder / "images.u8", os.O_RDONLY)
-        data = os.pread(self._fd, self.row_bytes, self.row[rel_path] * self.row_bytes)
-        return np.frombuffer(data, dtype=np.uint8).reshape(self.side, self.side, 3)
+        offset, h, w = self.row[rel_path]
+        data = os.pread(self._fd, h * w * 3, offset)
+        return np.frombuffer(data, dtype=np.uint8).reshape(h, w, 3)
 
     def __getstate__(self):  # a file descriptor does not travel to worker processes
         state = dict(self.__dict__)
@@ -158,21 +185,43 @@ class ImageCache:
         return state
 
 
-def _decode(data_path: Path, side: int, rows: list[int], paths: list[str],
-            workers: int | None, progress: bool) -> None:
+def _chunks(items: list, size: int) -> list[list]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def _run(fn, jobs: list, workers: int | None, on_result=None) -> list:
+    """fn over jobs, in a process pool when there are several jobs and workers; `on_result` is
+    called with each result as it comes (progress)."""
+    workers = max(1, workers or os.cpu_count() or 1)
+    results = []
+    if workers == 1 or len(jobs) < 2:
+        outputs = map(fn, jobs)
+        for result in outputs:
+            results.append(result)
+            if on_result:
+                on_result(result)
+        return results
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        for result in pool.map(fn, jobs):
+            results.append(result)
+            if on_result:
+                on_result(result)
+    return results
+
+
+def _header_shapes(paths: list[str], side: int, workers: int | None) -> list[tuple[int, int]]:
+    """The row shape of every path, from the file headers (the sizes fix the byte offsets)."""
+    jobs = [(side, c) for c in _chunks(paths, 256)]
+    return [shape for part in _run(_shapes, jobs, workers) for shape in part]
+
+
+def _decode(data_path: Path, side: int, offsets: list[int], paths: list[str],
+            shapes: list[tuple[int, int]], workers: int | None, progress: bool) -> None:
     from tqdm.auto import tqdm
 
-    workers = max(1, workers or os.cpu_count() or 1)
-    chunk = 16
-    jobs = [(str(data_path), side, rows[i:i + chunk], paths[i:i + chunk])
-            for i in range(0, len(rows), chunk)]
-    bar = tqdm(total=len(rows), desc=f"caching images at {side}px", unit="img",
-               disable=not progress or not rows, leave=False)
-    if workers == 1 or len(jobs) < 2:
-        for job in jobs:
-            bar.update(_decode_rows(job))
-    else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            for done in pool.map(_decode_rows, jobs):
-                bar.update(done)
+    jobs = [(str(data_path), side, o, p, s)
+            for o, p, s in zip(_chunks(offsets, 16), _chunks(paths, 16), _chunks(shapes, 16))]
+    bar = tqdm(total=len(paths), desc=f"caching images at {side}px", unit="img",
+               disable=not progress or not paths, leave=False)
+    _run(_decode_rows, jobs, workers, bar.update)
     bar.close()

@@ -14,13 +14,18 @@ from medssl.data.files import child
 from medssl.data.folder import has_class_folders, scan_class_folders
 from medssl.data.registry import DatasetAdapter, ReadOptions, SampleTable, make_samples, register
 
-# person<N>_bacteria_<M>.jpeg / person<N>_virus_<M>.jpeg; N counts separately per subtype.
-_PATIENT = re.compile(r"^(person\d+_(?:bacteria|virus))_\d+", re.IGNORECASE)
+# Pneumonia: person<N>_bacteria_<M>.jpeg and person<N>_virus_<M>.jpeg, one patient N whatever the
+# organism. Normal: IM-<N>-<M>.jpeg and NORMAL2-IM-<N>-<M>.jpeg, one patient N with or without the
+# prefix (the safe reading: a split that merges two patients loses nothing, one that parts a
+# patient's images leaks).
+_PATIENT = re.compile(r"^(person\d+)_(?:bacteria|virus)_\d+", re.IGNORECASE)
+_NORMAL = re.compile(r"^(?:NORMAL2-)?(IM-\d+)-\d+", re.IGNORECASE)
 
 
 def patient_of(path: Path) -> str | None:
-    m = _PATIENT.match(path.name)
-    return m.group(1).lower() if m else None  # normal images (IM-..., NORMAL2-IM-...) carry none
+    """`person<N>` or `im-<N>`; None for a name that follows neither pattern."""
+    m = _PATIENT.match(path.name) or _NORMAL.match(path.name)
+    return m.group(1).lower() if m else None
 
 
 @register
@@ -37,6 +42,8 @@ chest_xray/
   chest_xray/...  and  __MACOSX/...  (duplicates in the download; ignored)
 """
     official_test = True
+    grouping = ("patient: person<N> in pneumonia file names (bacteria and virus alike), IM-<N> in "
+                "normal ones (with or without the NORMAL2- prefix)")
 
     def is_root(self, path: Path) -> bool:
         train, test = child(path, "train"), child(path, "test")

@@ -14,6 +14,7 @@ class Covid19Dataset(DatasetAdapter):
     name = "covid19"
     title = "Covid19 chest X-ray image dataset"
     classes = ["Covid", "Normal", "Viral Pneumonia"]
+    grouping = "none in the download (no patient ids): every image is its own group"
     download = "https://www.kaggle.com/datasets/pranavraikokte/covid19-image-dataset"
     expected_tree = """
 Covid19-dataset/

@@ -19,6 +19,7 @@ from medssl.errors import MedsslError
 class CsvDataset(DatasetAdapter):
     name = "csv"
     generic = True
+    grouping = "--csv-group-column (patient, lesion), else every image is its own group"
     title = "CSV of image paths and labels"
     download = "your own images and a CSV"
     expected_tree = """

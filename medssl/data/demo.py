@@ -147,6 +147,7 @@ def group_of(path: Path) -> str | None:
 class DemoDataset(DatasetAdapter):
     name = "demo"
     generic = True
+    grouping = "lesion: lesionNNNN in the file name (one or two images of each)"
     title = "built-in synthetic demo of lesion-like images"
     classes = CLASSES
     download = "nothing to download: generated on first use"

@@ -3,7 +3,10 @@
 `per_class=None` writes the real image counts (HAM10000 10,015 with 7,470 lesions, ISIC 2239+118,
 Covid19 251+66, chest X-ray 5,856, IDRiD 413+103); a number caps every class of every split, for
 fast tests. Each carries the quirks of the real download: duplicate trees, `__MACOSX`, `._*`,
-`.DS_Store`, metadata variants, CRLF, mixed extensions and colour modes.
+`.DS_Store`, metadata variants, CRLF, mixed extensions and colour modes. Every file holds its own
+picture (seeded by its name), except where the real download holds one picture twice: at full
+size, ISIC's 155 ids filed twice and Covid19's five images in both train and test are copies here
+too, in the real pattern (counted from the real file lists).
 
     python -m medssl.data.fixtures covid19 /tmp/fixtures     # prints the folder it wrote
     python -m medssl.data.fixtures digits /tmp/real          # scikit-learn's real digits, as folders
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import io
 import sys
+import zlib
 from functools import lru_cache
 from pathlib import Path
 
@@ -33,15 +37,95 @@ CHEST_COUNTS = {"train": {"NORMAL": 1341, "PNEUMONIA": 3875}, "val": {"NORMAL": 
 IDRID_COUNTS = {"train": [134, 20, 136, 74, 49], "test": [34, 5, 32, 19, 13]}
 
 
+# Skin Cancer ISIC: ids filed twice, as (original folder, second folder): count. From the real
+# Kaggle file list: 18 test images have a copy in Train, 137 Train images a copy in Train under
+# another class.
+ISIC_COPIES = {(("Test", "actinic keratosis"), ("Train", "nevus")): 15,
+               (("Test", "seborrheic keratosis"), ("Train", "melanoma")): 3,
+               (("Train", "actinic keratosis"), ("Train", "nevus")): 62,
+               (("Train", "melanoma"), ("Train", "seborrheic keratosis")): 75}
+# Covid19: files in both train/Covid and test/Covid under one name, seen in the real file list.
+COVID_COPIES = ("COVID-00003b.jpg", "COVID-00012.jpg", "COVID-00022.jpg", "COVID-00033.jpg",
+                "COVID-00037.jpg")
+
+
+def seed_of(name: str) -> int:
+    """A picture's seed from a file's name: every file its own picture, the same on every run."""
+    return zlib.crc32(name.encode())
+
+
 @lru_cache(maxsize=None)
-def image_bytes(fmt: str = "JPEG", mode: str = "RGB", size: int = 8, seed: int = 0) -> bytes:
-    """A tiny real image, encoded once and written as many times as needed."""
+def image_bytes(fmt: str = "JPEG", mode: str = "RGB", size: int = 16, seed: int = 0) -> bytes:
+    """A tiny real image (random pixels: no two seeds give pictures that look alike)."""
     rng = np.random.default_rng(seed)
     arr = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-    img = Image.fromarray(arr).convert(mode)
+    return encode(Image.fromarray(arr).convert(mode), fmt)
+
+
+def picture(name: str, fmt: str = "JPEG", mode: str = "RGB", size: int = 16) -> bytes:
+    """The picture of the file called `name` (see `seed_of`)."""
+    return image_bytes(fmt, mode, size, seed_of(name))
+
+
+def encode(img: Image.Image, fmt: str = "JPEG", **options) -> bytes:
     buf = io.BytesIO()
-    img.save(buf, fmt)
+    img.save(buf, fmt, **options)
     return buf.getvalue()
+
+
+def xray_like(seed: int, size: int = 128) -> Image.Image:
+    """A chest-X-ray-like grey picture: one anatomy for everyone (body, two lungs, ribs, spine,
+    heart), with each patient's own position, size, rib shapes, lung markings, exposure and
+    noise. Pictures of different seeds look alike as thumbnails, as real chest X-rays do: the
+    duplicate search must tell them apart (tests, bench/duplicates.py)."""
+    rng = np.random.default_rng(seed)
+    n = size
+    yy, xx = np.mgrid[0:n, 0:n].astype(np.float32) / n
+    cx, cy, sc = 0.5 + rng.normal(0, 0.03), 0.52 + rng.normal(0, 0.03), rng.uniform(0.85, 1.1)
+    img = np.full((n, n), rng.uniform(0.02, 0.1), np.float32)
+    body = ((xx - cx) / (0.42 * sc)) ** 2 + ((yy - cy) / (0.55 * sc)) ** 2 < 1
+    img[body] = rng.uniform(0.55, 0.75)
+    lungs = np.zeros_like(img)
+    for side in (-1, 1):
+        lx, ly = cx + side * rng.uniform(0.15, 0.2) * sc, cy - rng.uniform(0.02, 0.08)
+        rx, ry = rng.uniform(0.11, 0.15) * sc, rng.uniform(0.28, 0.34) * sc
+        lungs = np.maximum(lungs, np.clip(1.3 - ((xx - lx) / rx) ** 2 - ((yy - ly) / ry) ** 2, 0, 1))
+    img -= lungs * rng.uniform(0.35, 0.5)
+    ribs = np.zeros_like(img)
+    y0, spacing = cy - 0.3 * sc, rng.uniform(0.055, 0.075) * sc
+    for k in range(10):  # each rib its own height, curve and width
+        yk = y0 + k * spacing + rng.normal(0, 0.006)
+        bend = rng.uniform(0.6, 1.2)
+        width = rng.uniform(0.008, 0.014)
+        ribs += np.exp(-(((yy - yk - bend * (xx - cx) ** 2) / width) ** 2))
+    img += lungs * np.clip(ribs, 0, 1) * rng.uniform(0.12, 0.2)
+    img += np.exp(-((xx - cx) / 0.04) ** 2) * body * rng.uniform(0.1, 0.2)  # spine
+    hx, hy = cx + rng.uniform(0.02, 0.08), cy + rng.uniform(0.08, 0.15)
+    img += np.exp(-(((xx - hx) / 0.12) ** 2 + ((yy - hy) / 0.1) ** 2)) * rng.uniform(0.15, 0.3)
+    markings = np.zeros_like(img)  # lung markings: smooth random texture at three scales
+    for cells, amp in ((12, 0.5), (24, 0.35), (48, 0.25)):
+        small = Image.fromarray((rng.random((cells, cells)) * 255).astype(np.uint8))
+        markings += amp * np.asarray(small.resize((n, n), Image.BICUBIC), np.float32) / 255
+    img += lungs * (markings - markings.mean()) * rng.uniform(0.1, 0.2)
+    img += rng.normal(0, 0.02, img.shape)
+    img = np.clip(img, 0, 1) ** rng.uniform(0.8, 1.25)
+    return Image.fromarray((img * 255).astype(np.uint8), "L")
+
+
+def copy_of(img: Image.Image, how: str, rng: np.random.Generator | None = None) -> bytes:
+    """Bytes of a copy of `img`: "png" (the same pixels, another format), "resized" (60-85% and
+    re-encoded as JPEG), "cropped" (up to 2% off each side, re-encoded) or "both"."""
+    rng = rng or np.random.default_rng(0)
+    if how == "png":
+        return encode(img, "PNG")
+    w, h = img.size
+    if how in ("cropped", "both"):
+        l, t, r, b = rng.uniform(0.005, 0.02, 4)
+        img = img.crop((int(l * w), int(t * h), w - int(r * w), h - int(b * h)))
+    if how in ("resized", "both"):
+        f = rng.uniform(0.6, 0.85)
+        img = img.resize((round(img.size[0] * f), round(img.size[1] * f)), Image.BICUBIC)
+    return encode(img.convert("RGB"), "JPEG", quality=int(rng.integers(75, 92)))
 
 
 def write(path: Path, data: bytes) -> Path:
@@ -106,51 +190,74 @@ def make_ham10000(parent: Path, per_class: int | None = None, kaggle: bool = Fal
         name = "HAM10000_metadata.csv" if metadata == "csv" else "HAM10000_metadata"
     write(root / name, text.encode())
 
-    jpg = image_bytes("JPEG", "RGB")
     folders = ["HAM10000_images_part_1", "HAM10000_images_part_2"]
     if kaggle:
         folders += ["ham10000_images_part_1", "ham10000_images_part_2"]
         write(root / "hmnist_8_8_L.csv", b"pixel0000,label\n0,2\n")
     half = min(5000, len(rows) // 2)
     for i, (_, image, _) in enumerate(rows):
+        jpg = picture(image)
         if flat:
             write(root / f"{image}.jpg", jpg)
             continue
         part = 0 if i < half else 1
-        for f in folders[part::2]:
+        for f in folders[part::2]:  # Kaggle's lowercase folders: the same files again
             write(root / f / f"{image}.jpg", jpg)
     _junk(root)
     write(parent / "__MACOSX" / root.name / "._HAM10000_metadata.csv", APPLEDOUBLE)
     return root
 
 
-def make_isic(parent: Path, per_class: int | None = None, reupload_copies: int = 3) -> Path:
+def make_isic(parent: Path, per_class: int | None = None, reupload_copies: int = 3,
+              real_copies: bool | None = None) -> Path:
+    """`real_copies` (default: at full size) files pictures twice as the real download does
+    (`ISIC_COPIES`): the second folder holds the first's file, same name, same bytes."""
     root = parent / "Skin cancer ISIC The International Skin Imaging Collaboration"
-    jpg, image_no = image_bytes("JPEG", "RGB"), 10000
+    image_no = 10000
+    names: dict[tuple[str, str], list[str]] = {}
     for split_no, split in enumerate(("Train", "Test")):
         for cls, counts in ISIC_COUNTS.items():
-            folder = root / split / cls
-            for _ in range(_cap(counts[split_no], per_class)):
-                write(folder / f"ISIC_{image_no:07d}.jpg", jpg)
-                image_no += 1
-            _junk(folder)
+            n = _cap(counts[split_no], per_class)
+            names[(split, cls)] = [f"ISIC_{image_no + i:07d}.jpg" for i in range(n)]
+            image_no += n
+    if per_class is None if real_copies is None else real_copies:
+        taken = {folder: 0 for folder in names}  # files of each folder already in a pair
+        for (first, second), n in ISIC_COPIES.items():
+            for _ in range(n):
+                names[second][taken[second]] = names[first][taken[first]]
+                taken[first] += 1
+                taken[second] += 1
+    for (split, cls), files in names.items():
+        folder = root / split / cls
+        for name in files:
+            write(folder / name, picture(name))
+        _junk(folder)
     # Some re-uploads carry browser copies `name(1).jpg` beside `name.jpg`: not new images.
     train_nevus = sorted((root / "Train" / "nevus").glob("*.jpg"))
     for p in train_nevus[:reupload_copies]:
-        write(p.with_name(f"{p.stem}(1).jpg"), jpg)
+        write(p.with_name(f"{p.stem}(1).jpg"), p.read_bytes())
     return root
 
 
-def make_covid19(parent: Path, per_class: int | None = None) -> Path:
-    """Mixed .jpeg/.jpg/.png, grayscale and RGB; the same file name in several classes."""
+def make_covid19(parent: Path, per_class: int | None = None,
+                 real_copies: bool | None = None) -> Path:
+    """Mixed .jpeg/.jpg/.png, grayscale and RGB; the same file name in several classes (different
+    pictures). `real_copies` (default: at full size): the five Covid pictures the real download
+    has in both train and test (`COVID_COPIES`)."""
     root = parent / "Covid19-dataset"
     kinds = [(".jpeg", "JPEG", "RGB"), (".jpg", "JPEG", "L"), (".png", "PNG", "RGB"),
              (".jpeg", "JPEG", "L"), (".png", "PNG", "L")]
+    copies = per_class is None if real_copies is None else real_copies
     for split_no, split in enumerate(("train", "test")):
         for cls, counts in COVID_COUNTS.items():
             for i in range(_cap(counts[split_no], per_class)):
                 ext, fmt, mode = kinds[i % len(kinds)]
-                write(root / split / cls / f"{i + 1:02d}{ext}", image_bytes(fmt, mode))
+                rel = f"{split}/{cls}/{i + 1:02d}{ext}"
+                if copies and cls == "Covid" and i < len(COVID_COPIES):
+                    rel, fmt, mode = f"{split}/{cls}/{COVID_COPIES[i]}", "JPEG", "RGB"
+                    write(root / rel, picture(COVID_COPIES[i]))  # train and test: one picture
+                    continue
+                write(root / rel, picture(rel, fmt, mode))
     return root
 
 
@@ -164,7 +271,6 @@ def make_chest_xray(parent: Path, per_class: int | None = None, duplicate_tree: 
     rng = np.random.default_rng(seed)
     outer = parent / "chest_xray"
     trees = [outer, outer / "chest_xray"] if duplicate_tree else [outer]
-    gray, rgb = image_bytes("JPEG", "L"), image_bytes("JPEG", "RGB")
     person, image_no = 1, 1
     files: list[tuple[str, bytes]] = []
     for split, classes in CHEST_COUNTS.items():
@@ -182,7 +288,8 @@ def make_chest_xray(parent: Path, per_class: int | None = None, duplicate_tree: 
                     names = [f"person{person}_{kind}_{image_no + j}.jpeg" for j in range(k)]
                     person, image_no = person + 1, image_no + k
                 for name in names:
-                    files.append((f"{split}/{cls}/{name}", rgb if made % 25 == 0 else gray))
+                    rel = f"{split}/{cls}/{name}"
+                    files.append((rel, picture(rel, "JPEG", "RGB" if made % 25 == 0 else "L")))
                     made += 1
     for tree in trees:
         for rel, data in files:
@@ -198,7 +305,6 @@ def make_chest_xray(parent: Path, per_class: int | None = None, duplicate_tree: 
 def make_idrid(parent: Path, per_class: int | None = None, header_space: bool = True) -> Path:
     """Numbering restarts per split; the training CSV has CRLF and nine empty trailing columns."""
     root = parent / "B. Disease Grading"
-    jpg = image_bytes("JPEG", "RGB")
     for split, folder, csv_name, empties in (
             ("train", "a. Training Set", "a. IDRiD_Disease Grading_Training Labels.csv", 9),
             ("test", "b. Testing Set", "b. IDRiD_Disease Grading_Testing Labels.csv", 0)):
@@ -207,7 +313,7 @@ def make_idrid(parent: Path, per_class: int | None = None, header_space: bool = 
         lines = [",".join(["Image name", "Retinopathy grade", risk] + [""] * empties)]
         for i, grade in enumerate(grades, start=1):
             name = f"IDRiD_{i:03d}"
-            write(root / "1. Original Images" / folder / f"{name}.jpg", jpg)
+            write(root / "1. Original Images" / folder / f"{name}.jpg", picture(f"{split}/{name}"))
             lines.append(",".join([name, str(grade), str(i % 3)] + [""] * empties))
         write(root / "2. Groundtruths" / csv_name, ("\r\n".join(lines) + "\r\n").encode())
     return root

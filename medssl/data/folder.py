@@ -76,6 +76,7 @@ def has_class_folders(folder: Path, classes: list[str] | None = None) -> bool:
 class FolderDataset(DatasetAdapter):
     name = "folder"
     generic = True
+    grouping = "none: every image is its own group"
     title = "ImageFolder tree"
     download = "your own images, one folder per class"
     expected_tree = """

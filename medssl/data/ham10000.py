@@ -32,6 +32,8 @@ class Ham10000Dataset(DatasetAdapter):
     name = "ham10000"
     title = "HAM10000"
     classes = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
+    grouping = "lesion_id from the metadata (up to 6 images of one lesion)"
+    image_id_pattern = r"ISIC_\d+"
     download = ("https://doi.org/10.7910/DVN/DBW86T (Harvard Dataverse) or "
                 "https://www.kaggle.com/datasets/kmader/skin-cancer-mnist-ham10000")
     expected_tree = """

@@ -35,6 +35,8 @@ class IdridDataset(DatasetAdapter):
     name = "idrid"
     title = "IDRiD disease grading"
     classes = ["0", "1", "2", "3", "4"]
+    grouping = ("none in the download (no patient ids; numbering restarts per split): every "
+                "image is its own group")
     download = "https://ieee-dataport.org/open-access/indian-diabetic-retinopathy-image-dataset-idrid (part B. Disease Grading)"
     expected_tree = """
 B. Disease Grading/

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from concurrent.futures import ProcessPoolExecutor
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from medssl.data.duplicates import SMALL, Fingerprint, fingerprint
 from medssl.data.registry import Problem
 
 # Decompression-bomb guard stays on, but fundus photographs (4288x2848) are far below it.
@@ -28,60 +30,87 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
+def _draft_decode(img: Image.Image, min_side: int | None) -> Image.Image:
+    """Decode an opened image; with `min_side`, JPEGs decode in draft mode at the smallest 1/2,
+    1/4 or 1/8 scale whose short side is still at least that (much faster)."""
+    if min_side and img.format == "JPEG" and min(img.size) > min_side:
+        factor = min(img.size) / min_side
+        img.draft(None, (int(img.size[0] / factor), int(img.size[1] / factor)))
+    img.load()
+    return to_rgb(img)
+
+
 def load_rgb(path: Path | str, min_side: int | None = None) -> Image.Image:
-    """Open, decode and convert one image. With `min_side`, JPEGs decode in draft mode at the
-    smallest 1/2, 1/4 or 1/8 scale whose short side is still at least that (much faster)."""
+    """Open, decode and convert one image (in draft mode with `min_side`, see `_draft_decode`)."""
     with Image.open(path) as img:
-        if min_side and img.format == "JPEG" and min(img.size) > min_side:
-            factor = min(img.size) / min_side
-            img.draft(None, (int(img.size[0] / factor), int(img.size[1] / factor)))
-        img.load()
-        return to_rgb(img)
+        return _draft_decode(img, min_side)
+
+
+def oriented_size(img: Image.Image) -> tuple[int, int]:
+    """(width, height) of an opened image as displayed: EXIF orientations 5-8 swap the sides."""
+    orientation = img.getexif().get(0x0112, 1)
+    w, h = img.size
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
+def inspect_image(path: Path | str) -> tuple[str | None, Fingerprint | None]:
+    """Decode one image completely: why it cannot be used (None when it can), and, when it can,
+    its fingerprint for the duplicate search. The file is read once, for both."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return "file not found", None
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})", None
+    if not data:
+        return "empty file (0 bytes)", None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as img:
+                size = oriented_size(img)
+                # Draft mode still reads every byte of the stream, so truncation is still caught.
+                decoded = _draft_decode(img, min_side=SMALL)
+    except UnidentifiedImageError:
+        return "not an image Pillow can read (wrong extension, or a damaged file)", None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        return f"truncated or corrupt image data ({exc})", None
+    return None, fingerprint(data, decoded, size)
 
 
 def image_problem(path: Path | str) -> str | None:
     """Why this file cannot be used as an image, or None when it decodes completely."""
-    path = Path(path)
-    try:
-        if path.stat().st_size == 0:
-            return "empty file (0 bytes)"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            # Draft mode still reads every byte of the stream, so truncation is still caught.
-            load_rgb(path, min_side=32)
-    except FileNotFoundError:
-        return "file not found"
-    except UnidentifiedImageError:
-        return "not an image Pillow can read (wrong extension, or a damaged file)"
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        return f"truncated or corrupt image data ({exc})"
-    return None
+    return inspect_image(path)[0]
 
 
-def _problems_of(paths: list[str]) -> list[str | None]:
-    return [image_problem(p) for p in paths]
+def _inspect_all(paths: list[str]) -> list[tuple[str | None, Fingerprint | None]]:
+    return [inspect_image(p) for p in paths]
 
 
-def find_bad_images(root: Path, rel_paths: list[str], workers: int | None = None,
-                    progress: bool = True) -> list[Problem]:
-    """Decode every image once, in parallel; one Problem per file that fails, named by its path."""
+def inspect_images(root: Path, rel_paths: list[str], workers: int | None = None,
+                   progress: bool = True) -> tuple[list[Problem], dict[str, Fingerprint]]:
+    """Decode every image once, in parallel: one Problem per file that fails, named by its path,
+    and the fingerprint of every file that decodes."""
     paths = [str(root / p) for p in rel_paths]
     workers = workers or os.cpu_count() or 1
     chunk = 64
     chunks = [paths[i:i + chunk] for i in range(0, len(paths), chunk)]
     bar = _progress(len(paths), progress)
-    results: list[str | None] = []
+    results: list[tuple[str | None, Fingerprint | None]] = []
     if workers <= 1 or len(paths) < 4 * chunk:
         for c in chunks:
-            results += _problems_of(c)
+            results += _inspect_all(c)
             bar.update(len(c))
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            for c, res in zip(chunks, pool.map(_problems_of, chunks)):
+            for c, res in zip(chunks, pool.map(_inspect_all, chunks)):
                 results += res
                 bar.update(len(c))
     bar.close()
-    return [Problem(rel, why) for rel, why in zip(rel_paths, results) if why]
+    problems = [Problem(rel, why) for rel, (why, _) in zip(rel_paths, results) if why]
+    prints = {rel: f for rel, (_, f) in zip(rel_paths, results) if f is not None}
+    return problems, prints
 
 
 def _progress(total: int, enabled: bool):

@@ -24,6 +24,8 @@ Skin cancer ISIC The International Skin Imaging Collaboration/
   classes: actinic keratosis, basal cell carcinoma, ... , vascular lesion
 """
     official_test = True
+    grouping = "none in the download (no lesion or patient ids): every image is its own group"
+    image_id_pattern = r"ISIC_\d+"
 
     def is_root(self, path: Path) -> bool:
         train, test = child(path, "Train"), child(path, "Test")

@@ -7,9 +7,10 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from medssl.data.images import find_bad_images
-from medssl.data.registry import SPLITS, Problem, ReadOptions, SampleTable, get_adapter
-from medssl.data.splits import assign_splits, read_split_csv
+from medssl.data.duplicates import find_duplicates
+from medssl.data.images import inspect_images
+from medssl.data.registry import SPLITS, DatasetAdapter, Problem, ReadOptions, SampleTable, get_adapter
+from medssl.data.splits import EXCLUDED, assign_splits, read_split_csv, reason_kind
 from medssl.errors import MedsslError
 
 MAX_LISTED = 20
@@ -25,29 +26,56 @@ class DataConfig:
     test_fraction: float | None = None
     split_file: str | None = None
     read_options: ReadOptions = field(default_factory=ReadOptions)
+    duplicates: str = "drop"  # the duplicate policy: splits.DUPLICATE_POLICIES
 
 
-def open_dataset(cfg: DataConfig) -> SampleTable:
-    """Read the download's layout and give every sample a split (carved, or from a split file)."""
+def read_layout(cfg: DataConfig) -> tuple[DatasetAdapter, SampleTable]:
+    """The download's layout as a table of samples (splits as published; nothing decoded yet)."""
     adapter = get_adapter(cfg.dataset)
     root = adapter.find_root(cfg.data_root)
     table = adapter.read(root, cfg.read_options or ReadOptions())
     if table.samples.empty:
         raise MedsslError(f"No usable images found for {cfg.dataset} under {table.root}."
                           + _listing(table.problems, cfg.dataset))
+    return adapter, table
+
+
+def scan_images(table: SampleTable, adapter: DatasetAdapter, workers: int | None = None,
+                progress: bool = True) -> list[Problem]:
+    """The one decode pass: every image decoded, the broken ones added to the table's problems
+    (and returned), and the copies among the rest found (`table.duplicates`). A group of copies
+    filed under different labels is also a warning."""
+    bad, prints = inspect_images(table.root, table.samples["path"].tolist(), workers, progress)
+    table.problems.extend(bad)
+    table.duplicates = find_duplicates(table.root, prints, adapter.image_id, progress)
+    label_of = dict(zip(table.samples["path"], table.samples["label"]))
+    for group in table.duplicates:
+        labels = sorted({label_of[p] for p in group.paths})
+        if len(labels) > 1:
+            table.problems.append(Problem(
+                group.paths[0], f"the same picture ({group.kind} copies) is filed under "
+                f"different labels ({', '.join(labels)}): {', '.join(group.paths)}", "warning"))
+    return bad
+
+
+def assign(table: SampleTable, cfg: DataConfig) -> None:
+    """Give every sample a split: carved under the duplicate policy, or read from a split file."""
+    table.duplicate_policy = cfg.duplicates
     if cfg.split_file:
-        table.samples = read_split_csv(cfg.split_file, table)
+        table.samples = read_split_csv(cfg.split_file, table, cfg.duplicates)
         table.notes.append(f"split read from {cfg.split_file}")
     else:
-        table.samples = assign_splits(table.samples, cfg.seed, cfg.val_fraction, cfg.test_fraction)
+        table.samples = assign_splits(table.samples, cfg.seed, cfg.val_fraction,
+                                      cfg.test_fraction, table.duplicates, cfg.duplicates)
+
+
+def open_dataset(cfg: DataConfig, workers: int | None = None, progress: bool = False) -> SampleTable:
+    """Read the download's layout, decode every image once (broken files and copies found),
+    and give every sample a split."""
+    adapter, table = read_layout(cfg)
+    scan_images(table, adapter, workers, progress)
+    assign(table, cfg)
     return table
-
-
-def check_images(table: SampleTable, workers: int | None = None, progress: bool = True) -> list[Problem]:
-    """Decode every image; the broken ones are added to the table's problems and returned."""
-    bad = find_bad_images(table.root, table.samples["path"].tolist(), workers, progress)
-    table.problems.extend(bad)
-    return bad
 
 
 def prepare(cfg: DataConfig, skip_bad_images: bool = False, workers: int | None = None,
@@ -57,34 +85,62 @@ def prepare(cfg: DataConfig, skip_bad_images: bool = False, workers: int | None 
     Any error in the layout (unknown label, missing image) stops here with the list. Broken images
     stop here too unless `skip_bad_images`, in which case they are dropped and counted.
     """
-    table = open_dataset(cfg)
+    adapter, table = read_layout(cfg)
     layout_errors = table.errors
     if layout_errors:
         raise MedsslError(f"The {cfg.dataset} dataset at {table.root} has "
                           f"{len(layout_errors)} problem(s):" + _listing(layout_errors, cfg.dataset))
-    bad = check_images(table, workers, progress)
+    bad = scan_images(table, adapter, workers, progress)
     if bad and not skip_bad_images:
         raise MedsslError(
             f"{len(bad)} image(s) of {cfg.dataset} at {table.root} cannot be decoded:"
             + _listing(bad, cfg.dataset)
             + "\nFix: replace them from the download, or pass --skip-bad-images to leave them out.")
+    assign(table, cfg)
     if bad:
         bad_paths = {p.path for p in bad}
         table.samples = table.samples[~table.samples["path"].isin(bad_paths)].reset_index(drop=True)
         table.notes.append(f"skipped {len(bad)} unreadable image(s)")
         log.warning("--skip-bad-images: left out %d unreadable image(s) of %s:%s", len(bad),
                     cfg.dataset, _listing(bad, cfg.dataset))
+    excluded = duplicates_info(table)
+    if excluded["excluded_images"]:
+        log.info("--duplicates %s: %d image(s) left out of training (%s)", cfg.duplicates,
+                 excluded["excluded_images"],
+                 ", ".join(f"{n} {kind}" for kind, n in excluded["excluded"].items()))
     info = {"dataset": cfg.dataset, "root": str(table.root), "images": len(table.samples),
-            "skipped_bad_images": sorted(p.path for p in bad), "notes": list(table.notes)}
+            "skipped_bad_images": sorted(p.path for p in bad), "duplicates": excluded,
+            "notes": list(table.notes)}
     return table, info
 
 
+def duplicates_info(table: SampleTable) -> dict:
+    """For run metadata and reports: the policy, the groups found by kind, what was left out."""
+    excluded = table.samples[table.samples["split"] == EXCLUDED]
+    by_kind: dict[str, int] = {}
+    for group in table.duplicates:
+        by_kind[group.kind] = by_kind.get(group.kind, 0) + 1
+    left_out: dict[str, int] = {}
+    for reason in excluded.get("reason", []):
+        left_out[reason_kind(reason)] = left_out.get(reason_kind(reason), 0) + 1
+    return {"policy": table.duplicate_policy, "groups": len(table.duplicates),
+            "groups_by_kind": by_kind, "images_in_groups": sum(len(g.paths) for g in table.duplicates),
+            "excluded_images": len(excluded), "excluded": left_out}
+
+
 def summary(table: SampleTable) -> dict:
-    """The `medssl check --json` object: counts per split and class, groups, every problem."""
+    """The `medssl check --json` object: counts per split and class, groups, duplicate groups,
+    what the duplicate policy left out, every problem."""
     counts = pd.crosstab(table.samples["split"], table.samples["label"])
     splits = {s: {c: int(counts.at[s, c]) if s in counts.index and c in counts.columns else 0
                   for c in table.classes}
               for s in SPLITS}
+    row_of = table.samples.set_index("path")
+    duplicates = [{"paths": list(g.paths), "kind": g.kind,
+                   "labels": [row_of.at[p, "label"] for p in g.paths],
+                   "splits": [row_of.at[p, "split"] for p in g.paths]}
+                  for g in table.duplicates]
+    excluded = table.samples[table.samples["split"] == EXCLUDED]
     return {
         "dataset": table.dataset,
         "root": str(table.root),
@@ -92,6 +148,11 @@ def summary(table: SampleTable) -> dict:
         "classes": list(table.classes),
         "splits": splits,
         "groups": int(table.samples["group"].nunique()),
+        "duplicate_policy": table.duplicate_policy,
+        "duplicates": duplicates,
+        "excluded": [{"path": r.path, "label": r.label, "reason": r.reason}
+                     for r in excluded.itertuples(index=False)],
+        "excluded_by_reason": duplicates_info(table)["excluded"],
         "problems": [p.as_dict() for p in table.problems],
         "notes": list(table.notes),
         "usable": not table.errors,

@@ -8,6 +8,7 @@ A sample table has one row per image: `path` (relative to the dataset root), `la
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +42,8 @@ class SampleTable:
     samples: pd.DataFrame
     problems: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    duplicates: list = field(default_factory=list)  # duplicates.DuplicateGroup, from the decode pass
+    duplicate_policy: str = "drop"  # how the split treats them (splits.apply_duplicate_policy)
 
     @property
     def errors(self) -> list[Problem]:
@@ -76,6 +79,17 @@ class DatasetAdapter:
     expected_tree: str = ""
     official_test: bool = False  # the download ships its own test split
     generic: bool = False  # not one published dataset (folder, csv, demo): listed last
+    grouping: str = "none: every image is its own group"  # what keeps images together in a split
+    # A regular expression for names that identify a picture (ISIC_0024468): two files with the
+    # same name are one picture (a `same-id` duplicate group). None where names say nothing.
+    image_id_pattern: str | None = None
+
+    def image_id(self, path: str) -> str | None:
+        """The picture's id in this relative path, or None."""
+        if self.image_id_pattern is None:
+            return None
+        m = re.search(self.image_id_pattern, path.rsplit("/", 1)[-1])
+        return m.group(0) if m else None
 
     def is_root(self, path: Path) -> bool:
         raise NotImplementedError

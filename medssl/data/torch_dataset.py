@@ -1,7 +1,7 @@
 """A torch Dataset over rows of a sample table: (transformed uint8 CHW image, class index).
 
 Images come from the preprocessed cache (`ImageCache`), or, without one, are decoded from the
-originals each time into the same square. Either way the transform sees a uint8 tensor; turning it
+originals each time into the same picture (short side `side`, aspect ratio kept). Either way the transform sees a uint8 tensor; turning it
 into normalised floats (and SimCLR's colour and blur) happens per batch on the accelerator.
 """
 
@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from medssl.data.cache import ImageCache, square
+from medssl.data.cache import ImageCache, shrink
 from medssl.data.registry import SampleTable
 from medssl.data.sampling import stream_seed
 
@@ -19,11 +19,12 @@ from medssl.data.sampling import stream_seed
 class ImageDataset(Dataset):
     def __init__(self, table: SampleTable, rows: str | pd.DataFrame | None, transform, side: int,
                  cache: ImageCache | None = None, augment_seed: int | None = None):
-        """`rows`: a split name, a subset of `table.samples`, or None for every sample.
+        """`rows`: a split name, a subset of `table.samples`, or None for every sample the
+        duplicate policy did not leave out.
         `augment_seed`: seed the transform of index `epoch * len + i` by (seed, epoch, i), so a
         sample's augmentation does not depend on workers or on where a run was resumed."""
         if rows is None:
-            rows = table.samples
+            rows = table.samples[table.samples["split"] != "excluded"]
         elif isinstance(rows, str):
             rows = table.samples[table.samples["split"] == rows]
         self.rel_paths = list(rows["path"])
@@ -37,9 +38,9 @@ class ImageDataset(Dataset):
         return len(self.rel_paths)
 
     def image(self, i: int) -> torch.Tensor:
-        """Image i as a uint8 CHW tensor of `side x side`."""
+        """Image i as a uint8 CHW tensor whose short side is `side`."""
         rel = self.rel_paths[i]
-        pixels = self.cache.get(rel) if self.cache else square(self.root / rel, self.side)
+        pixels = self.cache.get(rel) if self.cache else shrink(self.root / rel, self.side)
         return torch.from_numpy(pixels.copy()).permute(2, 0, 1)
 
     def __getitem__(self, k: int):

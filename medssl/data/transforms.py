@@ -1,6 +1,7 @@
 """Image transforms, split where the work is cheapest.
 
-In the loader workers, on uint8 `side x side` squares from the cache: crops and flips
+In the loader workers, on uint8 images from the cache (short side 8/7 of the training size,
+aspect ratio kept): crops and flips
 (`simclr_crops`, `finetune_crops`, `eval_crop`). Per batch on the accelerator: uint8 to normalised
 floats (`Normalize`) and, for SimCLR, colour jitter, grayscale and blur (`simclr_colour_blur`).
 Presets and knobs use lightly's SimCLRTransform names; `lightly_transform` builds lightly's own
@@ -90,7 +91,8 @@ def finetune_crops(image_size: int, flips: str = "") -> v2.Compose:
 
 
 def eval_crop(image_size: int) -> v2.CenterCrop:
-    """The cached square is the image resized to 8/7 of the size: evaluation takes its centre."""
+    """The cached image is the picture with its short side resized to 8/7 of the size: its centre
+    crop is the usual resize-and-centre-crop evaluation."""
     return v2.CenterCrop(image_size)
 
 

@@ -40,6 +40,7 @@ class CompareConfig:
     val_fraction: float | None = None
     test_fraction: float | None = None
     read_options: object = None  # ReadOptions: csv column names
+    duplicates: str = "drop"  # copies of one picture: splits.DUPLICATE_POLICIES
     head: str = "linear"
     select: str = "loss"
     class_weights: bool = False
@@ -82,8 +83,9 @@ def shared_split(cfg: CompareConfig, base: Path) -> Path:
         wait_for_rank_zero(path)
     elif not path.is_file():
         table = open_dataset(DataConfig(cfg.dataset, cfg.data_root, cfg.split_seed, cfg.val_fraction,
-                                        cfg.test_fraction, cfg.split_file, cfg.read_options))
-        write_split_csv(table.samples, path)
+                                        cfg.test_fraction, cfg.split_file, cfg.read_options,
+                                        cfg.duplicates), progress=cfg.progress)
+        write_split_csv(table.samples, path, cfg.duplicates)
     return path
 
 
@@ -119,6 +121,7 @@ def run_compare(cfg: CompareConfig) -> tuple[str, Path]:
                   num_nodes=cfg.num_nodes, strategy=cfg.strategy, lr_scaling=cfg.lr_scaling,
                   precision=cfg.precision, num_workers=cfg.num_workers,
                   skip_bad_images=cfg.skip_bad_images, read_options=cfg.read_options,
+                  duplicates=cfg.duplicates,
                   cache=cfg.cache, compile=cfg.compile, deterministic=cfg.deterministic,
                   progress=cfg.progress)
 

@@ -83,4 +83,5 @@ def load_prior(model: str, arch: str, dataset: str, ssl_checkpoint=None,
     load_backbone_file(backbone, path)
     return backbone, {"model": model, "init": prior.init, "arch": arch, "ssl_checkpoint": str(path),
                       "ssl_dataset": meta.get("dataset"), "ssl_epochs": meta.get("epochs"),
-                      "ssl_split_file": str(path.parent / meta.get("split_file", "split.csv"))}
+                      "ssl_split_file": str(path.parent / meta.get("split_file", "split.csv")),
+                      "ssl_duplicate_policy": meta.get("data", {}).get("duplicates", {}).get("policy")}

@@ -38,6 +38,10 @@ def collect_runs(base: Path) -> tuple[pd.DataFrame, list[str]]:
                    "label_fraction": m["label_fraction"], "run": str(run),
                    "selected_epoch": m["selection"]["epoch"]}
             row.update({col: m[split][metric] for col, split, metric in COLUMNS})
+            # Runs before the duplicate search have no record: None, never a guess.
+            duplicates = m.get("data", {}).get("duplicates") or {}
+            row["duplicate_policy"] = duplicates.get("policy")
+            row["duplicates"] = json.dumps(duplicates, sort_keys=True)
             rows.append(row)
     return pd.DataFrame(rows), skipped
 
@@ -128,13 +132,37 @@ def markdown_table(summary: pd.DataFrame, skipped_models: dict[str, str] | None 
     return "\n".join(lines) + "\n"
 
 
+def duplicates_line(runs: pd.DataFrame) -> str:
+    """What the duplicate policy of the runs did, from their metadata; one policy per table."""
+    from medssl.errors import MedsslError
+
+    records = runs["duplicates"].unique()
+    if len(records) > 1:
+        policies = sorted(str(p) for p in runs["duplicate_policy"].unique())
+        raise MedsslError(f"The runs in this folder were split differently (duplicate policies or "
+                          f"counts differ: {', '.join(policies)}), so they cannot share one table. "
+                          "Fix: report each split from its own folder (`medssl compare --out`).")
+    info = json.loads(records[0])
+    if not info:
+        return "Duplicates: not searched (runs made before medssl looked for copies)."
+    groups = f"{info['groups']} group(s) of copies of one picture found"
+    if info["policy"] == "keep":
+        return (f"Duplicates (--duplicates keep): {groups}, kept where the download files them "
+                "(the published splits, as the study used them).")
+    kinds = ", ".join(f"{n} {kind}" for kind, n in info["excluded"].items())
+    left = (f"; {info['excluded_images']} image(s) left out of train, val and SSL ({kinds})"
+            if info["excluded_images"] else "; nothing needed leaving out")
+    return f"Duplicates (--duplicates drop): {groups}{left}."
+
+
 def write_results(base: Path, skipped_models: dict[str, str] | None = None) -> tuple[pd.DataFrame, str, list[str]]:
     """results.csv and results.md in `base`, from its finished runs; returns (summary, md, skipped)."""
     runs, skipped = collect_runs(base)
     if runs.empty:
         return pd.DataFrame(), "", skipped
     summary = summarise(runs)
-    md = markdown_table(summary, skipped_models)
+    summary["duplicate_policy"] = runs["duplicate_policy"].iloc[0]
+    md = markdown_table(summary, skipped_models) + "\n" + duplicates_line(runs) + "\n"
     if skipped:  # said in the table itself, so that it never looks complete when it is not
         names = ", ".join(str(Path(r).relative_to(base)) for r in skipped)
         md += f"\nNot included, unfinished (no completion marker): {names}\n"

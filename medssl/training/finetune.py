@@ -36,6 +36,7 @@ class FinetuneConfig:
     val_fraction: float | None = None
     test_fraction: float | None = None
     read_options: object = None  # ReadOptions: csv column names
+    duplicates: str = "drop"  # copies of one picture: splits.DUPLICATE_POLICIES
     label_fraction: float = 1.0
     arch: str | None = None
     image_size: int | None = None
@@ -85,19 +86,40 @@ def resolve(cfg: FinetuneConfig) -> FinetuneConfig:
 
 
 def check_no_ssl_leak(table, ssl_split_file: Path) -> None:
-    """SimCLR must not have seen this run's val or test images, even without their labels."""
+    """SimCLR must not have seen this run's val or test images, even without their labels, nor
+    a copy of one: pictures are compared by content (the table's duplicate groups), not by path.
+
+    Under `--duplicates keep` (the study's leaky protocol, asked for on purpose) copies are only
+    a warning; the very same file is refused under either policy."""
     import pandas as pd
 
     if not ssl_split_file.is_file():
         return
-    seen = set(pd.read_csv(ssl_split_file).query("split == 'train'")["path"])
+    ssl = pd.read_csv(ssl_split_file, dtype=str, keep_default_na=False)
+    seen = set(ssl.loc[ssl["split"] == "train", "path"])
     held_out = table.samples[table.samples["split"].isin(["val", "test"])]
-    leaked = held_out[held_out["path"].isin(seen)]
-    if len(leaked):
+    held_out_paths = set(held_out["path"])
+    leaks = [(p, p) for p in sorted(held_out_paths & seen)]
+    copies = []
+    for group in table.duplicates:
+        trained = [p for p in group.paths if p in seen]
+        held = [p for p in group.paths if p in held_out_paths]
+        copies += [(t, h) for t in trained[:1] for h in held if t != h]
+    if copies and table.duplicate_policy == "keep" and not leaks:
+        log.warning("--duplicates keep: the SSL backbone was pretrained on %d copies of images "
+                    "this run holds out for val/test (first: %s, a copy of %s)", len(copies),
+                    *copies[0])
+        return
+    leaks += copies
+    if leaks:
+        trained, held = leaks[0]
+        first = held if trained == held else f"{trained}, a copy of {held}"
         raise MedsslError(
-            f"The SSL backbone was pretrained on {len(leaked)} image(s) that this run holds out for "
-            f"val/test (first: {leaked['path'].iloc[0]}; its split is {ssl_split_file}).\nFix: "
-            f"finetune with --split-file {ssl_split_file}, or pretrain again with this run's split.")
+            f"The SSL backbone was pretrained on {len(leaks)} image(s) that this run holds out for "
+            f"val/test, or copies of them (first: {first}; the SSL split is {ssl_split_file}).\n"
+            f"Fix: finetune with --split-file {ssl_split_file}, or pretrain again with this run's "
+            "split and duplicate policy (--duplicates drop keeps copies of held-out images out of "
+            "SimCLR).")
 
 
 def run_finetune(cfg: FinetuneConfig) -> Path:
@@ -140,16 +162,16 @@ def run_finetune(cfg: FinetuneConfig) -> Path:
         split_file = source["ssl_split_file"]  # the split SimCLR trained on: nothing held out leaks
     table, data_info = prepare(DataConfig(cfg.dataset, cfg.data_root, cfg.split_seed,
                                           cfg.val_fraction, cfg.test_fraction, split_file,
-                                          cfg.read_options),
+                                          cfg.read_options, cfg.duplicates),
                                skip_bad_images=cfg.skip_bad_images, progress=cfg.progress)
     if "ssl_split_file" in source and not cfg.allow_other_dataset:
         check_no_ssl_leak(table, Path(source["ssl_split_file"]))
     labelled = label_subset(table.samples, cfg.label_fraction, cfg.seed)
     if writer:
         out.mkdir(parents=True, exist_ok=True)
-        write_split_csv(table.samples, out / "split.csv")
+        write_split_csv(table.samples, out / "split.csv", cfg.duplicates)
         if cfg.label_fraction < 1:
-            write_split_csv(labelled, out / "labelled_train.csv")
+            write_split_csv(labelled, out / "labelled_train.csv", cfg.duplicates)
 
     p = preset_for(cfg.dataset)
     plain = eval_crop(cfg.image_size)

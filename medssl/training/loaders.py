@@ -47,7 +47,10 @@ def open_cache(table, cfg):
 
     if not cfg.cache:
         return None
-    return ImageCache.build(table.root, list(table.samples["path"]), cache_side(cfg.image_size),
+    from medssl.data.splits import EXCLUDED
+
+    used = table.samples.loc[table.samples["split"] != EXCLUDED, "path"]  # never read: not cached
+    return ImageCache.build(table.root, list(used), cache_side(cfg.image_size),
                             progress=cfg.progress)
 
 

@@ -55,6 +55,7 @@ class PretrainConfig:
     val_fraction: float | None = None
     test_fraction: float | None = None
     read_options: object = None  # ReadOptions: csv column names
+    duplicates: str = "drop"  # copies of one picture: splits.DUPLICATE_POLICIES
     max_steps: int = -1
     cache: bool = True  # the preprocessed image cache; False decodes the originals every time
     compile: bool = False  # torch.compile the backbone
@@ -109,11 +110,12 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
     if cfg.resume and not split_file and (out / "split.csv").is_file():
         split_file = str(out / "split.csv")  # a resumed run keeps its split
     table, data_info = prepare(DataConfig(cfg.dataset, cfg.data_root, cfg.split_seed, cfg.val_fraction,
-                                          cfg.test_fraction, split_file, cfg.read_options),
+                                          cfg.test_fraction, split_file, cfg.read_options,
+                                          cfg.duplicates),
                                skip_bad_images=cfg.skip_bad_images, progress=cfg.progress)
     if writer:
         out.mkdir(parents=True, exist_ok=True)
-        write_split_csv(table.samples, out / "split.csv")
+        write_split_csv(table.samples, out / "split.csv", cfg.duplicates)
 
     p = preset_for(cfg.dataset)
     settings = simclr_settings(cfg.image_size, cfg.augment, **cfg.augment_overrides)

@@ -217,6 +217,10 @@ def candidate_pairs(hashes: np.ndarray, max_bits: int = PHASH_MAX_BITS) -> np.nd
 
 
 class _Union:
+    """Union-find over image indexes. Not scipy's connected_components: the pairs arrive one
+    by one, and the search asks as it goes whether two images are already one picture (to skip
+    comparing them again)."""
+
     def __init__(self, n: int):
         self.parent = list(range(n))
 

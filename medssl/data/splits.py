@@ -79,21 +79,25 @@ def apply_duplicate_policy(samples: pd.DataFrame, groups, policy: str) -> pd.Dat
 
 def _merged_groups(samples: pd.DataFrame, groups, row_of: dict) -> dict[str, str]:
     """Sample group -> the group it is merged into: groups linked by a duplicate group become
-    one, named by the smallest of them."""
-    parent: dict[str, str] = {}
+    one (scipy's connected components), named by the smallest of them."""
+    import numpy as np
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
 
-    def find(g: str) -> str:
-        while parent.get(g, g) != g:
-            g = parent[g]
-        return g
-
-    for group in groups:
-        names = sorted({samples.at[row_of[p], "group"] for p in group.paths if p in row_of})
-        for name in names[1:]:
-            a, b = find(names[0]), find(name)
-            if a != b:
-                parent[max(a, b)] = min(a, b)
-    return {g: find(g) for g in parent}
+    linked = [sorted({samples.at[row_of[p], "group"] for p in g.paths if p in row_of})
+              for g in groups]
+    names = sorted({name for names in linked for name in names})
+    index = {name: i for i, name in enumerate(names)}
+    edges = [(index[names_[0]], index[n]) for names_ in linked for n in names_[1:]]
+    if not edges:
+        return {}
+    a, b = np.array(edges).T
+    _, component = connected_components(coo_matrix((np.ones(len(a)), (a, b)),
+                                                   shape=(len(names), len(names))), directed=False)
+    smallest: dict[int, str] = {}
+    for name, c in zip(names, component):  # names are sorted: the first seen is the smallest
+        smallest.setdefault(c, name)
+    return {name: smallest[c] for name, c in zip(names, component)}
 
 
 def policy_violations(samples: pd.DataFrame, groups) -> list[str]:

@@ -287,3 +287,19 @@ def test_a_dataset_of_nothing_but_copies_is_a_clear_error(tmp_path):
     # Kept, the ten copies are one group, and one group cannot be carved into splits.
     with pytest.raises(MedsslError, match="10 images in 1 groups: too few to split"):
         open_dataset(DataConfig("folder", str(tmp_path / "mine"), duplicates="keep"))
+
+
+def test_left_out_copies_are_never_cached_nor_served(planted_root, isolated_cache):
+    """Excluded rows stay in the table (and split.csv) but no loader reads them."""
+    from types import SimpleNamespace
+
+    from medssl.data.torch_dataset import ImageDataset
+    from medssl.training.loaders import open_cache
+
+    table = open_dataset(DataConfig("covid19", str(planted_root)))
+    excluded = set(table.samples.loc[table.samples["split"] == EXCLUDED, "path"])
+    assert len(excluded) == 6
+    cache = open_cache(table, SimpleNamespace(cache=True, image_size=32, progress=False))
+    assert not excluded & set(cache.row) and len(cache.row) == len(table.samples) - 6
+    served = ImageDataset(table, None, lambda x: x, 37, cache)
+    assert not excluded & set(served.rel_paths) and len(served) == len(table.samples) - 6

@@ -82,7 +82,11 @@ def _decode_rows(args) -> int:
         for offset, path, shape in zip(offsets, paths, shapes):
             pixels = shrink(path, side)
             if pixels.shape[:2] != tuple(shape):  # the header promised another size
-                raise RuntimeError(f"{path}: decoded as {pixels.shape[:2]}, expected {shape}")
+                from medssl.errors import MedsslError
+
+                raise MedsslError(f"{path} decodes to {pixels.shape[1]}x{pixels.shape[0]} px "
+                                  f"where its header says {shape[1]}x{shape[0]} (after shrinking). "
+                                  "Fix: re-save the image from the download, or pass --no-cache.")
             os.pwrite(fd, pixels.tobytes(), offset)
     finally:
         os.close(fd)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import logging
+import os
 import sys
 
 from medssl import __version__
-from medssl.errors import MedsslError
+from medssl.errors import Interrupted, MedsslError
+from medssl.training.checks import ACCELERATORS, PRECISIONS, lr_problem
 from medssl.training.distributed import LR_SCALING, STRATEGIES, is_rank_zero
 
 
@@ -55,6 +56,18 @@ def augment_override(text: str):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def learning_rate(text: str) -> float:
+    """`--lr`: a finite number above 0 (checks.lr_problem, which configurations use too)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    why = lr_problem(value)
+    if why:
+        raise argparse.ArgumentTypeError(f"{why}; a learning rate such as 1e-3 or 1e-5")
+    return value
+
+
 positive_int = int_at_least(1)
 non_negative_int = int_at_least(0)
 
@@ -80,9 +93,12 @@ def data_options() -> argparse.ArgumentParser:
                    "splits (the study's protocol). Either way `medssl check` lists them")
     g.add_argument("--csv-path-column", default="path", help="csv dataset: image path column")
     g.add_argument("--csv-label-column", default="label", help="csv dataset: label column")
-    g.add_argument("--csv-split-column", default=None, help="csv dataset: optional split column")
+    g.add_argument("--csv-split-column", default=None,
+                   help="csv dataset: the train/val/test column (default: the CSV's `split` "
+                   "column when it has one; `none` ignores it and carves the splits)")
     g.add_argument("--csv-group-column", default=None,
-                   help="csv dataset: optional patient/lesion id column for grouped splits")
+                   help="csv dataset: the patient/lesion id column for grouped splits (default: "
+                   "the CSV's `group` column when it has one; `none` ignores it)")
     g.add_argument("--workers", type=positive_int, default=None,
                    help="processes that decode images (default: all CPU cores)")
     return p
@@ -120,6 +136,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     from medssl.data import open_dataset, summary
     from medssl.data.splits import write_split_csv
 
+    if args.split_out:
+        from medssl.oserrors import writable_file
+
+        writable_file(args.split_out, "--split-out")
     table = open_dataset(data_config(args), args.workers,
                          progress=not args.json and sys.stderr.isatty())
     report = summary(table)
@@ -189,10 +209,12 @@ def training_options() -> argparse.ArgumentParser:
     g.add_argument("--image-size", type=positive_int, default=None)
     g.add_argument("--epochs", type=positive_int, default=None)
     g.add_argument("--batch-size", type=positive_int, default=None)
-    g.add_argument("--lr", type=float, default=None)
-    g.add_argument("--imagenet-weights", default="IMAGENET1K_V1",
-                   help="IMAGENET1K_V1 (default), IMAGENET1K_V2, or a state_dict file")
-    g.add_argument("--accelerator", default="auto", help="cpu, gpu or auto")
+    g.add_argument("--lr", type=learning_rate, default=None)
+    g.add_argument("--imagenet-weights", default=None,
+                   help="for an ImageNet init: IMAGENET1K_V1 (default), IMAGENET1K_V2, or a "
+                   "state_dict file")
+    g.add_argument("--accelerator", choices=ACCELERATORS, default="auto",
+                   help="auto (default: a GPU when there is one), cpu, gpu")
     g.add_argument("--devices", type=devices_flag, default=1,
                    help="devices per node: N, a list such as 0,2, or auto (all); more than one "
                    "(or --num-nodes above 1) runs DDP, see docs/distributed.md")
@@ -202,7 +224,9 @@ def training_options() -> argparse.ArgumentParser:
     g.add_argument("--lr-scaling", choices=LR_SCALING, default="linear",
                    help="how --lr follows the global batch over several processes: "
                    "x world size (linear, default), x its square root (sqrt), or none")
-    g.add_argument("--precision", default=None, help="default: bf16-mixed on a GPU, else 32-true")
+    g.add_argument("--precision", choices=PRECISIONS, default=None, metavar="PRECISION",
+                   help="one of " + ", ".join(PRECISIONS[:6]) + " (default: bf16-mixed on a GPU, "
+                   "else 32-true)")
     g.add_argument("--num-workers", type=non_negative_int, default=None,
                    help="DataLoader workers (default: CPU count, at most 8)")
     g.add_argument("--skip-bad-images", action="store_true",
@@ -358,9 +382,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from medssl.oserrors import writable_folder
     from medssl.report.build import build_report
 
-    print(build_report(Path(args.runs), images_dir=args.images_dir))
+    runs = Path(args.runs)
+    if not runs.is_dir():
+        what = "is a file, not a grid folder" if runs.exists() else "does not exist"
+        raise MedsslError(f"{runs} {what}. Fix: pass the folder `medssl compare` wrote (its "
+                          "--out, by default runs/<dataset>).")
+    writable_folder(runs, "the grid folder", "report from a copy of the grid in a folder you can "
+                    "write to (results.csv, results.md and the figures are written there)")
+    if args.images_dir:
+        writable_folder(args.images_dir, "--images-dir")
+    print(build_report(runs, images_dir=args.images_dir))
     return 0
 
 
@@ -404,6 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Whatever goes wrong ends in one message and an exit status, never a
+    traceback: 2 for bad input (MedsslError, a refused write), 130 for Ctrl-C, 1 for a bug in
+    medssl itself, whose traceback goes to a file (MEDSSL_DEBUG=1 shows it here instead)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="medssl: %(message)s")
     # Progress lines, whatever the root level; from one process of a distributed run only.
@@ -413,13 +450,34 @@ def main(argv: list[str] | None = None) -> int:
     except MedsslError as exc:
         print(f"medssl: error: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:
-        if exc.errno != errno.ENOSPC:
-            raise
-        from medssl.atomic import disk_full_message
+    except OSError as exc:  # a write the operating system refused, met after the checks
+        from medssl.oserrors import describe
 
-        print(f"medssl: error: {disk_full_message(exc.filename or 'a file')}", file=sys.stderr)
+        print(f"medssl: error: {describe(exc)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("medssl: interrupted", file=sys.stderr)
+    except Interrupted as exc:
+        print(f"medssl: {exc}", file=sys.stderr)
         return 130
+    except KeyboardInterrupt:
+        print("medssl: interrupted (Ctrl-C) before training started; nothing was saved to "
+              "resume from. Run the same command again to start anew.", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if os.environ.get("MEDSSL_DEBUG"):
+            raise
+        return internal_error(exc)
+
+
+def internal_error(exc: Exception) -> int:
+    """A bug in medssl, not in the input: one line, and the traceback in a file for the report."""
+    import tempfile
+    import traceback
+
+    fd, path = tempfile.mkstemp(prefix="medssl-crash-", suffix=".txt")
+    with os.fdopen(fd, "w") as f:
+        f.write(f"medssl {__version__}\n{' '.join(sys.argv)}\n\n")
+        f.write("".join(traceback.format_exception(exc)))
+    print(f"medssl: internal error ({type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}). "
+          f"This is a bug in medssl, not in your input: please report it with the traceback "
+          f"saved in {path} (MEDSSL_DEBUG=1 prints it here).", file=sys.stderr)
+    return 1

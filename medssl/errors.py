@@ -3,3 +3,7 @@
 
 class MedsslError(Exception):
     """A problem with the user's input (data, flags, files). The CLI prints it without a traceback."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C during training; the message says what was saved and how to continue. Exit 130."""

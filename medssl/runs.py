@@ -14,6 +14,7 @@ only when the marker is there and every file it lists has that size.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from datetime import datetime, timezone
@@ -52,11 +53,34 @@ def mark_finished(run: Path, outputs: tuple[str, ...]) -> None:
 
 def is_finished(run: Path) -> bool:
     """Whether `run` has its marker and every file the marker lists, at the listed size."""
+    return unfinished_reason(run) is None
+
+
+def unfinished_reason(run: Path) -> str | None:
+    """Why `run` does not count as finished, in words (None when it does)."""
+    run = Path(run)
     try:
-        files = json.loads((Path(run) / MARKER).read_text())["files"]
-        return all((Path(run) / name).stat().st_size == size for name, size in files.items())
+        files = json.loads((run / MARKER).read_text())["files"]
+    except FileNotFoundError:
+        if (run / "checkpoints" / "last.ckpt").is_file():
+            return "interrupted: a checkpoint but no completion marker (continue it with --resume)"
+        return f"no completion marker ({MARKER})"
     except (OSError, ValueError, KeyError, TypeError):
-        return False
+        return f"its completion marker {MARKER} is unreadable or cut short"
+    for name, size in files.items():
+        try:
+            actual = (run / name).stat().st_size
+        except OSError:
+            return f"{name} is missing, although its completion marker lists it"
+        if actual != size:
+            return (f"{name} is {actual} bytes, its completion marker says {size}: changed or "
+                    "cut short after the run finished")
+    return None
+
+
+def is_interrupted(run: Path) -> bool:
+    """A run that saved a checkpoint and did not finish: --resume continues it."""
+    return (Path(run) / "checkpoints" / "last.ckpt").is_file() and not is_finished(run)
 
 
 def ssl_finished(run: Path) -> bool:
@@ -82,6 +106,10 @@ def open_run_folder(out: Path, outputs: tuple[str, ...], force: bool, resume: bo
         raise MedsslError(f"{out} already holds a finished run ({MARKER}). "
                           "Fix: pass --force to run it again, or --out another folder.")
     last = out / "checkpoints" / "last.ckpt"
+    if not resume and not force and is_interrupted(out):
+        raise MedsslError(f"{out} holds an interrupted run (checkpoints/last.ckpt, no completion "
+                          "marker). Fix: pass --resume to continue it where it stopped, --force to "
+                          "start it again from epoch 1, or --out another folder.")
     if resume and not last.is_file():
         raise MedsslError(f"--resume: no checkpoint at {last}. Fix: drop --resume to start anew.")
     for name in (MARKER, *outputs):
@@ -93,3 +121,22 @@ def open_run_folder(out: Path, outputs: tuple[str, ...], force: bool, resume: bo
     for owned in ("checkpoints", "logs", "tensorboard"):
         shutil.rmtree(out / owned, ignore_errors=True)
     return None
+
+
+@contextlib.contextmanager
+def cleaned_up_on_failure(folder: Path, owner: bool = True):
+    """Remove `folder` if this run created it and fails before anything worth keeping is in it
+    (a checkpoint to resume from, or a finished run): a refused input or an early crash leaves
+    no half-made folder behind. A folder that was there before is never removed."""
+    folder = Path(folder)
+    existed = folder.exists()
+    try:
+        yield
+    except BaseException:
+        if owner and not existed and folder.is_dir() and not _worth_keeping(folder):
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def _worth_keeping(folder: Path) -> bool:
+    return any(folder.rglob("last.ckpt")) or any(folder.rglob(MARKER))

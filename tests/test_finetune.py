@@ -214,8 +214,8 @@ def test_compare_runs_the_grid_skips_imagenet_offline_reuses_and_reports(tmp_pat
     (out / "M2" / "seed1" / "finished.json").unlink()
     caplog.clear()
     code, stdout, _ = cli("report", out)
-    assert code == 0 and "not reported (unfinished" in caplog.text and "M2/seed1" in caplog.text
-    assert "Not included, unfinished (no completion marker): M2/seed1" in stdout
+    assert code == 0 and "not reported, unfinished (interrupted" in caplog.text and "M2/seed1" in caplog.text
+    assert "Not included, unfinished (`medssl report` says why): M2/seed1" in stdout
     m2 = pd.read_csv(out / "results.csv").set_index("model").loc["M2"]
     assert m2["seeds"] == 1
     # Runs split under another policy cannot share the table: said, never averaged.
@@ -252,3 +252,55 @@ def test_two_seeded_cpu_runs_write_identical_metrics(tmp_path, cli):
         del m["wall_time_s"], m["config"]["out"]
         runs.append(m)
     assert runs[0] == runs[1]
+
+
+def test_doubtful_flags_are_warned_at_the_start(tmp_path, caplog):
+    """--freeze-epochs that leave the backbone untrained, and ImageNet weights given to a model
+    that starts from random ones: allowed, said before any work."""
+    from medssl.training.finetune import resolve
+    from medssl.training.pretrain import PretrainConfig
+    from medssl.training.pretrain import resolve as resolve_pretrain
+
+    cfg = resolve(FinetuneConfig(dataset="covid19", model="M1", epochs=3, freeze_epochs=5,
+                                 imagenet_weights="IMAGENET1K_V2", out=str(tmp_path / "r")))
+    assert "--freeze-epochs 5 is not below --epochs 3" in caplog.text
+    assert "--imagenet-weights IMAGENET1K_V2 is ignored: M1" in caplog.text
+    assert cfg.imagenet_weights is None  # recorded as not used
+    caplog.clear()
+    resolve_pretrain(PretrainConfig(dataset="covid19", imagenet_weights="w.pth",
+                                    out=str(tmp_path / "p")))
+    assert "--imagenet-weights w.pth is ignored: pretraining from --init random" in caplog.text
+    caplog.clear()
+    assert resolve(FinetuneConfig(dataset="covid19", model="M3", out=str(tmp_path / "m3"))
+                   ).imagenet_weights == "IMAGENET1K_V1"
+    assert "ignored" not in caplog.text
+
+
+def test_data_warnings_are_said_when_training_starts(tmp_path, caplog):
+    from medssl.data import DataConfig, prepare
+
+    labels = ["a", "b", "A"] * 4 + ["c", "c"]
+    splits = ["train"] * 12 + ["test", "test"]
+    for i in range(len(labels)):
+        fx.write(tmp_path / f"{i}.png", fx.picture(f"warned/{i}", "PNG"))
+    (tmp_path / "labels.csv").write_text("path,label,split\n" + "".join(
+        f"{i}.png,{label},{split}\n" for i, (label, split) in enumerate(zip(labels, splits))))
+    prepare(DataConfig("csv", str(tmp_path)), progress=False)
+    assert "'A' and 'a' differ only by case" in caplog.text
+    assert "class 'c' has no train images (2 in test)" in caplog.text
+
+
+def test_allow_other_dataset_finetunes_on_the_target_datasets_own_split(tmp_path, cli):
+    root = fx.make_covid19(tmp_path, per_class=6)
+    ssl = ssl_file(tmp_path / "ssl", dataset="isic")
+    # The SSL run's split names ISIC images: it must not be imposed on covid19.
+    (ssl.parent / "split.csv").write_text("path,label,group,split,reason,duplicate_policy\n"
+                                          "ISIC_0000000.jpg,MEL,ISIC_0000000,train,,drop\n")
+    code, _, err = cli("finetune", "--dataset", "covid19", "--data-root", root, "--model", "M2",
+                       "--ssl-checkpoint", ssl, "--allow-other-dataset", "--epochs", "1",
+                       "--out", tmp_path / "run", *FAST)
+    assert code == 0, err
+    split = pd.read_csv(tmp_path / "run" / "split.csv")
+    assert not split["path"].str.startswith("ISIC").any() and len(split) == 36
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["prior"]["ssl_dataset"] == "isic"

@@ -131,3 +131,48 @@ def test_csv_duplicate_paths(tmp_path):
     assert {p.path: p.problem for p in table.errors} == {
         "labels.csv row 15": "'imgs/cats/1.png' is listed again with label 'dogs' (first: "
                              "'cats'); keep one row"}
+
+
+def csv_with_columns(folder, n=8):
+    """A CSV with the documented optional columns: its own split (test images chosen by the
+    user) and groups (two images per patient)."""
+    lines = ["path,label,split,group"]
+    for i in range(n * 2):
+        cls = "ab"[i % 2]
+        fx.write(folder / f"{i}.png", fx.picture(f"csvcols/{i}", "PNG"))
+        lines.append(f"{i}.png,{cls},{'test' if i < 4 else 'train'},patient{i // 2}")
+    (folder / "labels.csv").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_csv_split_and_group_columns_are_read_when_present(tmp_path):
+    root = csv_with_columns(tmp_path / "mine")
+    table = open_dataset(DataConfig("csv", str(root)))
+    s = table.samples.set_index("path")
+    # The user's own test set is kept exactly, not carved again at random.
+    assert sorted(s.index[s["split"] == "test"], key=lambda p: int(p.split(".")[0])) == \
+        [f"{i}.png" for i in range(4)]
+    assert s.at["5.png", "group"] == s.at["4.png", "group"] == "patient2"
+    assert any("splits from column 'split'" in n for n in table.notes)
+    # `none` ignores the file's column: the splits are carved (seeded), groups kept apart.
+    carved = open_dataset(DataConfig("csv", str(root), read_options=ReadOptions(
+        split_column="none"))).samples.set_index("path")
+    assert set(carved["split"]) == {"train", "val", "test"}
+    assert list(carved.loc[carved["split"] == "test"].index) != [f"{i}.png" for i in range(4)]
+
+
+def test_doubtful_labels_are_warnings_in_check(tmp_path, check_json):
+    """Allowed, rarely meant: names that differ only by case, a class with no train image."""
+    root = make_tree(tmp_path / "mine", classes=("covid", "Covid", "normal"), n=6)
+    code, report = check_json("--dataset", "folder", "--data-root", root)
+    warnings = [p["problem"] for p in report["problems"] if p["severity"] == "warning"]
+    assert code == 0 and any("'Covid' and 'covid' differ only by case" in w for w in warnings)
+
+    lines = ["path,label,split"] + [f"{i}.png,{'ab'[i % 2]},train" for i in range(8)] + \
+        ["8.png,c,test", "9.png,c,test"]
+    for i in range(10):
+        fx.write(tmp_path / "c" / f"{i}.png", fx.picture(f"onlytest/{i}", "PNG"))
+    (tmp_path / "c" / "labels.csv").write_text("\n".join(lines) + "\n")
+    code, report = check_json("--dataset", "csv", "--data-root", tmp_path / "c")
+    warnings = [p["problem"] for p in report["problems"] if p["severity"] == "warning"]
+    assert any("class 'c' has no train images (2 in test)" in w for w in warnings), warnings

@@ -180,3 +180,17 @@ def test_safetensors_backbones_load_strictly(tmp_path):
     (tmp_path / "broken.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(MedsslError, match="not a readable safetensors file"):
         load_backbone_file(build_backbone("resnet18"), tmp_path / "broken.safetensors")
+
+
+def test_a_state_dict_with_its_classifier_head_loads_without_the_head(tmp_path, caplog):
+    """A torchvision model's whole state_dict (fc included) as a backbone file: the head is not
+    part of the backbone, so it is left out, and said; every other key still loads strictly."""
+    torch.manual_seed(2)
+    full = resnet18().state_dict()
+    torch.save(full, tmp_path / "with_fc.pt")
+    backbone = build_backbone("resnet18")
+    load_backbone_file(backbone, tmp_path / "with_fc.pt")
+    assert all(torch.equal(v, full[k]) for k, v in backbone.state_dict().items())
+    assert "left out its classifier head (fc.bias, fc.weight)" in caplog.text
+    with pytest.raises(MedsslError, match="They are resnet18 weights. Fix: pass --arch resnet18"):
+        load_backbone_file(build_backbone("resnet34"), tmp_path / "with_fc.pt")

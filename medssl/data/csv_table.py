@@ -45,9 +45,14 @@ class CsvDataset(DatasetAdapter):
 
     def read(self, csv_path: Path, options: ReadOptions) -> SampleTable:
         wanted = [options.path_column, options.label_column]
-        optional = [c for c in (options.split_column, options.group_column) if c]
-        table = read_table(csv_path, wanted + optional,
-                           " (set the names with --csv-path-column / --csv-label-column)")
+        # Asked for by name: the file must have them. Not asked for: `split` and `group` are
+        # read when the file has them (as `medssl datasets` documents), "none" ignores them.
+        named = [c for c in (options.split_column, options.group_column) if c and c != NONE]
+        table = read_table(csv_path, wanted + named,
+                           " (set the names with --csv-path-column / --csv-label-column / "
+                           "--csv-split-column / --csv-group-column)", optional=DEFAULTS)
+        split_column = _column(options.split_column, "split", table)
+        group_column = _column(options.group_column, "group", table)
         root = csv_path.parent
         rows, problems, seen = [], [], set()
         labels = {}
@@ -62,7 +67,7 @@ class CsvDataset(DatasetAdapter):
             if not label:
                 problems.append(Problem(where, f"no label for '{raw}'"))
                 continue
-            split = rec.get(options.split_column, "").lower() if options.split_column else ""
+            split = rec.get(split_column, "").lower() if split_column else ""
             if split not in ("", *SPLITS):
                 problems.append(Problem(where, f"unknown split '{split}'; expected train, val or test"))
                 continue
@@ -80,7 +85,7 @@ class CsvDataset(DatasetAdapter):
             if not (root / key).is_file():
                 problems.append(Problem(key, f"named in {csv_path.name} (row {i}) but missing on disk"))
                 continue
-            group = rec.get(options.group_column, "") if options.group_column else ""
+            group = rec.get(group_column, "") if group_column else ""
             rows.append((key, label, group or key, split))
         listed = seen | {p.path for p in problems}
         for image in images_in(root):
@@ -89,5 +94,20 @@ class CsvDataset(DatasetAdapter):
                                         f"{csv_path.name}; ignored", "warning"))
         samples = make_samples(rows)
         classes = sorted(samples["label"].unique())
-        return SampleTable(self.name, root, classes, samples, problems,
-                           [f"labels: {csv_path.name}"])
+        notes = [f"labels: {csv_path.name}"]
+        notes += [f"{what} from column '{c}' of {csv_path.name}"
+                  for what, c in (("splits", split_column), ("groups", group_column)) if c]
+        return SampleTable(self.name, root, classes, samples, problems, notes)
+
+
+NONE = "none"  # --csv-split-column none / --csv-group-column none: ignore the file's column
+DEFAULTS = ("split", "group")
+
+
+def _column(asked: str | None, default: str, table) -> str | None:
+    """The column to read: the one named by its flag, else `default` when the file has it."""
+    if asked == NONE:
+        return None
+    if asked:
+        return asked
+    return default if default in table.columns else None

@@ -15,7 +15,17 @@ from medssl.data.duplicates import SMALL, Fingerprint, fingerprint
 from medssl.data.registry import Problem
 
 # Decompression-bomb guard stays on, but fundus photographs (4288x2848) are far below it.
-Image.MAX_IMAGE_PIXELS = 200_000_000
+# $MEDSSL_MAX_IMAGE_PIXELS raises it for a dataset of genuinely huge pictures (slides, say).
+MAX_PIXELS = 200_000_000
+
+
+def max_pixels() -> int:
+    import os
+
+    return int(os.environ.get("MEDSSL_MAX_IMAGE_PIXELS") or MAX_PIXELS)
+
+
+Image.MAX_IMAGE_PIXELS = max_pixels()
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -65,18 +75,41 @@ def inspect_image(path: Path | str) -> tuple[str | None, Fingerprint | None]:
         return f"cannot be read ({exc.strerror or exc})", None
     if not data:
         return "empty file (0 bytes)", None
+    # The limit as set now (the environment may have changed since import), for this check only.
+    saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, max_pixels()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            # Above the limit is refused, not warned about and decoded anyway.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as img:
                 size = oriented_size(img)
                 # Draft mode still reads every byte of the stream, so truncation is still caught.
                 decoded = _draft_decode(img, min_side=SMALL)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        return (f"{_pixels(data)} pixels, above the {max_pixels():,} that guard against "
+                "decompression bombs (a file made to exhaust memory). Fix: if the picture is "
+                "genuine, downscale it, or raise the limit with MEDSSL_MAX_IMAGE_PIXELS"), None
     except UnidentifiedImageError:
         return "not an image Pillow can read (wrong extension, or a damaged file)", None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except (OSError, SyntaxError, ValueError) as exc:
         return f"truncated or corrupt image data ({exc})", None
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
     return None, fingerprint(data, decoded, size)
+
+
+def _pixels(data: bytes) -> str:
+    """`W x H = N` from the header alone, which Pillow reads without decoding."""
+    saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            w, h = img.size
+        return f"{w} x {h} = {w * h:,}"
+    except Exception:  # the header itself is odd: say less rather than fail here
+        return "more"
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
 
 
 def image_problem(path: Path | str) -> str | None:

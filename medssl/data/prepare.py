@@ -75,6 +75,7 @@ def open_dataset(cfg: DataConfig, workers: int | None = None, progress: bool = F
     adapter, table = read_layout(cfg)
     scan_images(table, adapter, workers, progress)
     assign(table, cfg)
+    table.problems.extend(doubtful(table))
     return table
 
 
@@ -103,6 +104,9 @@ def prepare(cfg: DataConfig, skip_bad_images: bool = False, workers: int | None 
         table.notes.append(f"skipped {len(bad)} unreadable image(s)")
         log.warning("--skip-bad-images: left out %d unreadable image(s) of %s:%s", len(bad),
                     cfg.dataset, _listing(bad, cfg.dataset))
+    for p in doubtful(table):  # allowed, but rarely meant: said at the start of training
+        table.problems.append(p)
+        log.warning("%s: %s", p.path, p.problem)
     excluded = duplicates_info(table)
     if excluded["excluded_images"]:
         log.info("--duplicates %s: %d image(s) left out of training (%s)", cfg.duplicates,
@@ -112,6 +116,31 @@ def prepare(cfg: DataConfig, skip_bad_images: bool = False, workers: int | None 
             "skipped_bad_images": sorted(p.path for p in bad), "duplicates": excluded,
             "notes": list(table.notes)}
     return table, info
+
+
+def doubtful(table: SampleTable) -> list[Problem]:
+    """Labels that work but are rarely meant, as warnings: classes whose names differ only by
+    case (`covid` and `Covid` are two classes), and a class no train image has (no model can
+    learn it, yet val and test count it)."""
+    found = []
+    by_lower: dict[str, list[str]] = {}
+    for c in table.classes:
+        by_lower.setdefault(c.lower(), []).append(c)
+    for names in by_lower.values():
+        if len(names) > 1:
+            found.append(Problem("labels", f"{' and '.join(repr(n) for n in names)} differ only by "
+                                 "case, so they are separate classes. Fix: spell them alike in the "
+                                 "folders or the CSV if they are one class", "warning"))
+    counts = pd.crosstab(table.samples["label"], table.samples["split"])
+    for c in table.classes:
+        row = counts.loc[c] if c in counts.index else pd.Series(dtype=int)
+        held = {s: int(row.get(s, 0)) for s in ("val", "test") if row.get(s, 0)}
+        if not row.get("train", 0) and held:
+            where = ", ".join(f"{n} in {s}" for s, n in held.items())
+            found.append(Problem("labels", f"class '{c}' has no train images ({where}): no model "
+                                 "can learn it. Fix: add train images of it, or leave it out of "
+                                 "the dataset", "warning"))
+    return found
 
 
 def duplicates_info(table: SampleTable) -> dict:

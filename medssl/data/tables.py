@@ -15,12 +15,14 @@ import pandas as pd
 from medssl.errors import MedsslError
 
 
-def read_table(path: Path, required: list[str], what: str = "") -> pd.DataFrame:
+def read_table(path: Path, required: list[str], what: str = "",
+               optional: tuple[str, ...] = ()) -> pd.DataFrame:
     """Every cell as a stripped string; `required` columns matched ignoring case and spaces; blank
     lines dropped; the index is each row's line in the file.
 
-    The returned frame names the required columns exactly as asked, so callers need not care
-    whether the header said `Image name`, `image name` or `Image name `.
+    The returned frame names the required columns exactly as asked (and the `optional` ones
+    when the file has them), so callers need not care whether the header said `Image name`,
+    `image name` or `Image name `.
     """
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -57,6 +59,10 @@ def read_table(path: Path, required: list[str], what: str = "") -> pd.DataFrame:
                 f"{', '.join(repr(c) for c in df.columns) or 'none'}). Fix: use the file as "
                 f"downloaded, or name the right column.")
         renames[found] = name
+    for name in optional:  # renamed when present, as the required ones are
+        found = by_key.get(_key(name))
+        if found is not None and found not in renames:
+            renames[found] = name
     return df.rename(columns=renames)
 
 

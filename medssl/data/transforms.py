@@ -28,8 +28,43 @@ AUGMENT_PRESETS = {
 }
 
 
-# The knobs a user may override with `--aug KEY=VALUE` (lightly's names).
-AUGMENT_KNOBS = tuple(AUGMENT_PRESETS["study"]) + ("sigmas", "rr_degrees")
+# The knobs a user may override with `--aug KEY=VALUE` (lightly's names), each with the range it
+# must lie in: (low, high, what it is). One table, read by the CLI (`parse_augment_override`) and
+# by every configuration (`simclr_settings`), so a value out of range stops a run before it starts
+# instead of failing inside a loader worker.
+AUGMENT_RANGES = {
+    "cj_prob": (0.0, 1.0, "a probability"),
+    "cj_strength": (0.0, 10.0, "a jitter strength"),
+    "cj_bright": (0.0, 10.0, "a brightness jitter"),
+    "cj_contrast": (0.0, 10.0, "a contrast jitter"),
+    "cj_sat": (0.0, 10.0, "a saturation jitter"),
+    "cj_hue": (0.0, 0.5, "a hue jitter (torchvision allows at most 0.5)"),
+    "min_scale": (0.0, 1.0, "the smallest crop's share of the image"),
+    "random_gray_scale": (0.0, 1.0, "a probability"),
+    "gaussian_blur": (0.0, 1.0, "a probability"),
+    "hf_prob": (0.0, 1.0, "a probability"),
+    "vf_prob": (0.0, 1.0, "a probability"),
+    "rr_prob": (0.0, 1.0, "a probability"),
+    "sigmas": (0.0, 1000.0, "blur sigmas in pixels"),
+    "rr_degrees": (-360.0, 360.0, "rotation degrees"),
+}
+AUGMENT_KNOBS = tuple(AUGMENT_RANGES)
+
+
+def augment_problem(key: str, value) -> str | None:
+    """Why `key=value` is not a usable augmentation setting (None when it is)."""
+    if key not in AUGMENT_RANGES:
+        return f"{key} is not one of: {', '.join(AUGMENT_KNOBS)}"
+    low, high, what = AUGMENT_RANGES[key]
+    numbers = value if isinstance(value, (tuple, list)) else (value,)
+    for v in numbers:
+        if not isinstance(v, (int, float)) or not low <= v <= high:
+            return f"{key}={v} is out of range: {what}, from {low:g} to {high:g}"
+    if key == "min_scale" and numbers[0] <= 0:
+        return f"min_scale={numbers[0]} must be above 0 (a crop of nothing)"
+    if key == "sigmas" and (numbers[0] <= 0 or numbers[0] > numbers[-1]):
+        return f"sigmas={','.join(map(str, numbers))} must be two numbers 0 < low <= high"
+    return None
 
 
 def parse_augment_override(text: str) -> tuple[str, float | tuple[float, ...]]:
@@ -45,13 +80,29 @@ def parse_augment_override(text: str) -> tuple[str, float | tuple[float, ...]]:
     allowed = {"sigmas": (2,), "rr_degrees": (1, 2)}.get(key, (1,))
     if len(numbers) not in allowed:
         raise ValueError(f"'{text}': {key} takes " + " or ".join(map(str, allowed)) + " number(s)")
-    return key, numbers if len(numbers) == 2 else numbers[0]
+    parsed = numbers if len(numbers) == 2 else numbers[0]
+    why = augment_problem(key, parsed)
+    if why:
+        raise ValueError(why)
+    return key, parsed
 
 
 def simclr_settings(image_size: int, preset: str = "study", **overrides) -> dict:
     """The preset's knobs with overrides. lightly's blur sigmas are in pixels and tuned for 224
     px (SimCLR's kernel is 10% of the image); scaled with the size, a 64-px view is blurred as
     much as a 224-px one."""
+    from medssl.errors import MedsslError
+
+    if preset not in AUGMENT_PRESETS:
+        raise MedsslError(f"Unknown augmentation preset '{preset}'. Choose one of: "
+                          f"{', '.join(AUGMENT_PRESETS)}.")
+    for key, value in overrides.items():
+        why = augment_problem(key, value)
+        if why:
+            raise MedsslError(f"--aug {why}. Fix: give a value in range, or leave the preset's.")
+    if overrides.get("rr_prob", 0) > 0:
+        raise MedsslError("--aug rr_prob: rotation is not supported by the fast SimCLR views. "
+                          "Fix: use flips (hf_prob, vf_prob) instead.")
     scale = image_size / 224
     return {**AUGMENT_PRESETS[preset], "sigmas": (0.1 * scale, 2.0 * scale), **overrides}
 

@@ -15,7 +15,9 @@ from pathlib import Path
 from medssl.errors import MedsslError
 from medssl.atomic import atomic_write
 from medssl.models.priors import MODELS
-from medssl.runs import dataset_dir, finetune_dir, finetune_finished, ssl_dir, ssl_finished
+from medssl.runs import (cleaned_up_on_failure, dataset_dir, finetune_dir, finetune_finished,
+                         is_interrupted, ssl_dir, ssl_finished)
+from medssl.training.checks import imagenet_weights_for
 from medssl.training.distributed import is_rank_zero, wait_for_rank_zero
 
 log = logging.getLogger("medssl")
@@ -34,7 +36,7 @@ class CompareConfig:
     ssl_epochs: int | None = None
     batch_size: int | None = None
     lr: float | None = None
-    imagenet_weights: str = "IMAGENET1K_V1"
+    imagenet_weights: str | None = None  # for M3 and M4; default IMAGENET1K_V1
     split_seed: int = 0
     split_file: str | None = None
     val_fraction: float | None = None
@@ -91,17 +93,51 @@ def shared_split(cfg: CompareConfig, base: Path) -> Path:
 
 def run_compare(cfg: CompareConfig) -> tuple[str, Path]:
     from medssl.presets import preset_for
-    from medssl.report.build import build_report
-    from medssl.training.finetune import FinetuneConfig, run_finetune
-    from medssl.training.pretrain import PretrainConfig, run_pretrain
 
     unknown = [m for m in cfg.models if m not in MODELS]
     if unknown:
         raise MedsslError(f"Unknown model(s) {', '.join(unknown)}. Choose from {', '.join(MODELS)}.")
     base = Path(cfg.out) if cfg.out else dataset_dir(cfg.dataset)
-    base.mkdir(parents=True, exist_ok=True)
+    check_grid_flags(cfg, base)
     arch = cfg.arch or preset_for(cfg.dataset).arch
     fractions = cfg.label_fractions or list(preset_for(cfg.dataset).label_fractions)
+    if not any(MODELS[m].init == "imagenet" for m in cfg.models):
+        imagenet_weights_for("random", cfg.imagenet_weights, f"none of {', '.join(cfg.models)}")
+    if not cfg.resume:  # as a plain rerun of one run would, refuse to restart interrupted ones
+        interrupted = [run for run in expected_runs(base, cfg.models, cfg.seeds, fractions)
+                       if is_interrupted(run)]
+        if interrupted:
+            raise MedsslError(f"{len(interrupted)} run(s) of this grid were interrupted (first: "
+                              f"{interrupted[0]}). Fix: pass --resume to continue them where they "
+                              "stopped, or delete their folders to start them again.")
+    with cleaned_up_on_failure(base, owner=is_rank_zero()):
+        return _run_grid(cfg, base, arch, fractions)
+
+
+def check_grid_flags(cfg: CompareConfig, base: Path) -> None:
+    """What every run of the grid would refuse, refused once before the grid starts."""
+    from medssl.training.checks import check_hardware, check_lr, check_places
+    from medssl.oserrors import writable_folder
+
+    if cfg.lr is not None:
+        check_lr(cfg.lr)
+    check_hardware(cfg)
+    check_places(base, cfg.cache)
+    if cfg.images_dir:
+        writable_folder(cfg.images_dir, "--images-dir")
+
+
+def expected_runs(base: Path, models, seeds, fractions) -> list[Path]:
+    runs = [ssl_dir(base, init) for init in sorted({MODELS[m].init for m in models if MODELS[m].ssl})]
+    return runs + [finetune_dir(base, m, s, f) for f in fractions for s in seeds for m in models]
+
+
+def _run_grid(cfg: CompareConfig, base: Path, arch: str, fractions: list[float]) -> tuple[str, Path]:
+    from medssl.report.build import build_report
+    from medssl.training.finetune import FinetuneConfig, run_finetune
+    from medssl.training.pretrain import PretrainConfig, run_pretrain
+
+    base.mkdir(parents=True, exist_ok=True)
     skipped: dict[str, str] = {}
     if any(MODELS[m].init == "imagenet" for m in cfg.models):
         reason = imagenet_unavailable(arch, cfg.imagenet_weights)
@@ -116,7 +152,7 @@ def run_compare(cfg: CompareConfig) -> tuple[str, Path]:
         atomic_write(base / "skipped.json", lambda p: p.write_text(json.dumps(skipped, indent=2)))
     split = shared_split(cfg, base)
     common = dict(dataset=cfg.dataset, data_root=cfg.data_root, arch=arch,
-                  image_size=cfg.image_size, imagenet_weights=cfg.imagenet_weights,
+                  image_size=cfg.image_size,
                   split_file=str(split), accelerator=cfg.accelerator, devices=cfg.devices,
                   num_nodes=cfg.num_nodes, strategy=cfg.strategy, lr_scaling=cfg.lr_scaling,
                   precision=cfg.precision, num_workers=cfg.num_workers,
@@ -124,6 +160,9 @@ def run_compare(cfg: CompareConfig) -> tuple[str, Path]:
                   duplicates=cfg.duplicates,
                   cache=cfg.cache, compile=cfg.compile, deterministic=cfg.deterministic,
                   progress=cfg.progress)
+
+    def weights_of(init: str):  # only the runs that start from ImageNet get --imagenet-weights
+        return cfg.imagenet_weights if init == "imagenet" else None
 
     for init in sorted({MODELS[m].init for m in models if MODELS[m].ssl}):
         run = ssl_dir(base, init)
@@ -133,7 +172,7 @@ def run_compare(cfg: CompareConfig) -> tuple[str, Path]:
         log.info("SimCLR pretraining from %s init -> %s", init, run)
         resume = cfg.resume and (run / "checkpoints" / "last.ckpt").is_file()
         run_pretrain(PretrainConfig(init=init, epochs=cfg.ssl_epochs, out=str(run), resume=resume,
-                                    force=True, **common))
+                                    force=True, imagenet_weights=weights_of(init), **common))
 
     grid = [(f, s, m) for f in fractions for s in cfg.seeds for m in models]
     for i, (frac, seed, model) in enumerate(grid, start=1):
@@ -149,7 +188,8 @@ def run_compare(cfg: CompareConfig) -> tuple[str, Path]:
             batch_size=cfg.batch_size, lr=cfg.lr, head=cfg.head, select=cfg.select,
             class_weights=cfg.class_weights, balanced_sampling=cfg.balanced_sampling,
             ssl_checkpoint=str(ssl_dir(base, MODELS[model].init)) if MODELS[model].ssl else None,
-            base=str(base), out=str(run), resume=resume, force=True, **common))
+            base=str(base), out=str(run), resume=resume, force=True,
+            imagenet_weights=weights_of(MODELS[model].init), **common))
 
     if not is_rank_zero():  # one report, from rank 0
         return "", base

@@ -22,6 +22,7 @@ ARCHS = {
     "resnet50": (tvm.resnet50, tvm.ResNet50_Weights, 2048),
 }
 INITS = ("random", "imagenet")
+DEFAULT_IMAGENET = "IMAGENET1K_V1"  # what --imagenet-weights means when it is not given
 
 
 def feature_dim(arch: str) -> int:
@@ -51,14 +52,20 @@ def imagenet_weights_file(arch: str, weights: str = "IMAGENET1K_V1") -> tuple[st
     return url.rsplit("/", 1)[-1], Path(torch.hub.get_dir()) / "checkpoints"
 
 
-def imagenet_state_dict(arch: str, weights: str | os.PathLike = "IMAGENET1K_V1") -> dict:
+def is_weights_file(weights: str | os.PathLike) -> bool:
+    """Whether --imagenet-weights names a file (a path) rather than torchvision weights by name."""
+    text = str(weights)
+    return bool(Path(text).suffix) or "/" in text or os.sep in text or Path(text).exists()
+
+
+def imagenet_state_dict(arch: str, weights: str | os.PathLike | None = None) -> dict:
     """ImageNet weights for `arch` as a state_dict without `fc`: from a file path, or by name
     through torchvision (its cache first, a download only when online)."""
-    path = Path(weights)
-    if path.suffix or path.exists():
+    weights = weights or DEFAULT_IMAGENET
+    if is_weights_file(weights):
         from medssl.models.checkpoints import read_state_dict
 
-        state = read_state_dict(path)
+        state = read_state_dict(Path(weights), "--imagenet-weights file")
     else:
         name, cache = imagenet_weights_file(arch, str(weights))
         enum = ARCHS[arch][1][str(weights)]
@@ -80,13 +87,14 @@ def _missing(arch: str, weights: str, name: str, cache: Path, why: str) -> str:
 
 
 def build_backbone(arch: str = "resnet50", init: str = "random",
-                   imagenet_weights: str | os.PathLike = "IMAGENET1K_V1") -> nn.Module:
+                   imagenet_weights: str | os.PathLike | None = None) -> nn.Module:
     """A backbone that maps images to `feature_dim(arch)` features, with the asked-for prior."""
     model = empty_backbone(arch)
     if init == "imagenet":
         from medssl.models.checkpoints import load_strict
 
-        load_strict(model, imagenet_state_dict(arch, imagenet_weights), f"ImageNet weights {imagenet_weights}")
+        load_strict(model, imagenet_state_dict(arch, imagenet_weights),
+                    f"ImageNet weights {imagenet_weights or DEFAULT_IMAGENET}")
     elif init != "random":
         raise MedsslError(f"Unknown --init '{init}'. Choose one of: {', '.join(INITS)}.")
     return model

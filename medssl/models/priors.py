@@ -8,7 +8,6 @@ file and the mismatch (`allow_other_dataset` permits a backbone from another dat
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +15,8 @@ from pathlib import Path
 from torch import nn
 
 from medssl.errors import MedsslError
-from medssl.models.backbones import build_backbone, empty_backbone
-from medssl.models.checkpoints import load_backbone_file
+from medssl.models.backbones import DEFAULT_IMAGENET, build_backbone, empty_backbone
+from medssl.models.checkpoints import load_strict, read_meta, read_state_dict
 from medssl.runs import dataset_dir, ssl_dir
 
 
@@ -46,7 +45,7 @@ def ssl_backbone_path(model: str, dataset: str, ssl_checkpoint: str | os.PathLik
 
 
 def load_prior(model: str, arch: str, dataset: str, ssl_checkpoint=None,
-               imagenet_weights: str | os.PathLike = "IMAGENET1K_V1",
+               imagenet_weights: str | os.PathLike | None = None,
                allow_other_dataset: bool = False, base: Path | None = None) -> tuple[nn.Module, dict]:
     """The backbone of `model` with its prior loaded, and a record of where the prior came from."""
     if model not in MODELS:
@@ -55,7 +54,7 @@ def load_prior(model: str, arch: str, dataset: str, ssl_checkpoint=None,
     if not prior.ssl:
         source = {"model": model, "init": prior.init, "arch": arch}
         if prior.init == "imagenet":
-            source["imagenet_weights"] = str(imagenet_weights)
+            source["imagenet_weights"] = str(imagenet_weights or DEFAULT_IMAGENET)
         return build_backbone(arch, prior.init, imagenet_weights), source
 
     path = ssl_backbone_path(model, dataset, ssl_checkpoint, base)
@@ -64,11 +63,13 @@ def load_prior(model: str, arch: str, dataset: str, ssl_checkpoint=None,
             f"{model} ({prior.title}) needs a SimCLR backbone pretrained on {dataset} from "
             f"{prior.init} init, and there is none at {path}.\nFix: run `medssl pretrain --dataset "
             f"{dataset} --init {prior.init} --arch {arch}` first, or pass --ssl-checkpoint PATH.")
+    # The weights first: a text file or an empty one is that, whatever JSON lies beside it.
+    state = read_state_dict(path, "--ssl-checkpoint")
     meta_path = path.with_suffix(".json")
     if not meta_path.is_file():
         raise MedsslError(f"{meta_path} is missing: without it nobody can tell how {path} was made. "
                           "Fix: use a backbone.pt written by `medssl pretrain`, with its JSON.")
-    meta = json.loads(meta_path.read_text())
+    meta = read_meta(meta_path)
     mismatches = []
     if meta.get("arch") != arch:
         mismatches.append(f"it is a {meta.get('arch')}, this run uses --arch {arch}")
@@ -80,7 +81,7 @@ def load_prior(model: str, arch: str, dataset: str, ssl_checkpoint=None,
     if mismatches:
         raise MedsslError(f"{path} does not fit {model}: " + "; ".join(mismatches) + ".")
     backbone = empty_backbone(arch)
-    load_backbone_file(backbone, path)
+    load_strict(backbone, state, str(path))
     return backbone, {"model": model, "init": prior.init, "arch": arch, "ssl_checkpoint": str(path),
                       "ssl_dataset": meta.get("dataset"), "ssl_epochs": meta.get("epochs"),
                       "ssl_split_file": str(path.parent / meta.get("split_file", "split.csv")),

@@ -23,11 +23,17 @@ def build_report(base: Path, dataset: str | None = None,
     if skipped_models is None and (base / "skipped.json").is_file():
         skipped_models = json.loads((base / "skipped.json").read_text())
     summary, md, unfinished = write_results(base, skipped_models)
-    for run in unfinished:
-        log.warning("not reported (unfinished: no completion marker): %s", run)
+    from medssl.runs import unfinished_reason
+
+    why = {run: unfinished_reason(run) or "metrics.json is not readable JSON" for run in unfinished}
+    for run, reason in why.items():
+        log.warning("not reported, unfinished (%s): %s", reason, run)
     if summary.empty:
-        raise MedsslError(f"No finished finetuning runs under {base}. Fix: run `medssl compare "
-                          f"--dataset {dataset or 'NAME'}` (or `medssl finetune`) first.")
+        listed = "".join(f"\n  {run}: {reason}" for run, reason in list(why.items())[:20])
+        raise MedsslError(f"No finished finetuning runs under {base}" +
+                          (f"; {len(why)} unfinished:{listed}\n" if why else ". ") +
+                          f"Fix: run `medssl compare --dataset {dataset or 'NAME'}` (with --resume "
+                          "to continue interrupted runs), or `medssl finetune`, first.")
     runs, _ = collect_runs(base)
     dataset = dataset or runs["dataset"].iloc[0]
     for figure in write_figures(base, runs, dataset):

@@ -28,12 +28,18 @@ def collect_runs(base: Path) -> tuple[pd.DataFrame, list[str]]:
     """Every finished finetuning run under `base` as a row; and the unfinished folders skipped."""
     rows, skipped = [], []
     for model_dir in sorted(Path(base).glob("M[1-4]")):
-        # split.csv is the first file a run writes: a folder with it but no marker is unfinished.
-        for run in sorted(p.parent for p in model_dir.rglob("split.csv")):
+        # split.csv is the first file a run writes: a folder with it but no marker is unfinished
+        # (so is one with a marker and no split.csv: something was deleted).
+        found = {p.parent for name in ("split.csv", "finished.json") for p in model_dir.rglob(name)}
+        for run in sorted(found):
             if not finetune_finished(run):
                 skipped.append(str(run))
                 continue
-            m = json.loads((run / "metrics.json").read_text())
+            try:
+                m = json.loads((run / "metrics.json").read_text())
+            except (OSError, ValueError):  # the right size, the wrong bytes: not a result
+                skipped.append(str(run))
+                continue
             row = {"dataset": m["dataset"], "model": m["model"], "seed": m["seed"],
                    "label_fraction": m["label_fraction"], "run": str(run),
                    "selected_epoch": m["selection"]["epoch"]}
@@ -165,7 +171,7 @@ def write_results(base: Path, skipped_models: dict[str, str] | None = None) -> t
     md = markdown_table(summary, skipped_models) + "\n" + duplicates_line(runs) + "\n"
     if skipped:  # said in the table itself, so that it never looks complete when it is not
         names = ", ".join(str(Path(r).relative_to(base)) for r in skipped)
-        md += f"\nNot included, unfinished (no completion marker): {names}\n"
+        md += f"\nNot included, unfinished (`medssl report` says why): {names}\n"
     atomic_write(Path(base) / "results.csv", lambda p: summary.to_csv(p, index=False))
     atomic_write(Path(base) / "results.md", lambda p: p.write_text(md))
     return summary, md, skipped

@@ -29,7 +29,7 @@ class FinetuneConfig:
     data_root: str | None = None
     ssl_checkpoint: str | None = None
     allow_other_dataset: bool = False
-    imagenet_weights: str = "IMAGENET1K_V1"
+    imagenet_weights: str | None = None  # name or file; default IMAGENET1K_V1 for M3 and M4
     seed: int = 0
     split_seed: int = 0
     split_file: str | None = None
@@ -71,7 +71,9 @@ class FinetuneConfig:
 
 def resolve(cfg: FinetuneConfig) -> FinetuneConfig:
     """Fill every unset value from the dataset's preset; check the ranges flags cannot."""
+    from medssl.models.priors import MODELS
     from medssl.presets import preset_for
+    from medssl.training.checks import check_run, imagenet_weights_for
     from medssl.training.loaders import fill_training_defaults
 
     p = preset_for(cfg.dataset)
@@ -82,6 +84,14 @@ def resolve(cfg: FinetuneConfig) -> FinetuneConfig:
         raise MedsslError(f"--label-fraction must lie in (0, 1], got {cfg.label_fraction}.")
     if cfg.select not in SELECT_METRICS:
         raise MedsslError(f"--select '{cfg.select}' is not one of {', '.join(SELECT_METRICS)}.")
+    if cfg.model not in MODELS:
+        raise MedsslError(f"Unknown --model '{cfg.model}'. Choose one of: {', '.join(MODELS)}.")
+    cfg.imagenet_weights = imagenet_weights_for(MODELS[cfg.model].init, cfg.imagenet_weights,
+                                                f"{cfg.model} ({MODELS[cfg.model].title})")
+    if cfg.freeze_epochs >= cfg.epochs:
+        log.warning("--freeze-epochs %d is not below --epochs %d: the backbone is never trained, "
+                    "only the head (a linear probe)", cfg.freeze_epochs, cfg.epochs)
+    check_run(cfg)
     return cfg
 
 
@@ -123,6 +133,15 @@ def check_no_ssl_leak(table, ssl_split_file: Path) -> None:
 
 
 def run_finetune(cfg: FinetuneConfig) -> Path:
+    from medssl.runs import cleaned_up_on_failure
+    from medssl.training.distributed import is_rank_zero
+
+    cfg = resolve(cfg)  # every flag checked: nothing is written before this passes
+    with cleaned_up_on_failure(Path(cfg.out), owner=is_rank_zero()):
+        return _train(cfg)
+
+
+def _train(cfg: FinetuneConfig) -> Path:
     import pytorch_lightning as pl
     import torch
     from pytorch_lightning.callbacks import ModelCheckpoint
@@ -137,13 +156,12 @@ def run_finetune(cfg: FinetuneConfig) -> Path:
     from medssl.presets import preset_for
     from medssl.training.classifier import Classifier
     from medssl.training.loaders import (AtomicCheckpointIO, SamplerEpochCheck, default_precision,
-                                         every_epoch_checkpoint, make_loader, open_cache,
+                                         every_epoch_checkpoint, fit, make_loader, open_cache,
                                          resume_point)
     from medssl.training.metrics import classification_metrics
     from medssl.training.distributed import barrier, is_rank_zero, scaled_lr, trainer_options
     from medssl.training.run_logs import run_loggers
 
-    cfg = resolve(cfg)
     out = Path(cfg.out)
     writer = is_rank_zero()  # in a distributed run, rank 0 alone writes files
     resume_from = open_run_folder(out, FINETUNE_OUTPUTS, cfg.force, cfg.resume, owner=writer)
@@ -158,13 +176,16 @@ def run_finetune(cfg: FinetuneConfig) -> Path:
     split_file = cfg.split_file
     if cfg.resume and (out / "split.csv").is_file():
         split_file = str(out / "split.csv")
-    elif not split_file and "ssl_split_file" in source and Path(source["ssl_split_file"]).is_file():
+    # An SSL backbone of this dataset brings its split (nothing it trained on is held out here);
+    # one of another dataset (--allow-other-dataset) never saw these images: this dataset's own.
+    same_data = "ssl_split_file" in source and source.get("ssl_dataset") == cfg.dataset
+    if not split_file and same_data and Path(source["ssl_split_file"]).is_file():
         split_file = source["ssl_split_file"]  # the split SimCLR trained on: nothing held out leaks
     table, data_info = prepare(DataConfig(cfg.dataset, cfg.data_root, cfg.split_seed,
                                           cfg.val_fraction, cfg.test_fraction, split_file,
                                           cfg.read_options, cfg.duplicates),
                                skip_bad_images=cfg.skip_bad_images, progress=cfg.progress)
-    if "ssl_split_file" in source and not cfg.allow_other_dataset:
+    if same_data:
         check_no_ssl_leak(table, Path(source["ssl_split_file"]))
     labelled = label_subset(table.samples, cfg.label_fraction, cfg.seed)
     if writer:
@@ -215,7 +236,8 @@ def run_finetune(cfg: FinetuneConfig) -> Path:
         plugins=[AtomicCheckpointIO()],
         enable_progress_bar=cfg.progress, log_every_n_steps=1, enable_model_summary=False,
         num_sanity_val_steps=0)
-    trainer.fit(module, train_loader, val_loader, ckpt_path=resume_from, weights_only=True)
+    fit(trainer, out, module, train_loader, val_loader, ckpt_path=resume_from,
+        weights_only=True)
 
     # Only now, with the selected checkpoint, is the test split looked at: once. (Every process
     # predicts, as a distributed Trainer needs them all; rank 0 writes.)

@@ -25,12 +25,14 @@ def fill_training_defaults(cfg, preset, epochs: int, batch_size: int, lr: float)
     cfg.arch = cfg.arch or preset.arch
     cfg.image_size = cfg.image_size or preset.image_size
     cfg.epochs = epochs if cfg.epochs is None else cfg.epochs
-    cfg.batch_size = cfg.batch_size or batch_size
-    cfg.lr = cfg.lr or lr
+    cfg.batch_size = batch_size if cfg.batch_size is None else cfg.batch_size
+    cfg.lr = lr if cfg.lr is None else cfg.lr  # an lr of 0 given is refused, never replaced
     if cfg.num_workers is None:
         cfg.num_workers = min(8, os.cpu_count() or 1)
     if cfg.epochs < 1:
         raise MedsslError(f"--epochs must be at least 1, got {cfg.epochs}.")
+    if cfg.batch_size < 1:
+        raise MedsslError(f"--batch-size must be at least 1, got {cfg.batch_size}.")
     return cfg
 
 
@@ -148,3 +150,27 @@ class SamplerEpochCheck(pl.Callback):
             raise RuntimeError(f"epoch {trainer.current_epoch} is training on the image order of "
                                f"epoch {sampler.served_epoch}: a resumed run would not match an "
                                "uninterrupted one. Please report this with your Lightning version.")
+
+
+def fit(trainer, out: Path, *args, **kwargs) -> None:
+    """`trainer.fit`, with Ctrl-C reported as what it is. Lightning catches the KeyboardInterrupt,
+    tears the run down, ignores further Ctrl-C and calls `sys.exit(1)`: without this, the user
+    would get exit status 1 and no word of what was saved. Here it becomes `Interrupted` (exit
+    130), which names the checkpoint to `--resume` from, if the run got as far as one."""
+    import signal
+
+    from medssl.errors import Interrupted
+
+    try:
+        trainer.fit(*args, **kwargs)
+    except SystemExit:
+        if not trainer.interrupted:
+            raise
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning set it to ignore
+        last = Path(out) / "checkpoints" / "last.ckpt"
+        if last.is_file():
+            raise Interrupted(f"interrupted (Ctrl-C) in epoch {trainer.current_epoch + 1}. The last "
+                              f"finished epoch is saved in {last}. Fix: run the same command "
+                              "again with --resume to continue from there.") from None
+        raise Interrupted("interrupted (Ctrl-C) before the first epoch ended: there is nothing to "
+                          "resume. Run the same command again to start anew.") from None

@@ -37,7 +37,7 @@ class PretrainConfig:
     exclude_bn_bias: bool = False
     augment: str | None = None
     augment_overrides: dict = field(default_factory=dict)  # lightly SimCLRTransform knobs
-    imagenet_weights: str = "IMAGENET1K_V1"
+    imagenet_weights: str | None = None  # name or file; default IMAGENET1K_V1 for --init imagenet
     seed: int = 0
     split_seed: int = 0
     out: str | None = None
@@ -65,20 +65,39 @@ class PretrainConfig:
 
 
 def resolve(cfg: PretrainConfig) -> PretrainConfig:
-    """Fill every unset value from the dataset's preset."""
+    """Fill every unset value from the dataset's preset, then check every value before any work
+    is done (a refused flag leaves no run folder behind)."""
+    from medssl.data.transforms import simclr_settings
+    from medssl.models.backbones import INITS
     from medssl.presets import preset_for
+    from medssl.training.checks import check_run, imagenet_weights_for
     from medssl.training.loaders import fill_training_defaults
 
+    if cfg.init not in INITS:
+        raise MedsslError(f"Unknown --init '{cfg.init}'. Choose one of: {', '.join(INITS)}.")
     p = preset_for(cfg.dataset)
     fill_training_defaults(cfg, p, p.ssl_epochs, p.ssl_batch_size, p.ssl_lr)
     cfg.warmup_epochs = p.ssl_warmup_epochs if cfg.warmup_epochs is None else cfg.warmup_epochs
     cfg.augment = cfg.augment or p.augment
     cfg.augment_overrides = {**dict(p.ssl_aug), **cfg.augment_overrides}
     cfg.out = cfg.out or str(ssl_dir(dataset_dir(cfg.dataset), cfg.init))
+    cfg.imagenet_weights = imagenet_weights_for(cfg.init, cfg.imagenet_weights,
+                                                "pretraining from --init random")
+    check_run(cfg)
+    simclr_settings(cfg.image_size, cfg.augment, **cfg.augment_overrides)  # checks the knobs
     return cfg
 
 
 def run_pretrain(cfg: PretrainConfig) -> Path:
+    from medssl.runs import cleaned_up_on_failure
+    from medssl.training.distributed import is_rank_zero
+
+    cfg = resolve(cfg)  # every flag checked: nothing is written before this passes
+    with cleaned_up_on_failure(Path(cfg.out), owner=is_rank_zero()):
+        return _train(cfg)
+
+
+def _train(cfg: PretrainConfig) -> Path:
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import LearningRateMonitor
 
@@ -91,14 +110,13 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
     from medssl.presets import preset_for
     from medssl.training.knn import KNNMonitor
     from medssl.training.loaders import (AtomicCheckpointIO, SamplerEpochCheck, default_precision,
-                                         every_epoch_checkpoint, make_loader, open_cache,
+                                         every_epoch_checkpoint, fit, make_loader, open_cache,
                                          resume_point)
     from medssl.training.distributed import (barrier, is_rank_zero, planned_world_size,
                                              scaled_lr, trainer_options)
     from medssl.training.run_logs import run_loggers
     from medssl.training.simclr import SimCLR
 
-    cfg = resolve(cfg)
     out = Path(cfg.out)
     writer = is_rank_zero()  # in a distributed run, rank 0 alone writes files
     resume_from = open_run_folder(out, SSL_OUTPUTS, cfg.force, cfg.resume, owner=writer)
@@ -155,7 +173,7 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
                    SamplerEpochCheck()],
         plugins=[AtomicCheckpointIO()],
         enable_progress_bar=cfg.progress, log_every_n_steps=1, enable_model_summary=False)
-    trainer.fit(module, train_loader, ckpt_path=resume_from, weights_only=True)
+    fit(trainer, out, module, train_loader, ckpt_path=resume_from, weights_only=True)
 
     if trainer.is_global_zero:
         loss = module.last_epoch_loss

@@ -1,0 +1,99 @@
+"""Flags checked before any work starts, whoever sets them (the CLI, `compare`, the Python API):
+trainer settings against what Lightning accepts and what this machine has, learning rates, and
+the places a run writes to. A refused flag stops the run before its folder is made.
+
+Lightning and torch would refuse most of these too, but only once the data is prepared and a
+run folder is half made, and with a traceback from deep inside the Trainer or a loader worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from medssl.errors import MedsslError
+
+log = logging.getLogger("medssl")
+
+# What Lightning's Trainer accepts for `precision` (tests/test_bad_inputs.py checks the list
+# against Lightning's own), less transformer-engine, which needs a library medssl does not install.
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true",
+              "32", "16", "bf16", "64")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+
+
+def lr_problem(value: float) -> str | None:
+    """Why `value` cannot be a learning rate (None when it can): it must be finite and positive."""
+    if not math.isfinite(value):
+        return f"{value} is not a finite number"
+    if value <= 0:
+        return f"{value} is not above 0"
+    return None
+
+
+def check_lr(value: float, flag: str = "--lr") -> None:
+    why = lr_problem(value)
+    if why:
+        raise MedsslError(f"{flag} {value}: {why}. Fix: a learning rate such as 1e-3 (SimCLR) "
+                          "or 1e-5 (finetuning a pretrained network).")
+
+
+def check_hardware(cfg) -> None:
+    """`--precision`, `--accelerator` and `--devices` against Lightning's values and this machine."""
+    if cfg.precision is not None and str(cfg.precision) not in PRECISIONS:
+        raise MedsslError(f"--precision {cfg.precision} is not a precision Lightning knows. Fix: "
+                          f"one of {', '.join(PRECISIONS[:6])} (default: bf16-mixed on a GPU that "
+                          "supports it, else 32-true).")
+    if cfg.accelerator not in ACCELERATORS:
+        raise MedsslError(f"--accelerator {cfg.accelerator} is not one of "
+                          f"{', '.join(ACCELERATORS)}. Fix: gpu for CUDA GPUs, cpu, or auto.")
+    import torch
+
+    if cfg.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        build = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        raise MedsslError(f"--accelerator {cfg.accelerator}: no CUDA GPU is visible to this torch "
+                          f"({torch.__version__}, {build}). Fix: run on a machine with a GPU "
+                          "and its driver, or pass --accelerator cpu (or auto).")
+    if cfg.accelerator == "mps" and not torch.backends.mps.is_available():
+        raise MedsslError("--accelerator mps: Apple's Metal GPU is not available here. "
+                          "Fix: pass --accelerator cpu (or auto).")
+    gpus = torch.cuda.device_count() if cfg.accelerator in ("gpu", "cuda") else None
+    if gpus is not None and isinstance(cfg.devices, int) and cfg.devices > gpus:
+        raise MedsslError(f"--devices {cfg.devices}: this machine has {gpus} GPU(s). "
+                          f"Fix: --devices {gpus} (or auto).")
+    if gpus is not None and isinstance(cfg.devices, str) and "," in cfg.devices:
+        absent = [d for d in cfg.devices.split(",") if int(d) >= gpus]
+        if absent:
+            raise MedsslError(f"--devices {cfg.devices}: there is no GPU {absent[0]} on this "
+                              f"machine (it has {gpus}, numbered from 0).")
+
+
+def check_places(out, cache: bool) -> None:
+    """The run folder and, when the image cache is used, the cache can be written."""
+    from medssl.data.files import cache_dir
+    from medssl.oserrors import writable_folder
+
+    writable_folder(out, "--out")
+    if cache:
+        writable_folder(cache_dir(), "the image cache $MEDSSL_CACHE_DIR",
+                        "set $MEDSSL_CACHE_DIR to a folder you can write to, or pass --no-cache "
+                        "to decode the original images on every read instead")
+
+
+def check_run(cfg) -> None:
+    """Everything above, for a resolved PretrainConfig or FinetuneConfig."""
+    check_lr(cfg.lr)
+    check_hardware(cfg)
+    check_places(cfg.out, cfg.cache)
+
+
+def imagenet_weights_for(init: str, weights, what: str):
+    """The --imagenet-weights a run uses: the given ones (or the default) for an ImageNet init;
+    None for a random one, with a warning when some were given, since they would be ignored."""
+    from medssl.models.backbones import DEFAULT_IMAGENET
+
+    if init == "imagenet":
+        return weights or DEFAULT_IMAGENET
+    if weights:
+        log.warning("--imagenet-weights %s is ignored: %s starts from random weights", weights, what)
+    return None

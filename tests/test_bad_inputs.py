@@ -1,0 +1,308 @@
+"""Bad input, tried as a hostile new user would: every case ends with a non-zero exit status, one
+message naming the value or file and the fix, no traceback (nor medssl's "internal error", which
+would mean a case nobody handled), and nothing new on disk: no half-made run folder, no stray
+`runs/`, no half-written file.
+
+The cases run in-process (`medssl.cli.main`), each in a fresh folder; one Ctrl-C case runs a real
+process. docs/reliability.md lists them."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import typing
+from pathlib import Path
+
+import pytest
+import torch
+from torchvision.models import resnet18
+
+from medssl.cli import main
+from medssl.data import fixtures as fx
+from medssl.models import build_backbone, save_backbone
+
+FAST = ["--arch", "resnet18", "--image-size", "32", "--num-workers", "0", "--batch-size", "8",
+        "--epochs", "1"]
+NO_GPU = not torch.cuda.is_available()
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    """The files the cases point at: a dataset, and weight files of every wrong kind."""
+    w = tmp_path_factory.mktemp("ws")
+    root = fx.make_covid19(w, per_class=6)
+    (w / "text.txt").write_text("hello world\n")
+    (w / "empty.pt").write_bytes(b"")
+    (w / "weights_dir").mkdir()
+    torch.save([torch.zeros(1)], w / "list.pt")
+    torch.save(resnet18(), w / "whole_model.pt")  # a pickled model, as the study saved
+    torch.save(resnet18().state_dict(), w / "r18_with_fc.pth")  # torchvision's, fc included
+    for name, data in (("text_ssl", None), ("empty_ssl", b""), ("no_json", "model"),
+                       ("bad_json", "model"), ("r18_ssl", "model")):
+        (w / name).mkdir()
+        if data is None:
+            (w / name / "backbone.pt").write_text("not weights\n")
+        elif data == b"":
+            (w / name / "backbone.pt").write_bytes(b"")
+        else:
+            save_backbone(build_backbone("resnet18"), w / name / "backbone.pt",
+                          {"arch": "resnet18", "init": "random", "dataset": "covid19"})
+        (w / name / "backbone.json").write_text(json.dumps(
+            {"arch": "resnet18", "init": "random", "dataset": "covid19"}))
+    (w / "no_json" / "backbone.json").unlink()
+    (w / "bad_json" / "backbone.json").write_text("{ this is not json")
+    (w / "a_file").write_text("I am a file\n")
+    (w / "csv").mkdir()
+    (w / "csv" / "a.jpg").write_bytes(fx.picture("a"))
+    (w / "csv" / "labels.csv").write_text("path,label\na.jpg,x\n")
+    return {"root": root, "w": w}
+
+
+def finished_run(folder: Path) -> None:
+    from medssl.runs import mark_finished
+
+    folder.mkdir(parents=True)
+    for name in ("metrics.json", "val_predictions.csv", "test_predictions.csv"):
+        (folder / name).write_text("{}")
+    mark_finished(folder, ("metrics.json", "val_predictions.csv", "test_predictions.csv"))
+
+
+def interrupted_run(folder: Path, garbage: bool = False) -> None:
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "checkpoints" / "last.ckpt").write_bytes(b"garbage" if garbage else b"PK\x03\x04")
+
+
+def truncated_grid(folder: Path) -> None:
+    run = folder / "M1" / "seed0"
+    finished_run(run)
+    (run / "metrics.json").write_text("{")  # cut short after the marker was written
+
+
+FT = ["finetune", "--dataset", "covid19", "--data-root", "{root}", "--model", "M1", *FAST]
+M3 = ["finetune", "--dataset", "covid19", "--data-root", "{root}", "--model", "M3", *FAST]
+M2 = ["finetune", "--dataset", "covid19", "--data-root", "{root}", "--model", "M2", *FAST]
+PT = ["pretrain", "--dataset", "covid19", "--data-root", "{root}", *FAST]
+CHECK = ["check", "--dataset", "covid19", "--data-root", "{root}"]
+GRID = ["compare", "--dataset", "covid19", "--data-root", "{root}", "--models", "M1", "--seeds",
+        "0", *FAST]
+
+# (id, argv, what stderr must say, extra environment, setup of the case's folder)
+CASES = [
+    # Places that cannot be written
+    ("out-under-proc", [*PT, "--out", "/proc/medssl-run"], ["/proc/medssl-run", "cannot be written"]),
+    ("out-is-a-file", [*FT, "--out", "{tmp}/a_file"], ["a_file is a file, not a folder"], None,
+     lambda t: (t / "a_file").write_text("x")),
+    ("out-below-a-file", [*PT, "--out", "{tmp}/a_file/run"], ["a_file is a file", "--out"], None,
+     lambda t: (t / "a_file").write_text("x")),
+    ("cache-under-proc", [*PT, "--out", "{tmp}/run"], ["$MEDSSL_CACHE_DIR", "--no-cache"],
+     {"MEDSSL_CACHE_DIR": "/proc/medssl-cache"}),
+    ("cache-is-a-file", [*FT, "--out", "{tmp}/run"], ["is a file", "--no-cache"],
+     {"MEDSSL_CACHE_DIR": "{w}/a_file"}),
+    ("grid-cache-unwritable", [*GRID, "--out", "{tmp}/grid"], ["--no-cache"],
+     {"MEDSSL_CACHE_DIR": "/proc/medssl-cache"}),
+    ("split-out-unwritable", [*CHECK, "--split-out", "/proc/medssl/split.csv"],
+     ["--split-out", "cannot be written"]),
+    ("split-out-is-a-folder", [*CHECK, "--split-out", "{w}/weights_dir"], ["is a folder"]),
+    ("report-images-dir-unwritable", ["report", "{tmp}/grid", "--images-dir", "/proc/medssl-img"],
+     ["--images-dir", "cannot be written"], None, lambda t: truncated_grid(t / "grid")),
+    ("grid-out-unwritable", [*GRID, "--out", "/proc/medssl-grid"], ["/proc/medssl-grid"]),
+    ("grid-images-dir-unwritable", [*GRID, "--out", "{tmp}/grid", "--images-dir", "/proc/x"],
+     ["--images-dir"]),
+    # Trainer and optimiser flags
+    ("precision-bogus", [*FT, "--precision", "bogus"], ["--precision", "bogus"]),
+    ("accelerator-unknown", [*FT, "--accelerator", "tpu9"], ["--accelerator", "tpu9"]),
+    ("lr-negative", [*FT, "--lr", "-1"], ["--lr", "not above 0"]),
+    ("lr-zero", [*PT, "--lr", "0"], ["--lr", "not above 0"]),
+    ("lr-nan", [*FT, "--lr", "nan"], ["--lr", "not a finite number"]),
+    ("lr-inf", [*PT, "--lr", "inf"], ["--lr", "not a finite number"]),
+    ("lr-text", [*FT, "--lr", "fast"], ["--lr", "'fast' is not a number"]),
+    ("grid-lr-nan", [*GRID, "--out", "{tmp}/grid", "--lr", "nan"], ["--lr"]),
+    ("aug-min-scale-5", [*PT, "--aug", "min_scale=5"], ["min_scale=5", "out of range"]),
+    ("aug-min-scale-0", [*PT, "--aug", "min_scale=0"], ["min_scale", "above 0"]),
+    ("aug-negative-prob", [*PT, "--aug", "cj_prob=-0.1"], ["cj_prob=-0.1", "a probability"]),
+    ("aug-hue-0.9", [*PT, "--aug", "cj_hue=0.9"], ["cj_hue=0.9", "0.5"]),
+    ("aug-sigmas-reversed", [*PT, "--aug", "sigmas=2,1"], ["sigmas", "low <= high"]),
+    ("aug-rotation", [*PT, "--out", "{tmp}/run", "--aug", "rr_prob=0.5"],
+     ["rr_prob", "flips"]),
+    ("aug-unknown-knob", [*PT, "--aug", "zoom=2"], ["zoom=2", "min_scale"]),
+    ("devices-zero", [*FT, "--devices", "0"], ["--devices"]),
+    ("epochs-zero", [*FT, "--epochs", "0"], ["--epochs"]),
+    ("label-fraction-2", [*FT, "--label-fraction", "2"], ["--label-fraction"]),
+    # Weight files of every wrong kind
+    ("imagenet-weights-text", [*M3, "--out", "{tmp}/run", "--imagenet-weights", "{w}/text.txt"],
+     ["text.txt is a text file", "torch.save(model.state_dict()"]),
+    ("imagenet-weights-empty", [*M3, "--out", "{tmp}/run", "--imagenet-weights", "{w}/empty.pt"],
+     ["empty.pt is an empty file"]),
+    ("imagenet-weights-folder", [*M3, "--out", "{tmp}/run", "--imagenet-weights",
+                                 "{w}/weights_dir"], ["weights_dir is a folder, not a weights file"]),
+    ("imagenet-weights-list", [*M3, "--out", "{tmp}/run", "--imagenet-weights", "{w}/list.pt"],
+     ["list.pt holds a list, not a state_dict"]),
+    ("imagenet-weights-missing", [*M3, "--out", "{tmp}/run", "--imagenet-weights",
+                                  "{w}/nowhere/r50.pth"], ["r50.pth does not exist"]),
+    ("imagenet-weights-unknown-name", [*M3, "--out", "{tmp}/run", "--imagenet-weights",
+                                       "IMAGENET1K_V9"], ["IMAGENET1K_V9", "IMAGENET1K_V1"]),
+    ("imagenet-weights-other-arch", [*M3, "--arch", "resnet34", "--out", "{tmp}/run",
+                                     "--imagenet-weights", "{w}/r18_with_fc.pth"],
+     ["They are resnet18 weights", "--arch resnet18"]),
+    ("imagenet-weights-pickled-model", [*M3, "--out", "{tmp}/run", "--imagenet-weights",
+                                        "{w}/whole_model.pt"], ["weights_only=True"]),
+    ("ssl-checkpoint-text", [*M2, "--out", "{tmp}/run", "--ssl-checkpoint", "{w}/text_ssl"],
+     ["backbone.pt is a text file"]),
+    ("ssl-checkpoint-empty", [*M2, "--out", "{tmp}/run", "--ssl-checkpoint", "{w}/empty_ssl"],
+     ["backbone.pt is an empty file"]),
+    ("ssl-checkpoint-missing", [*M2, "--out", "{tmp}/run", "--ssl-checkpoint", "{w}/nowhere"],
+     ["there is none at", "medssl pretrain"]),
+    ("ssl-checkpoint-no-json", [*M2, "--out", "{tmp}/run", "--ssl-checkpoint", "{w}/no_json"],
+     ["backbone.json is missing"]),
+    ("ssl-checkpoint-broken-json", [*M2, "--out", "{tmp}/run", "--ssl-checkpoint", "{w}/bad_json"],
+     ["backbone.json is not a readable JSON file"]),
+    ("ssl-checkpoint-other-arch", [*M2, "--arch", "resnet34", "--out", "{tmp}/run",
+                                   "--ssl-checkpoint", "{w}/r18_ssl"], ["it is a resnet18"]),
+    # Run folders
+    ("resume-without-checkpoint", [*FT, "--out", "{tmp}/run", "--resume"], ["no checkpoint",
+                                                                          "drop --resume"]),
+    ("rerun-into-interrupted", [*FT, "--out", "{tmp}/run"], ["interrupted run", "--resume",
+                                                             "--force"], None,
+     lambda t: interrupted_run(t / "run")),
+    ("rerun-into-finished", [*FT, "--out", "{tmp}/run"], ["already holds a finished run",
+                                                          "--force"], None,
+     lambda t: finished_run(t / "run")),
+    ("resume-from-garbage", [*FT, "--out", "{tmp}/run", "--resume"],
+     ["not a checkpoint this run can resume from"], None,
+     lambda t: interrupted_run(t / "run", garbage=True)),
+    ("grid-with-interrupted-run", [*GRID, "--out", "{tmp}/grid"], ["interrupted", "--resume"],
+     None, lambda t: interrupted_run(t / "grid" / "M1" / "seed0")),
+    ("report-missing-folder", ["report", "{tmp}/no_grid"], ["no_grid does not exist"]),
+    ("report-truncated-metrics", ["report", "{tmp}/grid"],
+     ["metrics.json is 1 bytes", "cut short", "No finished"], None,
+     lambda t: truncated_grid(t / "grid")),
+    # Data
+    ("unknown-dataset", ["check", "--dataset", "covid-19"], ["covid-19", "covid19"]),
+    ("missing-data-root", ["check", "--dataset", "covid19", "--data-root", "{tmp}/nowhere"],
+     ["does not exist"]),
+    ("split-file-missing", [*FT, "--out", "{tmp}/run", "--split-file", "{tmp}/nowhere.csv"],
+     ["nowhere.csv"]),
+    ("csv-split-column-absent", ["check", "--dataset", "csv", "--data-root", "{w}/csv",
+                                 "--csv-split-column", "fold"], ["no column 'fold'"]),
+    ("decompression-bomb", [*CHECK], ["decompression bombs", "MEDSSL_MAX_IMAGE_PIXELS"],
+     {"MEDSSL_MAX_IMAGE_PIXELS": "100"}),
+    ("gpu-without-gpu", [*FT, "--accelerator", "gpu"], ["--accelerator gpu", "no CUDA GPU",
+                                                        "--accelerator cpu"]),
+    ("grid-gpu-without-gpu", [*GRID, "--out", "{tmp}/grid", "--accelerator", "gpu"],
+     ["no CUDA GPU"]),
+]
+
+
+def snapshot(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")
+            if not p.relative_to(folder).parts[0] in ("cache", "torch_home")}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_ends_in_one_clear_message(case, ws, tmp_path, monkeypatch, capsys):
+    name, argv, expected, env, setup = (*case, None, None)[:5]
+    if "gpu-without-gpu" in name and not NO_GPU:
+        pytest.skip("this machine has a GPU")
+    places = {"root": ws["root"], "w": ws["w"], "tmp": tmp_path}
+    monkeypatch.chdir(tmp_path)  # a default `runs/` would appear here
+    for key, value in (env or {}).items():
+        monkeypatch.setenv(key, value.format(**places))
+    if setup:
+        setup(tmp_path)
+    before = snapshot(tmp_path)
+    try:
+        code = main([a.format(**places) for a in argv])
+    except SystemExit as exc:  # argparse: exit 2 with its usage line and the flag named
+        code = exc.code
+    out, err = capsys.readouterr()
+    err = out + err  # `check` prints the problems it finds to stdout
+    assert code not in (0, None), err
+    assert "Traceback" not in err and "internal error" not in err, err
+    for text in expected:
+        assert text in err, f"{text!r} not in:\n{err}"
+    assert snapshot(tmp_path) == before, "the failed command left files behind"
+
+
+def test_at_least_forty_bad_inputs_are_scripted():
+    assert len(CASES) >= 40
+
+
+def test_the_precisions_offered_are_lightnings():
+    from lightning_fabric.plugins.precision.precision import (_PRECISION_INPUT_STR,
+                                                              _PRECISION_INPUT_STR_ALIAS)
+
+    from medssl.training.checks import PRECISIONS
+
+    accepted = set(typing.get_args(_PRECISION_INPUT_STR)) | set(
+        typing.get_args(_PRECISION_INPUT_STR_ALIAS))
+    assert set(PRECISIONS) <= accepted
+
+
+def test_an_unexpected_error_is_one_line_and_its_traceback_a_file(monkeypatch, capsys, tmp_path):
+    """A bug in medssl (not bad input) still ends without a traceback on screen: one line, exit
+    1, and the traceback saved in a file named there."""
+    import medssl.cli as cli
+
+    monkeypatch.setattr(cli, "cmd_datasets", lambda args: 1 / 0)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    monkeypatch.delenv("MEDSSL_DEBUG", raising=False)
+    assert cli.main(["datasets"]) == 1
+    err = capsys.readouterr().err
+    assert "internal error (ZeroDivisionError" in err and "Traceback" not in err
+    saved = next(tmp_path.glob("medssl-crash-*.txt")).read_text()
+    assert "Traceback" in saved and "ZeroDivisionError" in saved
+
+
+def test_os_errors_are_worded_with_the_path_and_the_fix():
+    """Permission and read-only refusals cannot be staged as root or without a read-only mount,
+    so the wording is checked on the errors the operating system raises."""
+    import errno
+
+    from medssl.oserrors import describe
+
+    for code, words in ((errno.EACCES, "permission denied"),
+                        (errno.EROFS, "read-only file system"),
+                        (errno.ENOTDIR, "is a file, not a folder")):
+        text = describe(OSError(code, os.strerror(code), "/data/runs/x/metrics.json"))
+        assert "/data/runs/x/metrics.json" in text and words in text and "Fix:" in text
+    full = describe(OSError(errno.ENOSPC, "No space left on device", "/data/run/last.ckpt"))
+    assert "The disk is full" in full and "--resume" in full
+
+
+def test_an_os_error_during_a_command_is_a_message(monkeypatch, capsys, tmp_path):
+    import errno
+
+    import medssl.cli as cli
+
+    def refuse(args):
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "x.csv"))
+
+    monkeypatch.setattr(cli, "cmd_datasets", refuse)
+    assert cli.main(["datasets"]) == 2
+    err = capsys.readouterr().err
+    assert "x.csv: permission denied" in err and "Fix:" in err and "Traceback" not in err
+
+
+def test_ctrl_c_exits_130_and_says_resume(tmp_path):
+    """Lightning catches Ctrl-C and exits 1; medssl turns it back into 130 and names --resume."""
+    root = fx.make_covid19(tmp_path, per_class=6)
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "medssl", "finetune", "--dataset", "covid19", "--data-root",
+           str(root), "--model", "M1", *FAST[:-1], "40", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    last = out / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and not last.is_file() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "--resume" in err and str(last) in err and "Traceback" not in err
+    assert last.is_file()  # what Lightning saved stays, for --resume

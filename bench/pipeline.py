@@ -162,7 +162,8 @@ def bench_steps(folder: Path, names: list[str], device: str, arch: str, batch: i
 
     from medssl.models import build_backbone, feature_dim
     from medssl.training.classifier import Classifier
-    from medssl.training.simclr import SimCLR
+    from medssl.data.batch_augment import ViewColour
+    from medssl.training.methods.simclr import SimCLR
 
     table = bench_table(folder, names)
     cache = ImageCache.build(folder, names, cache_side(SIZE), progress=False)
@@ -173,7 +174,8 @@ def bench_steps(folder: Path, names: list[str], device: str, arch: str, batch: i
         torch.manual_seed(0)
         if kind == "simclr":
             model = SimCLR(build_backbone(arch), feature_dim(arch),
-                           batch_transform=simclr_colour_blur(settings, IMAGENET_MEAN, IMAGENET_STD))
+                           batch_transform=ViewColour(
+                               [simclr_colour_blur(settings, IMAGENET_MEAN, IMAGENET_STD)] * 2))
             transform = simclr_crops(SIZE, settings)
         else:
             model = Classifier(build_backbone(arch), feature_dim(arch), ["a", "b"], lr=1e-4,

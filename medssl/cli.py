@@ -262,10 +262,31 @@ def run_folder_flags(g, out_help: str) -> None:
     g.add_argument("--force", action="store_true", help="run again into a finished folder")
 
 
+def method_option(text: str) -> tuple[str, float]:
+    """`--method-opt KEY=VALUE`: one setting of the method (checked against its defaults later)."""
+    key, sep, value = text.partition("=")
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not KEY=NUMBER") from None
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"'{text}' is not KEY=NUMBER")
+    return key.strip(), int(number) if number.is_integer() and "." not in value else number
+
+
 def add_pretrain_args(p: argparse.ArgumentParser) -> None:
+    from medssl.training.methods import method_names
+
     g = p.add_argument_group("pretraining")
+    g.add_argument("--method", choices=method_names(), default="simclr",
+                   help="the self-supervised method (default simclr, the study's; docs/methods.md)")
+    g.add_argument("--method-opt", type=method_option, action="append", default=[],
+                   metavar="KEY=VALUE", help="one setting of the method, e.g. --method-opt "
+                   "temperature=0.2 (repeatable; docs/methods.md lists each method's)")
+    g.add_argument("--label-fraction", type=label_fraction, default=1.0,
+                   help="supcon only: learn from this seeded, stratified share of the labels")
     g.add_argument("--init", choices=["random", "imagenet"], default="random",
-                   help="initial weights before SimCLR: random (for M2) or imagenet (for M4)")
+                   help="initial weights before pretraining: random (for M2) or imagenet (for M4)")
     g.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     g.add_argument("--warmup-epochs", type=non_negative_int, default=None)
     g.add_argument("--optimizer", choices=["adam", "lars"], default="adam")
@@ -276,7 +297,8 @@ def add_pretrain_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--aug", type=augment_override, action="append", default=[], metavar="KEY=VALUE",
                    help="override one knob of the augmentation preset, e.g. --aug min_scale=0.3 "
                    "--aug cj_prob=0.5 (lightly SimCLRTransform names; repeatable)")
-    run_folder_flags(g, "output folder (default runs/<dataset>/ssl-<init>)")
+    run_folder_flags(g, "output folder (default runs/<dataset>/ssl-<init> for simclr, "
+                     "ssl-<method>-<init> for the others)")
 
 
 def hardware(args: argparse.Namespace) -> dict:
@@ -297,6 +319,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from medssl.training.pretrain import PretrainConfig, run_pretrain
 
     cfg = PretrainConfig(
+        method=args.method, method_options=dict(args.method_opt), label_fraction=args.label_fraction,
         init=args.init, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         warmup_epochs=args.warmup_epochs, optimizer=args.optimizer,
         exclude_bn_bias=args.exclude_bn_bias, augment=args.augment,

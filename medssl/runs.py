@@ -3,6 +3,7 @@
     runs/<dataset>/                 (or `--out` of `medssl compare`)
         split.csv                   the split every run below shares
         ssl-random/  ssl-imagenet/  SimCLR runs: backbone.pt + backbone.json when finished
+        ssl-byol-random/ ...        other methods' runs: ssl-<method>-<init>
         M1/seed0/ ... M4/seed2/     finetuning runs at label fraction 1: metrics.json when finished
         M1/frac0.1/seed0/ ...       finetuning runs at a smaller label fraction
         results.csv results.md curves.png
@@ -32,8 +33,10 @@ def dataset_dir(dataset: str) -> Path:
     return RUNS / dataset
 
 
-def ssl_dir(base: Path, init: str) -> Path:
-    return Path(base) / f"ssl-{init}"
+def ssl_dir(base: Path, init: str, method: str = "simclr") -> Path:
+    """SimCLR, the study's method, keeps the study's folder names (ssl-random, ssl-imagenet);
+    every other method carries its name: ssl-<method>-<init>."""
+    return Path(base) / (f"ssl-{init}" if method == "simclr" else f"ssl-{method}-{init}")
 
 
 def finetune_dir(base: Path, model: str, seed: int, label_fraction: float = 1.0) -> Path:

@@ -15,7 +15,7 @@ from medssl.data import fixtures as fx
 from medssl.errors import MedsslError
 from medssl.models import build_backbone, feature_dim, load_backbone_file
 from medssl.models.backbones import imagenet_weights_file
-from medssl.training.simclr import SimCLR
+from medssl.training.methods.simclr import SimCLR
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--arch", "resnet18", "--image-size", "32", "--num-workers", "0", "--batch-size", "16"]

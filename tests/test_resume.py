@@ -28,11 +28,20 @@ COMMANDS = {
                                         weights_only=True)["state_dict"]),
     "pretrain": (["--epochs", "6", "--seed", "3"], "backbone.json",
                  lambda out: torch.load(out / "backbone.pt", weights_only=True)),
+    # A momentum method (its target network and schedule) and a multi-crop one (its prototypes).
+    "pretrain-byol": (["--epochs", "6", "--seed", "3", "--method", "byol", "--method-opt",
+                       "hidden_dim=256"], "backbone.json",
+                      lambda out: torch.load(out / "checkpoints" / "last.ckpt",
+                                             weights_only=True)["state_dict"]),
+    "pretrain-swav": (["--epochs", "6", "--seed", "3", "--method", "swav", "--method-opt",
+                       "local_views=2", "--method-opt", "prototypes=32"], "backbone.json",
+                      lambda out: torch.load(out / "checkpoints" / "last.ckpt",
+                                             weights_only=True)["state_dict"]),
 }
 
 
 def command(kind, root, out, workers, resume):
-    return [sys.executable, "-m", "medssl", kind, "--dataset", "covid19", "--data-root", str(root),
+    return [sys.executable, "-m", "medssl", kind.split("-")[0], "--dataset", "covid19", "--data-root", str(root),
             "--out", str(out), "--num-workers", str(workers), *COMMANDS[kind][0], *FAST,
             *(["--resume"] if resume else [])]
 
@@ -77,8 +86,9 @@ def kill_and_resume(cmd, out: Path, duration: float, rng: random.Random, done) -
     return kills, resumes + resume
 
 
-@pytest.mark.parametrize("kind", ["finetune", "pretrain"])
-@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("kind, workers", [("finetune", 0), ("finetune", 2), ("pretrain", 0),
+                                           ("pretrain", 2), ("pretrain-byol", 0),
+                                           ("pretrain-swav", 0)])
 def test_killed_three_times_and_resumed_equals_uninterrupted(tmp_path, kind, workers):
     root = fx.make_covid19(tmp_path, per_class=6)
     _, result_file, weights = COMMANDS[kind]

@@ -24,21 +24,33 @@ from torchvision.transforms import v2
 GREY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
 
 
+def _crop(size: int, scale: tuple[float, float], hf_prob: float, vf_prob: float) -> v2.Compose:
+    steps = [v2.RandomResizedCrop(size, scale=scale, antialias=True)]
+    if hf_prob > 0:
+        steps.append(v2.RandomHorizontalFlip(hf_prob))
+    if vf_prob > 0:
+        steps.append(v2.RandomVerticalFlip(vf_prob))
+    return v2.Compose(steps)
+
+
 class ViewCrops:
     """The per-image part: `views` random resized crops (with flips) of one uint8 CHW image."""
 
     def __init__(self, input_size: int, min_scale: float = 0.08, hf_prob: float = 0.0,
                  vf_prob: float = 0.0, views: int = 2):
-        steps = [v2.RandomResizedCrop(input_size, scale=(min_scale, 1.0), antialias=True)]
-        if hf_prob > 0:
-            steps.append(v2.RandomHorizontalFlip(hf_prob))
-        if vf_prob > 0:
-            steps.append(v2.RandomVerticalFlip(vf_prob))
-        self.crop = v2.Compose(steps)
-        self.views = views
+        self.crops = [_crop(input_size, (min_scale, 1.0), hf_prob, vf_prob)] * views
 
     def __call__(self, image: torch.Tensor) -> list[torch.Tensor]:
-        return [self.crop(image) for _ in range(self.views)]
+        return [crop(image) for crop in self.crops]
+
+
+class MultiCrops(ViewCrops):
+    """Crops of several sizes and scales, in order: for multi-crop (SwAV, DINO), two large
+    global crops and several small local ones. `crops`: (size, (min_scale, max_scale)) each."""
+
+    def __init__(self, crops: list[tuple[int, tuple[float, float]]], hf_prob: float = 0.0,
+                 vf_prob: float = 0.0):
+        self.crops = [_crop(size, scale, hf_prob, vf_prob) for size, scale in crops]
 
 
 def _grey(x: torch.Tensor) -> torch.Tensor:
@@ -96,8 +108,9 @@ class BatchColourBlur(nn.Module):
     def __init__(self, mean, std, cj_prob: float = 0.8, cj_strength: float = 1.0,
                  cj_bright: float = 0.8, cj_contrast: float = 0.8, cj_sat: float = 0.8,
                  cj_hue: float = 0.2, random_gray_scale: float = 0.2, gaussian_blur: float = 0.5,
-                 sigmas: tuple[float, float] = (0.1, 2.0), chunk: int = 32):
+                 sigmas: tuple[float, float] = (0.1, 2.0), solarize: float = 0.0, chunk: int = 32):
         super().__init__()
+        self.solarize_prob = solarize  # BYOL's and DINO's second view: invert pixels >= 0.5
         self.cj_prob, self.gray_prob, self.blur_prob = cj_prob, random_gray_scale, gaussian_blur
         self.bright = cj_strength * cj_bright
         self.contrast = cj_strength * cj_contrast
@@ -128,6 +141,9 @@ class BatchColourBlur(nn.Module):
             "grey": torch.rand(n, generator=generator) < self.gray_prob,
             "blur": torch.rand(n, generator=generator) < self.blur_prob,
             "sigma": uniform(*self.sigmas),
+            # Drawn last and only when used, so settings without it draw exactly as before.
+            **({"solarize": torch.rand(n, generator=generator) < self.solarize_prob}
+               if self.solarize_prob > 0 else {}),
         }
 
     @torch.no_grad()
@@ -163,4 +179,33 @@ class BatchColourBlur(nn.Module):
         idx = torch.nonzero(p["blur"]).flatten()
         if len(idx):
             x[idx] = _gaussian_blur(x[idx], p["sigma"][idx])
+        if "solarize" in p:  # lightly's RandomSolarization: threshold 0.5
+            idx = torch.nonzero(p["solarize"]).flatten()
+            if len(idx):
+                x[idx] = torch.where(x[idx] >= 0.5, 1 - x[idx], x[idx])
         return x
+
+
+class ViewColour(nn.Module):
+    """Per-view colour and blur for a list of uint8 view batches: view k gets `transforms[k]`.
+    Views of one size and one transform go through it in a single call (one set of kernels for
+    the whole batch; for SimCLR's two identical views exactly what one call on both did)."""
+
+    def __init__(self, transforms: list[BatchColourBlur]):
+        super().__init__()
+        self.transforms = nn.ModuleList(transforms)
+
+    @torch.no_grad()
+    def forward(self, views: list[torch.Tensor], generator: torch.Generator | None = None):
+        out: list[torch.Tensor | None] = [None] * len(views)
+        k = 0
+        while k < len(views):  # runs of consecutive views sharing a transform and a size
+            end = k + 1
+            while end < len(views) and self.transforms[end] is self.transforms[k] \
+                    and views[end].shape == views[k].shape:
+                end += 1
+            done = self.transforms[k](torch.cat(views[k:end]), generator=generator)
+            for j, part in zip(range(k, end), done.chunk(end - k)):
+                out[j] = part.contiguous(memory_format=torch.channels_last)
+            k = end
+        return out

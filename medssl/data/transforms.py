@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torchvision.transforms import v2
 
-from medssl.data.batch_augment import BatchColourBlur, ViewCrops
+from medssl.data.batch_augment import BatchColourBlur, MultiCrops, ViewColour, ViewCrops
 
 # The study: random resized crop, colour jitter 0.8 with p 0.8, grayscale p 0.2, blur p 0.5, no flips.
 # X-rays: the same without hue or saturation jitter (they are grey), still no flips (anatomy).
@@ -120,6 +120,32 @@ def simclr_colour_blur(settings: dict, mean, std) -> BatchColourBlur:
     keys = ("cj_prob", "cj_strength", "cj_bright", "cj_contrast", "cj_sat", "cj_hue",
             "random_gray_scale", "gaussian_blur", "sigmas")
     return BatchColourBlur(mean, std, **{k: settings[k] for k in keys})
+
+
+COLOUR_KEYS = ("cj_prob", "cj_strength", "cj_bright", "cj_contrast", "cj_sat", "cj_hue",
+               "random_gray_scale", "gaussian_blur", "sigmas", "solarize")
+
+
+def method_views(views, image_size: int, settings: dict, mean, std) -> tuple[MultiCrops, ViewColour]:
+    """A method's views (`training.methods.base.View`: size, scale, colour changes) as the two
+    halves of the fast path: the crops in the loader workers and the colour per batch. Each view
+    keeps the preset's rules (an X-ray preset has no hue or saturation jitter and no flips
+    whatever the method); blur sigmas follow each view's size; views with the same settings
+    share one transform, so they are augmented in one call."""
+    crops = MultiCrops([(v.size, v.scale) for v in views], settings["hf_prob"], settings["vf_prob"])
+    shared: dict[tuple, BatchColourBlur] = {}
+    per_view = []
+    for v in views:
+        knobs = {"solarize": 0.0, **{k: settings[k] for k in COLOUR_KEYS if k in settings},
+                 **v.colour}
+        ratio = v.size / image_size
+        knobs["sigmas"] = tuple(s * ratio for s in knobs["sigmas"])
+        key = tuple(sorted((k, tuple(x) if isinstance(x, (tuple, list)) else x)
+                           for k, x in knobs.items()))
+        if key not in shared:
+            shared[key] = BatchColourBlur(mean, std, **knobs)
+        per_view.append(shared[key])
+    return crops, ViewColour(per_view)
 
 
 def lightly_transform(image_size: int, settings: dict, mean, std):

@@ -32,7 +32,9 @@ class PretrainConfig:
     lr: float | None = None
     warmup_epochs: int | None = None
     weight_decay: float = 1e-6
-    temperature: float = 0.1
+    method: str = "simclr"  # a name from training.methods (SimCLR: the study's)
+    method_options: dict = field(default_factory=dict)  # the method's settings beyond its defaults
+    label_fraction: float = 1.0  # supervised methods only (supcon): the share of labels they see
     optimizer: str = "adam"
     exclude_bn_bias: bool = False
     augment: str | None = None
@@ -72,6 +74,7 @@ def resolve(cfg: PretrainConfig) -> PretrainConfig:
     from medssl.presets import preset_for
     from medssl.training.checks import check_run, imagenet_weights_for
     from medssl.training.loaders import fill_training_defaults
+    from medssl.training.methods import get_method
 
     if cfg.init not in INITS:
         raise MedsslError(f"Unknown --init '{cfg.init}'. Choose one of: {', '.join(INITS)}.")
@@ -80,7 +83,25 @@ def resolve(cfg: PretrainConfig) -> PretrainConfig:
     cfg.warmup_epochs = p.ssl_warmup_epochs if cfg.warmup_epochs is None else cfg.warmup_epochs
     cfg.augment = cfg.augment or p.augment
     cfg.augment_overrides = {**dict(p.ssl_aug), **cfg.augment_overrides}
-    cfg.out = cfg.out or str(ssl_dir(dataset_dir(cfg.dataset), cfg.init))
+    method = get_method(cfg.method)
+    unknown = sorted(set(cfg.method_options) - set(method.defaults))
+    if unknown:
+        raise MedsslError(f"{cfg.method} has no setting {unknown[0]}. Its settings: "
+                          f"{', '.join(method.defaults)}.")
+    if cfg.label_fraction != 1.0 and not method.uses_labels:
+        raise MedsslError(f"--label-fraction {cfg.label_fraction}: {cfg.method} uses no labels, so "
+                          "a label fraction would change nothing. Fix: drop it, or use a method "
+                          "that learns from labels (supcon).")
+    if not 0 < cfg.label_fraction <= 1:
+        raise MedsslError(f"--label-fraction must lie in (0, 1], got {cfg.label_fraction}.")
+    # The study's 10 warm-up epochs suit its 200-500-epoch runs; a short run warms up for at most
+    # a tenth of its epochs, or it would spend most of them warming up.
+    asked = cfg.warmup_epochs
+    cfg.warmup_epochs = min(asked, cfg.epochs / 10)
+    if cfg.warmup_epochs < asked:
+        log.info("warm-up: %g of %d epochs (a tenth of the run; %d asked)", cfg.warmup_epochs,
+                 cfg.epochs, asked)
+    cfg.out = cfg.out or str(ssl_dir(dataset_dir(cfg.dataset), cfg.init, cfg.method))
     cfg.imagenet_weights = imagenet_weights_for(cfg.init, cfg.imagenet_weights,
                                                 "pretraining from --init random")
     check_run(cfg)
@@ -104,8 +125,7 @@ def _train(cfg: PretrainConfig) -> Path:
     from medssl import __version__
     from medssl.data import DataConfig, prepare
     from medssl.data.splits import write_split_csv
-    from medssl.data.transforms import (Normalize, eval_crop, simclr_colour_blur, simclr_crops,
-                                        simclr_settings)
+    from medssl.data.transforms import Normalize, eval_crop, simclr_settings
     from medssl.models import build_backbone, feature_dim, save_backbone
     from medssl.presets import preset_for
     from medssl.training.knn import KNNMonitor
@@ -115,7 +135,9 @@ def _train(cfg: PretrainConfig) -> Path:
     from medssl.training.distributed import (barrier, is_rank_zero, planned_world_size,
                                              scaled_lr, trainer_options)
     from medssl.training.run_logs import run_loggers
-    from medssl.training.simclr import SimCLR
+    from medssl.data.splits import label_subset
+    from medssl.data.transforms import method_views
+    from medssl.training.methods import get_method
 
     out = Path(cfg.out)
     writer = is_rank_zero()  # in a distributed run, rank 0 alone writes files
@@ -136,18 +158,28 @@ def _train(cfg: PretrainConfig) -> Path:
         write_split_csv(table.samples, out / "split.csv", cfg.duplicates)
 
     p = preset_for(cfg.dataset)
+    method = get_method(cfg.method)
+    options = {**method.defaults, **cfg.method_options}
     settings = simclr_settings(cfg.image_size, cfg.augment, **cfg.augment_overrides)
-    n_train = int((table.samples["split"] == "train").sum())
+    views = method.views(cfg.image_size, settings, **options)
+    crops, colour = method_views(views, cfg.image_size, settings, p.mean, p.std)
+    # A supervised method (supcon) sees the labelled train images only: at a label fraction,
+    # that fraction's (the same seeded subset finetuning uses).
+    rows = label_subset(table.samples, cfg.label_fraction, cfg.seed) if method.uses_labels \
+        else table.samples[table.samples["split"] == "train"]
+    if writer and method.uses_labels and cfg.label_fraction < 1:
+        write_split_csv(rows, out / "labelled_train.csv", cfg.duplicates)
+    n_train = len(rows)
     if n_train < 2:
         raise MedsslError(f"The train split of {cfg.dataset} has {n_train} image(s); "
-                          "SimCLR needs at least 2.")
+                          f"{method.title} needs at least 2.")
     share = math.ceil(n_train / planned_world_size(cfg))  # the train images of each process
     if cfg.batch_size > share:
         log.warning("--batch-size %d is above the %d train images%s: batches of %d instead",
                     cfg.batch_size, share, " of each process" if share < n_train else "", share)
         cfg.batch_size = share
     cache = open_cache(table, cfg)
-    train_loader = make_loader(table, "train", simclr_crops(cfg.image_size, settings), cfg, cache,
+    train_loader = make_loader(table, rows, crops, cfg, cache,
                                train=True, drop_last=True, start_epoch=resume_at[0] if resume_at else 0)
     plain = eval_crop(cfg.image_size)
     # Each process embeds a share; every process then holds all the features (knn.embed).
@@ -158,11 +190,10 @@ def _train(cfg: PretrainConfig) -> Path:
     batch_size = cfg.batch_size
 
     backbone = build_backbone(cfg.arch, cfg.init, cfg.imagenet_weights)
-    module = SimCLR(backbone, feature_dim(cfg.arch), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                    warmup_epochs=cfg.warmup_epochs, temperature=cfg.temperature,
-                    optimizer=cfg.optimizer, exclude_bn_bias=cfg.exclude_bn_bias,
-                    batch_transform=simclr_colour_blur(settings, p.mean, p.std),
-                    compile_model=cfg.compile, seed=cfg.seed, lr_scaling=cfg.lr_scaling)
+    module = method(backbone, feature_dim(cfg.arch), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                    warmup_epochs=cfg.warmup_epochs, optimizer=cfg.optimizer,
+                    exclude_bn_bias=cfg.exclude_bn_bias, batch_transform=colour,
+                    compile_model=cfg.compile, seed=cfg.seed, lr_scaling=cfg.lr_scaling, **options)
     precision = cfg.precision or default_precision()
     trainer = pl.Trainer(
         max_epochs=cfg.epochs, max_steps=cfg.max_steps, accelerator=cfg.accelerator,
@@ -178,6 +209,11 @@ def _train(cfg: PretrainConfig) -> Path:
     if trainer.is_global_zero:
         loss = module.last_epoch_loss
         meta = {
+            "method": cfg.method, "method_title": method.title, "method_settings": options,
+            "supervised": method.uses_labels, "label_fraction": cfg.label_fraction,
+            "labelled_train_images": n_train if method.uses_labels else 0,
+            "views": [{"size": v.size, "scale": list(v.scale), "colour": v.colour} for v in views],
+            "warmup_epochs_used": cfg.warmup_epochs,
             "arch": cfg.arch, "init": cfg.init, "dataset": cfg.dataset,
             "imagenet_weights": cfg.imagenet_weights if cfg.init == "imagenet" else None,
             "image_size": cfg.image_size, "normalize": {"mean": list(p.mean), "std": list(p.std)},

@@ -1,0 +1,164 @@
+"""What every self-supervised method shares, so that a method's own file holds only its heads,
+its views and its loss (solo-learn's split; lightly's parts).
+
+The base owns: the backbone (channels-last, optionally compiled), the optimiser (Adam or LARS, no
+weight decay on BatchNorm and biases on request) with the learning rate scaled to the global
+batch, the linear warm-up and one cosine over the true number of steps, the per-batch colour
+augmentation of each view on the accelerator (seeded by step, so a resumed run draws what an
+uninterrupted one draws), the epoch's mean loss, and the checkpoint hooks that keep resume exact.
+
+A method subclasses `SSLMethod` and sets:
+- `name` (its registry name) and `title`;
+- `build(self, feature_dim, **settings)`: its heads, losses, momentum copies;
+- `defaults`: its settings and their published values (recorded in backbone.json);
+- `views(image_size, colour, **settings)`: the crops it trains on (size, scale, colour changes);
+- `loss(self, views, labels)`: the loss of one batch of views.
+Momentum methods update their copies in `on_train_batch_end`, from `self.global_step`, which a
+checkpoint restores: the schedule resumes exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytorch_lightning as pl
+import torch
+from lightly.utils.lars import LARS
+from lightly.utils.scheduler import cosine_warmup_schedule
+from torch import nn
+from torchmetrics import MeanMetric
+
+from medssl.data.sampling import stream_seed
+from medssl.training.distributed import scaled_lr
+from medssl.training.run_logs import log_now
+
+
+@dataclass
+class View:
+    """One crop of every image: its side in pixels, the range of its area as a share of the
+    picture, and what its colour augmentation changes from the preset (for example BYOL's
+    second view: less blur, some solarize)."""
+
+    size: int
+    scale: tuple[float, float]
+    colour: dict = field(default_factory=dict)
+
+
+def two_views(image_size: int, colour: dict, first: dict | None = None,
+              second: dict | None = None) -> list[View]:
+    """Two global crops with the preset's scale, as SimCLR, MoCo, SimSiam, Barlow Twins and VICReg
+    use; `first`/`second` make them asymmetric (BYOL)."""
+    scale = (colour["min_scale"], 1.0)
+    return [View(image_size, scale, dict(first or {})), View(image_size, scale, dict(second or {}))]
+
+
+def multi_crop(image_size: int, colour: dict, local_views: int, local_scale: float,
+               first: dict | None = None, second: dict | None = None,
+               local: dict | None = None) -> list[View]:
+    """SwAV's and DINO's multi-crop: two global crops of at least `local_scale` of the picture,
+    and `local_views` small crops (96/224 of the size) of at most `local_scale`."""
+    small = max(8, round(image_size * 96 / 224))
+    glob = [View(image_size, (local_scale, 1.0), dict(first or {})),
+            View(image_size, (local_scale, 1.0), dict(second or {}))]
+    return glob + [View(small, (max(0.01, colour["min_scale"] / 2), local_scale), dict(local or {}))
+                   for _ in range(local_views)]
+
+
+class SSLMethod(pl.LightningModule):
+    name = ""
+    title = ""
+    uses_labels = False  # supervised pretraining (supcon): the labelled train images only
+
+    def __init__(self, backbone: nn.Module, feature_dim: int, lr: float = 1e-3,
+                 weight_decay: float = 1e-6, warmup_epochs: int = 10, optimizer: str = "adam",
+                 exclude_bn_bias: bool = False, batch_transform: nn.Module | None = None,
+                 compile_model: bool = False, seed: int = 0, lr_scaling: str = "linear",
+                 **settings):
+        super().__init__()
+        self.save_hyperparameters(ignore=["backbone", "batch_transform"])
+        # channels-last is the layout convolutions run fastest in with mixed precision on GPUs.
+        self.backbone = backbone.to(memory_format=torch.channels_last)
+        self.epoch_loss = MeanMetric()
+        self.last_epoch_loss: float | None = None
+        # Colour jitter, grayscale, blur, solarize and normalisation of each uint8 view, per
+        # batch, on the accelerator (medssl.data.batch_augment.ViewColour).
+        self.batch_transform = batch_transform
+        # Kept out of the module tree: the compiled wrapper shares the backbone's weights, and a
+        # second registration would write every weight twice into checkpoints.
+        self.__dict__["_encode"] = torch.compile(self.backbone) if compile_model else self.backbone
+        self.build(feature_dim, **settings)
+
+    # What a method defines --------------------------------------------------------------
+    def build(self, feature_dim: int, **settings) -> None:
+        raise NotImplementedError
+
+    @staticmethod
+    def views(image_size: int, colour: dict, **settings) -> list[View]:
+        return two_views(image_size, colour)
+
+    def loss(self, views: list[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    # What every method shares -----------------------------------------------------------
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self._encode(x)
+
+    def progress(self) -> float:
+        """How far training is, from 0 to 1 (momentum and temperature schedules)."""
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        return min(1.0, self.global_step / total)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx):
+        views, labels = batch
+        if self.batch_transform is not None and views[0].dtype == torch.uint8:
+            # Seeded by (seed, step): a resumed run draws what an uninterrupted one would.
+            g = torch.Generator().manual_seed(stream_seed(self.hparams.seed, self.global_step))
+            views = self.batch_transform(list(views), generator=g)
+        return list(views), labels
+
+    def training_step(self, batch, batch_idx):
+        views, labels = batch
+        loss = self.loss(views, labels)
+        self.log("train_loss_step", loss, prog_bar=True)
+        self.epoch_loss.update(loss.detach())
+        return loss
+
+    def on_train_epoch_end(self):
+        # Written at once, before the epoch's checkpoint (see run_logs.log_now); the mean is
+        # reduced over ranks by torchmetrics.
+        self.last_epoch_loss = float(self.epoch_loss.compute())
+        log_now(self.trainer, {"train_loss_epoch": self.last_epoch_loss})
+        self.epoch_loss.reset()
+
+    # Kept in checkpoints, for a run resumed after its last epoch (it trains nothing more).
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["last_epoch_loss"] = self.last_epoch_loss
+
+    def on_load_checkpoint(self, checkpoint):
+        self.last_epoch_loss = checkpoint.get("last_epoch_loss")
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if not p.requires_grad:  # momentum copies follow by averaging, not by gradients
+                continue
+            # BatchNorm weights and biases are 1-D: the usual rule for leaving them undecayed.
+            (no_decay if hp.exclude_bn_bias and p.ndim <= 1 else decay).append(p)
+        groups = [{"params": decay, "weight_decay": hp.weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        # `lr` is for one process's batch; several processes train on a larger global batch.
+        lr = scaled_lr(hp.lr, self.trainer.world_size, hp.lr_scaling)
+        if hp.optimizer == "lars":
+            opt = LARS(groups, lr=lr, momentum=0.9)
+        else:
+            opt = torch.optim.Adam(groups, lr=lr)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        epochs = max(1, self.trainer.max_epochs or 1)
+        warmup = min(total - 1, round(total * hp.warmup_epochs / epochs))
+
+        def factor(step: int) -> float:
+            return cosine_warmup_schedule(step, total, 1.0, 0.0, warmup, 0.0)
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

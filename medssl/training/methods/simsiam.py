@@ -1,0 +1,25 @@
+"""SimSiam (Chen & He 2021): BYOL without the momentum copy; a stop-gradient alone keeps the two
+branches from collapsing."""
+
+from lightly.loss import NegativeCosineSimilarity
+from lightly.models.modules import SimSiamPredictionHead, SimSiamProjectionHead
+
+from medssl.training.methods import register
+from medssl.training.methods.base import SSLMethod
+
+
+@register
+class SimSiam(SSLMethod):
+    name = "simsiam"
+    title = "SimSiam"
+    defaults = {"projection_dim": 2048, "prediction_dim": 512}
+
+    def build(self, feature_dim, projection_dim=2048, prediction_dim=512):
+        self.projection_head = SimSiamProjectionHead(feature_dim, projection_dim, projection_dim)
+        self.prediction_head = SimSiamPredictionHead(projection_dim, prediction_dim, projection_dim)
+        self.criterion = NegativeCosineSimilarity()
+
+    def loss(self, views, labels):
+        z0, z1 = (self.projection_head(self.encode(v)) for v in views)
+        p0, p1 = self.prediction_head(z0), self.prediction_head(z1)
+        return 0.5 * (self.criterion(p0, z1.detach()) + self.criterion(p1, z0.detach()))

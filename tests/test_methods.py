@@ -1,0 +1,140 @@
+"""Every self-supervised method: a few steps on one tiny batch lower its loss, the loss stays
+finite, and its backbone exports as a plain torchvision state_dict; through `medssl pretrain`,
+backbone.json says which method made it. SimCLR under the registry is the SimCLR it was."""
+
+import json
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torchvision.models import resnet18
+
+from medssl.data import fixtures as fx
+from medssl.data.transforms import method_views, simclr_settings
+from medssl.models import build_backbone, feature_dim, save_backbone
+from medssl.presets import IMAGENET_MEAN, IMAGENET_STD
+from medssl.training.methods import get_method, method_names
+
+SIZE = 32
+
+
+class FixedViews(Dataset):
+    """The same eight images, the same crops every step: a loss that can only fall by learning."""
+
+    def __init__(self, method, n=8):
+        settings = simclr_settings(SIZE, "study")
+        views = method.views(SIZE, settings, **method.defaults)
+        self.crops, self.colour = method_views(views, SIZE, settings, IMAGENET_MEAN, IMAGENET_STD)
+        g = torch.Generator().manual_seed(0)
+        images = torch.randint(0, 256, (n, 3, 40, 40), dtype=torch.uint8, generator=g)
+        torch.manual_seed(0)
+        mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+        std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+        # Float views, normalised once: the per-batch colour draw (a new one every step) is
+        # left out, so that the loss can only change by learning.
+        self.items = [([(v.float() / 255 - mean) / std for v in self.crops(img)], i % 2)
+                      for i, img in enumerate(images)]
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+class Losses(pl.Callback):
+    def __init__(self):
+        self.values = []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.values.append(float(outputs["loss"]))
+
+
+# Settings scaled down for a 2-core CPU test; every other value is the method's default.
+SMALL = {"moco": {"queue_size": 16}, "swav": {"prototypes": 16, "local_views": 2},
+         "dino": {"output_dim": 64, "local_views": 2}, "byol": {"hidden_dim": 256},
+         "simsiam": {"projection_dim": 256, "prediction_dim": 64},
+         "barlowtwins": {"projection_dim": 256}, "vicreg": {"projection_dim": 256}}
+
+
+@pytest.mark.parametrize("name", method_names())
+def test_a_few_steps_lower_the_loss_and_the_backbone_exports(name, tmp_path):
+    method = get_method(name)
+    options = {**method.defaults, **SMALL.get(name, {})}
+    data = FixedViews(type("M", (), {"views": staticmethod(
+        lambda size, colour, **kw: method.views(size, colour, **options)), "defaults": options}))
+    pl.seed_everything(0, verbose=False)
+    module = method(build_backbone("resnet18"), feature_dim("resnet18"), lr=1e-3, warmup_epochs=0,
+                    batch_transform=data.colour, **options)  # skipped: the views are floats
+    losses = Losses()
+    trainer = pl.Trainer(max_steps=10, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[losses])
+    trainer.fit(module, DataLoader(data, batch_size=8))
+    assert len(losses.values) == 10 and all(torch.isfinite(torch.tensor(losses.values)))
+    # Falling from the third step on: by then MoCo's queue (two batches here) is full, and its
+    # loss no longer rises with the number of negatives.
+    assert sum(losses.values[-2:]) / 2 < losses.values[2], losses.values
+    save_backbone(module.backbone, tmp_path / "backbone.pt", {"method": name})
+    plain = resnet18()
+    plain.fc = nn.Identity()
+    plain.load_state_dict(torch.load(tmp_path / "backbone.pt", weights_only=True), strict=True)
+
+
+@pytest.mark.parametrize("name", ["byol", "swav", "supcon"])
+def test_pretrain_records_the_method_and_its_views(name, tmp_path, cli):
+    root = fx.make_covid19(tmp_path, per_class=6)
+    code, _, err = cli("pretrain", "--dataset", "covid19", "--data-root", root, "--method", name,
+                       "--arch", "resnet18", "--image-size", "32", "--batch-size", "8", "--epochs",
+                       "1", "--num-workers", "0", "--out", tmp_path / "run",
+                       *(["--method-opt", "local_views=2"] if name == "swav" else []))
+    assert code == 0, err
+    meta = json.loads((tmp_path / "run" / "backbone.json").read_text())
+    assert meta["method"] == name and meta["supervised"] == (name == "supcon")
+    assert len(meta["views"]) == (4 if name == "swav" else 2)
+    if name == "byol":  # asymmetric, as published
+        assert meta["views"][0]["colour"]["gaussian_blur"] == 1.0
+        assert meta["views"][1]["colour"]["solarize"] == 0.2
+    plain = resnet18()
+    plain.fc = nn.Identity()
+    plain.load_state_dict(torch.load(tmp_path / "run" / "backbone.pt", weights_only=True))
+
+
+def test_the_default_folder_carries_the_method(tmp_path):
+    from medssl.runs import ssl_dir
+
+    assert ssl_dir(tmp_path, "random").name == "ssl-random"  # the study's SimCLR keeps its name
+    assert ssl_dir(tmp_path, "imagenet", "byol").name == "ssl-byol-imagenet"
+
+
+def test_bad_method_settings_are_refused(tmp_path, cli):
+    code, _, err = cli("pretrain", "--dataset", "demo", "--method", "moco", "--method-opt",
+                       "temprature=0.2", "--out", tmp_path / "run")
+    assert code == 2 and "moco has no setting temprature" in err and "temperature" in err
+    code, _, err = cli("pretrain", "--dataset", "demo", "--method", "byol", "--label-fraction",
+                       "0.5", "--out", tmp_path / "run")
+    assert code == 2 and "byol uses no labels" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_supcon_loss_matches_a_hand_computed_case():
+    """Khosla et al.'s L_out on four unit vectors, two classes, temperature 1."""
+    import math
+
+    from medssl.training.methods.supcon import supcon_loss
+
+    z = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
+    labels = torch.tensor([0, 1, 0, 1])
+    # Anchor 0: its one positive (row 2) has similarity 1; the others 0 and 0.
+    expected = -math.log(math.e / (math.e + 2))
+    assert supcon_loss(z, labels, 1.0).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_warm_up_never_takes_more_than_a_tenth_of_the_run(tmp_path):
+    from medssl.training.pretrain import PretrainConfig, resolve
+
+    short = resolve(PretrainConfig(dataset="covid19", epochs=12, out=str(tmp_path / "a")))
+    assert short.warmup_epochs == pytest.approx(1.2)  # the preset's 10 would be most of the run
+    long = resolve(PretrainConfig(dataset="covid19", epochs=500, out=str(tmp_path / "b")))
+    assert long.warmup_epochs == 10

@@ -1,4 +1,5 @@
-"""SimCLR pretraining on ham10000: `python Pretraining/SSL_HAM10000.py --data-root DIR --init random|imagenet`.
+"""Self-supervised pretraining on ham10000: `python Pretraining/SSL_HAM10000.py --data-root DIR --init random|imagenet
+[--method simclr|moco|byol|simsiam|barlowtwins|vicreg|swav|dino|supcon]` (default simclr, the study's).
 
 Every flag of `medssl pretrain` passes through; the defaults are the study's preset for ham10000.
 """

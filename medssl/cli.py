@@ -253,6 +253,11 @@ def finetune_recipe_options() -> argparse.ArgumentParser:
                    help="weight the training loss by inverse class frequency")
     g.add_argument("--balanced-sampling", action="store_true",
                    help="draw every class equally often during training")
+    g.add_argument("--freeze-epochs", type=non_negative_int, default=0,
+                   help="train only the head for this many epochs first (the study's warm-up)")
+    g.add_argument("--bn-eval", action="store_true",
+                   help="keep the backbone's BatchNorm in eval mode throughout (the study's "
+                   "setting; leaves a random backbone without normalisation)")
     return p
 
 
@@ -274,68 +279,107 @@ def method_option(text: str) -> tuple[str, float]:
     return key.strip(), int(number) if number.is_integer() and "." not in value else number
 
 
-def add_pretrain_args(p: argparse.ArgumentParser) -> None:
+def add_ssl_flags(g, prefix: str = "") -> None:
+    """The pretraining recipe (options.SSLOptions), defined once: plain in `pretrain`, with the
+    `ssl-` prefix in `compare` (where --epochs, --batch-size and --lr are finetuning's)."""
     from medssl.training.methods import method_names
 
+    f, what = f"--{prefix}", "pretraining " if prefix else ""
+    if prefix:  # `pretrain` takes these three from the shared training flags
+        g.add_argument(f"{f}epochs", type=positive_int, default=None,
+                       help="pretraining epochs (default: the preset's)")
+        g.add_argument(f"{f}batch-size", type=positive_int, default=None,
+                       help="pretraining batch size (default: the preset's)")
+        g.add_argument(f"{f}lr", type=learning_rate, default=None,
+                       help="pretraining learning rate (default: the preset's)")
+    else:
+        g.add_argument("--method", choices=method_names(), default="simclr",
+                       help="the self-supervised method (default simclr, the study's; "
+                       "docs/methods.md)")
+    g.add_argument(f"{f}method-opt", type=method_option, action="append", default=[],
+                   metavar="KEY=VALUE", dest=f"{prefix.replace('-', '_')}method_options",
+                   help=f"one setting of the {what}method, e.g. temperature=0.2 (repeatable; "
+                   "docs/methods.md lists each method's)")
+    g.add_argument(f"{f}warmup-epochs", type=non_negative_int, default=None,
+                   help="linear warm-up epochs (default: the preset's, at most a tenth of the run)")
+    g.add_argument(f"{f}optimizer", choices=["adam", "lars"], default="adam")
+    g.add_argument(f"{f}exclude-bn-bias", action="store_true",
+                   help="no weight decay on BatchNorm parameters and biases")
+    g.add_argument(f"{f}augment", choices=["study", "xray"], default=None,
+                   help=f"{what}augmentation preset (default: the dataset's)")
+    g.add_argument(f"{f}aug", type=augment_override, action="append", default=[],
+                   metavar="KEY=VALUE", dest=f"{prefix.replace('-', '_')}augment_overrides",
+                   help="override one knob of the augmentation preset, e.g. min_scale=0.3 "
+                   "(lightly SimCLRTransform names; repeatable)")
+
+
+def add_pretrain_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("pretraining")
-    g.add_argument("--method", choices=method_names(), default="simclr",
-                   help="the self-supervised method (default simclr, the study's; docs/methods.md)")
-    g.add_argument("--method-opt", type=method_option, action="append", default=[],
-                   metavar="KEY=VALUE", help="one setting of the method, e.g. --method-opt "
-                   "temperature=0.2 (repeatable; docs/methods.md lists each method's)")
+    add_ssl_flags(g)
     g.add_argument("--label-fraction", type=label_fraction, default=1.0,
                    help="supcon only: learn from this seeded, stratified share of the labels")
     g.add_argument("--init", choices=["random", "imagenet"], default="random",
                    help="initial weights before pretraining: random (for M2) or imagenet (for M4)")
     g.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
-    g.add_argument("--warmup-epochs", type=non_negative_int, default=None)
-    g.add_argument("--optimizer", choices=["adam", "lars"], default="adam")
-    g.add_argument("--exclude-bn-bias", action="store_true",
-                   help="no weight decay on BatchNorm parameters and biases")
-    g.add_argument("--augment", choices=["study", "xray"], default=None,
-                   help="SimCLR augmentation preset (default: the dataset's)")
-    g.add_argument("--aug", type=augment_override, action="append", default=[], metavar="KEY=VALUE",
-                   help="override one knob of the augmentation preset, e.g. --aug min_scale=0.3 "
-                   "--aug cj_prob=0.5 (lightly SimCLRTransform names; repeatable)")
     run_folder_flags(g, "output folder (default runs/<dataset>/ssl-<init> for simclr, "
                      "ssl-<method>-<init> for the others)")
 
 
-def hardware(args: argparse.Namespace) -> dict:
-    """The training flags every command passes on unchanged."""
-    return dict(dataset=args.dataset, data_root=args.data_root, arch=args.arch,
-                image_size=args.image_size, imagenet_weights=args.imagenet_weights,
-                accelerator=args.accelerator, devices=args.devices, num_nodes=args.num_nodes,
-                strategy=args.strategy, lr_scaling=args.lr_scaling, precision=args.precision,
-                num_workers=args.num_workers, skip_bad_images=args.skip_bad_images,
-                cache=args.cache, compile=args.compile, deterministic=args.deterministic,
-                val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-                split_file=args.split_file, duplicates=args.duplicates,
-                read_options=data_config(args).read_options,
-                progress=sys.stderr.isatty())
+def part_from_args(args: argparse.Namespace, part, prefix: str = "") -> dict:
+    """The fields of an options part (medssl.options) from the parsed flags, each read from the
+    flag of its name (with `prefix`); a field without a flag keeps its default. Lists of
+    KEY=VALUE flags become dicts."""
+    from dataclasses import fields
+
+    values = {}
+    for f in fields(part):
+        if hasattr(args, prefix + f.name):
+            value = getattr(args, prefix + f.name)
+            values[f.name] = dict(value) if f.name in ("method_options", "augment_overrides") \
+                else value
+    return values
+
+
+def shared(args: argparse.Namespace) -> dict:
+    """The data, hardware and model parts every training command passes on whole."""
+    from medssl.options import DataOptions, HardwareOptions, ModelOptions
+
+    values = {**part_from_args(args, DataOptions), **part_from_args(args, HardwareOptions),
+              **part_from_args(args, ModelOptions)}
+    values["read_options"] = data_config(args).read_options
+    values["progress"] = sys.stderr.isatty()
+    return values
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
+    from medssl.options import SSLOptions
     from medssl.training.pretrain import PretrainConfig, run_pretrain
 
-    cfg = PretrainConfig(
-        method=args.method, method_options=dict(args.method_opt), label_fraction=args.label_fraction,
-        init=args.init, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        warmup_epochs=args.warmup_epochs, optimizer=args.optimizer,
-        exclude_bn_bias=args.exclude_bn_bias, augment=args.augment,
-        augment_overrides=dict(args.aug), seed=args.seed, split_seed=args.split_seed,
-        out=args.out, resume=args.resume, force=args.force, max_steps=args.max_steps,
-        **hardware(args))
+    cfg = PretrainConfig(label_fraction=args.label_fraction, init=args.init, seed=args.seed,
+                         out=args.out, resume=args.resume, force=args.force,
+                         **part_from_args(args, SSLOptions), **shared(args))
     out = run_pretrain(cfg)
     if is_rank_zero():
         print(f"backbone written to {out / 'backbone.pt'}")
     return 0
 
 
+def model_flag(text: str) -> str:
+    """`--model`: M1-M4, or M2-<method> / M4-<method> (priors.prior_of)."""
+    from medssl.models.priors import prior_of
+
+    try:
+        prior_of(text)
+    except MedsslError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def add_finetune_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("finetuning")
-    g.add_argument("--model", required=True, choices=["M1", "M2", "M3", "M4"],
-                   help="M1 random, M2 random+SimCLR, M3 ImageNet, M4 ImageNet+SimCLR")
+    g.add_argument("--model", required=True, type=model_flag, metavar="MODEL",
+                   help="M1 random, M2 random+SimCLR, M3 ImageNet, M4 ImageNet+SimCLR; "
+                   "M2-<method> / M4-<method> for another SSL method (e.g. M2-byol)")
     g.add_argument("--ssl-checkpoint", help="backbone.pt (or its folder) for M2/M4 "
                    "(default runs/<dataset>/ssl-random or ssl-imagenet)")
     g.add_argument("--allow-other-dataset", action="store_true",
@@ -343,25 +387,17 @@ def add_finetune_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     g.add_argument("--label-fraction", type=label_fraction, default=1.0,
                    help="finetune on this seeded, stratified share of the labelled train split")
-    g.add_argument("--freeze-epochs", type=non_negative_int, default=0,
-                   help="train only the head for this many epochs first (the study's warm-up)")
-    g.add_argument("--bn-eval", action="store_true",
-                   help="keep the backbone's BatchNorm in eval mode throughout (the study's "
-                   "setting; leaves a random backbone without normalisation)")
     run_folder_flags(g, "run folder (default runs/<dataset>/<model>/seed<k>)")
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
+    from medssl.options import RecipeOptions
     from medssl.training.finetune import FinetuneConfig, run_finetune
 
-    cfg = FinetuneConfig(
-        model=args.model, ssl_checkpoint=args.ssl_checkpoint,
-        allow_other_dataset=args.allow_other_dataset, seed=args.seed, split_seed=args.split_seed,
-        label_fraction=args.label_fraction, epochs=args.epochs, batch_size=args.batch_size,
-        lr=args.lr, head=args.head, freeze_epochs=args.freeze_epochs, bn_eval=args.bn_eval,
-        class_weights=args.class_weights, balanced_sampling=args.balanced_sampling,
-        select=args.select, out=args.out, resume=args.resume, force=args.force,
-        max_steps=args.max_steps, **hardware(args))
+    cfg = FinetuneConfig(model=args.model, ssl_checkpoint=args.ssl_checkpoint,
+                         allow_other_dataset=args.allow_other_dataset, seed=args.seed,
+                         label_fraction=args.label_fraction, out=args.out, resume=args.resume,
+                         force=args.force, **part_from_args(args, RecipeOptions), **shared(args))
     out = run_finetune(cfg)
     if is_rank_zero():
         print(f"metrics written to {out / 'metrics.json'}")
@@ -370,31 +406,32 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 def add_compare_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("the grid")
-    g.add_argument("--models", nargs="+", choices=["M1", "M2", "M3", "M4"],
-                   default=["M1", "M2", "M3", "M4"])
+    g.add_argument("--models", nargs="+", type=model_flag, default=["M1", "M2", "M3", "M4"],
+                   metavar="MODEL", help="the study's M1-M4 (default all), or M2-<method>")
+    g.add_argument("--ssl-methods", nargs="+", default=None, metavar="METHOD",
+                   help="pretrain with each of these methods and finetune M2 and M4 from each "
+                   "(e.g. simclr byol swav: M2, M2-byol, M2-swav, ...); default simclr")
     g.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     g.add_argument("--label-fractions", nargs="+", type=label_fraction, default=None,
                    help="label fractions to finetune at (default 1.0; the demo 1.0 and 0.1)")
-    g.add_argument("--ssl-epochs", type=positive_int, default=None,
-                   help="SimCLR epochs (default: the preset's); --epochs sets finetuning's")
     g.add_argument("--out", help="the grid's folder (default runs/<dataset>)")
     g.add_argument("--images-dir", help="also copy the figures here (e.g. Images/)")
     g.add_argument("--resume", action="store_true",
                    help="continue interrupted runs from their last checkpoint")
+    add_ssl_flags(p.add_argument_group("pretraining in the grid (every SSL method gets these; "
+                                       "--epochs, --batch-size and --lr are finetuning's)"),
+                  prefix="ssl-")
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from medssl.experiments.compare import CompareConfig, run_compare
+    from medssl.options import RecipeOptions, SSLOptions
 
-    common = hardware(args)
-    del common["progress"]
-    cfg = CompareConfig(
-        models=args.models, seeds=args.seeds, label_fractions=args.label_fractions,
-        epochs=args.epochs, ssl_epochs=args.ssl_epochs, batch_size=args.batch_size, lr=args.lr,
-        split_seed=args.split_seed, head=args.head, select=args.select,
-        class_weights=args.class_weights, balanced_sampling=args.balanced_sampling,
-        out=args.out, images_dir=args.images_dir, resume=args.resume,
-        progress=sys.stderr.isatty(), **common)
+    ssl = SSLOptions(**part_from_args(args, SSLOptions, prefix="ssl_"))
+    cfg = CompareConfig(models=args.models, ssl_methods=args.ssl_methods, seeds=args.seeds,
+                        label_fractions=args.label_fractions, out=args.out,
+                        images_dir=args.images_dir, resume=args.resume, ssl=ssl,
+                        recipe=RecipeOptions(**part_from_args(args, RecipeOptions)), **shared(args))
     table, base = run_compare(cfg)
     if table:  # empty in the other processes of a distributed run
         print(table)

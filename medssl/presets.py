@@ -12,7 +12,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Preset:
     ssl_batch_size: int
     ssl_epochs: int
@@ -40,25 +40,31 @@ def _grey(m: float, s: float) -> dict:
 
 
 PRESETS: dict[str, Preset] = {
-    "ham10000": Preset(160, 200, (0.6650, 0.5399, 0.5497), (0.2662, 0.2687, 0.2729), 128, 100, 1e-5,
-                       flips="hv"),
-    "isic": Preset(160, 200, (0.6310, 0.5398, 0.5361), (0.2764, 0.2748, 0.2783), 128, 100, 1e-5,
-                   flips="hv"),
-    "covid19": Preset(32, 500, **_grey(0.4957, 0.3009), finetune_batch_size=32,
-                      finetune_epochs=200, finetune_lr=1e-5, augment="xray"),
-    "chest_xray": Preset(128, 200, **_grey(0.5346, 0.2793), finetune_batch_size=128,
-                         finetune_epochs=100, finetune_lr=1e-5, augment="xray"),
-    "idrid": Preset(32, 200, (0.4746, 0.3126, 0.2146), (0.2818, 0.2516, 0.2050), 16, 100, 1e-4,
-                    flips="h"),
+    "ham10000": Preset(ssl_batch_size=160, ssl_epochs=200, mean=(0.6650, 0.5399, 0.5497),
+                       std=(0.2662, 0.2687, 0.2729), finetune_batch_size=128, finetune_epochs=100,
+                       finetune_lr=1e-5, flips="hv"),
+    "isic": Preset(ssl_batch_size=160, ssl_epochs=200, mean=(0.6310, 0.5398, 0.5361),
+                   std=(0.2764, 0.2748, 0.2783), finetune_batch_size=128, finetune_epochs=100,
+                   finetune_lr=1e-5, flips="hv"),
+    "covid19": Preset(ssl_batch_size=32, ssl_epochs=500, **_grey(0.4957, 0.3009),
+                      finetune_batch_size=32, finetune_epochs=200, finetune_lr=1e-5, augment="xray"),
+    "chest_xray": Preset(ssl_batch_size=128, ssl_epochs=200, **_grey(0.5346, 0.2793),
+                         finetune_batch_size=128, finetune_epochs=100, finetune_lr=1e-5,
+                         augment="xray"),
+    "idrid": Preset(ssl_batch_size=32, ssl_epochs=200, mean=(0.4746, 0.3126, 0.2146),
+                    std=(0.2818, 0.2516, 0.2050), finetune_batch_size=16, finetune_epochs=100,
+                    finetune_lr=1e-4, flips="h"),
     # Small enough for a 2-core CPU in minutes; same code path as the real presets.
     # Crops of at least a quarter of the image: at 64 px a smaller crop is mostly skin. With 10% of
     # the labels too, the demo shows the regime where self-supervision is expected to matter.
-    "demo": Preset(32, 30, IMAGENET_MEAN, IMAGENET_STD, 64, 10, 1e-3, image_size=64,
+    "demo": Preset(ssl_batch_size=32, ssl_epochs=30, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                   finetune_batch_size=64, finetune_epochs=10, finetune_lr=1e-3, image_size=64,
                    arch="resnet18", ssl_warmup_epochs=2, flips="hv", ssl_aug=(("min_scale", 0.25),),
                    label_fractions=(1.0, 0.1)),
 }
 # Your own data (folder, csv): the study's recipe with ImageNet statistics.
-GENERIC = Preset(128, 200, IMAGENET_MEAN, IMAGENET_STD, 128, 100, 1e-5)
+GENERIC = Preset(ssl_batch_size=128, ssl_epochs=200, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                 finetune_batch_size=128, finetune_epochs=100, finetune_lr=1e-5)
 
 
 def preset_for(dataset: str) -> Preset:

@@ -129,3 +129,34 @@ def test_datasets_states_each_grouping_rule(cli):
     assert "groups: patient: person<N> in pneumonia file names (bacteria and virus alike), IM-<N>" in out
     assert "groups: lesion_id from the metadata" in out
     assert "copies: found by content (exact and near) and by the picture's id in file names" in out
+
+
+def test_no_flag_is_accepted_and_then_ignored():
+    """Every flag of a training command lands in a field of its configuration (or in the one
+    place that reads it): parse each command, and look for a flag no configuration has."""
+    from dataclasses import fields
+
+    from medssl.cli import build_parser
+    from medssl.experiments.compare import CompareConfig
+    from medssl.options import SSLOptions
+    from medssl.training.finetune import FinetuneConfig
+    from medssl.training.pretrain import PretrainConfig
+
+    # Read outside the configurations: the command itself, and the CSV column names that
+    # become `read_options`.
+    elsewhere = {"command", "func", "csv_path_column", "csv_label_column", "csv_split_column",
+                 "csv_group_column"}
+    from medssl.options import RecipeOptions
+
+    commands = {
+        "pretrain": ([], {f.name for f in fields(PretrainConfig)}),
+        "finetune": (["--model", "M1"], {f.name for f in fields(FinetuneConfig)}),
+        # compare: the grid's own fields, the pretraining part behind `--ssl-`, the recipe.
+        "compare": ([], {f.name for f in fields(CompareConfig)}
+                    | {"ssl_" + f.name for f in fields(SSLOptions)}
+                    | {f.name for f in fields(RecipeOptions)}),
+    }
+    for command, (extra, known) in commands.items():
+        args = build_parser().parse_args([command, "--dataset", "demo", *extra])
+        ignored = sorted(set(vars(args)) - known - elsewhere)
+        assert not ignored, f"{command} accepts {ignored} and no configuration reads them"

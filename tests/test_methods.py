@@ -138,3 +138,32 @@ def test_warm_up_never_takes_more_than_a_tenth_of_the_run(tmp_path):
     assert short.warmup_epochs == pytest.approx(1.2)  # the preset's 10 would be most of the run
     long = resolve(PretrainConfig(dataset="covid19", epochs=500, out=str(tmp_path / "b")))
     assert long.warmup_epochs == 10
+
+
+def test_compare_runs_every_method_into_one_table(tmp_path, cli):
+    import pandas as pd
+
+    root = fx.make_covid19(tmp_path, per_class=6)
+    out = tmp_path / "grid"
+    code, stdout, err = cli("compare", "--dataset", "covid19", "--data-root", root, "--ssl-methods",
+                            "simclr", "byol", "swav", "--seeds", "0", "--epochs", "1",
+                            "--ssl-epochs", "1", "--out", out, "--arch", "resnet18",
+                            "--image-size", "32", "--batch-size", "8", "--num-workers", "0",
+                            "--ssl-batch-size", "6", "--ssl-lr", "0.002", "--freeze-epochs", "1")
+    assert code == 0, err
+    # Pretraining flags reach every pretraining; finetuning flags every finetuning.
+    for ssl in ("ssl-random", "ssl-byol-random", "ssl-swav-random"):
+        meta = json.loads((out / ssl / "backbone.json").read_text())
+        assert meta["batch_size"] == 6 and meta["lr"] == 0.002, ssl
+    m1 = json.loads((out / "M1" / "seed0" / "metrics.json").read_text())["config"]
+    assert m1["freeze_epochs"] == 1 and m1["batch_size"] == 8
+    results = pd.read_csv(out / "results.csv").set_index("model")
+    # M3 and M4 (and M4-byol, M4-swav) are skipped offline, and said to be.
+    assert sorted(results.index) == ["M1", "M2", "M2-byol", "M2-swav"]
+    assert "M3 and M4 and M4-byol and M4-swav skipped" in stdout
+    for model in ("M2", "M2-byol", "M2-swav"):
+        assert not pd.isna(results.at[model, "test_acc_vs_M1_diff"])  # paired with its interval
+    assert {p.name for p in out.iterdir() if p.name.startswith("ssl-")} == \
+        {"ssl-random", "ssl-byol-random", "ssl-swav-random"}
+    meta = json.loads((out / "M2-byol" / "seed0" / "metrics.json").read_text())
+    assert meta["prior"]["method"] == "byol" and meta["model"] == "M2-byol"

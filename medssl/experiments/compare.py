@@ -1,6 +1,7 @@
 """`medssl compare`: run what is missing of the M1-M4 grid, reuse what finished, report.
 
-Order: one split for everything (`split.csv`), the SimCLR pretrainings the asked-for models need,
+Order: one split for everything (`split.csv`), the pretrainings the asked-for models need (SimCLR
+for M2 and M4; each of `--ssl-methods` for M2-<method> and M4-<method>),
 then every (label fraction, seed, model) finetuning. Without ImageNet weights M3 and M4 are
 skipped with the reason and the fix, and the rest still runs.
 """
@@ -13,8 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medssl.errors import MedsslError
+from medssl.options import (DataOptions, HardwareOptions, ModelOptions, RecipeOptions, SSLOptions,
+                            data_config, part_of)
 from medssl.atomic import atomic_write
-from medssl.models.priors import MODELS
+from medssl.models.priors import model_name, prior_of
 from medssl.runs import (cleaned_up_on_failure, dataset_dir, finetune_dir, finetune_finished,
                          is_interrupted, ssl_dir, ssl_finished)
 from medssl.training.checks import imagenet_weights_for
@@ -23,45 +26,20 @@ from medssl.training.distributed import is_rank_zero, wait_for_rank_zero
 log = logging.getLogger("medssl")
 
 
-@dataclass
-class CompareConfig:
-    dataset: str
-    data_root: str | None = None
+@dataclass(kw_only=True)
+class CompareConfig(DataOptions, HardwareOptions, ModelOptions):
+    """The grid: the shared parts, the pretraining recipe every SSL run gets (`ssl`: each of
+    `ssl_methods` with the same settings) and the finetuning recipe every model gets (`recipe`)."""
+
     models: list[str] = field(default_factory=lambda: ["M1", "M2", "M3", "M4"])
+    ssl_methods: list[str] | None = None  # M2 and M4 from each (default: simclr, the study's)
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     label_fractions: list[float] | None = None  # default: the preset's (1.0; demo 1.0 and 0.1)
-    arch: str | None = None
-    image_size: int | None = None
-    epochs: int | None = None
-    ssl_epochs: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    imagenet_weights: str | None = None  # for M3 and M4; default IMAGENET1K_V1
-    split_seed: int = 0
-    split_file: str | None = None
-    val_fraction: float | None = None
-    test_fraction: float | None = None
-    read_options: object = None  # ReadOptions: csv column names
-    duplicates: str = "drop"  # copies of one picture: splits.DUPLICATE_POLICIES
-    head: str = "linear"
-    select: str = "loss"
-    class_weights: bool = False
-    balanced_sampling: bool = False
+    ssl: SSLOptions = field(default_factory=SSLOptions)
+    recipe: RecipeOptions = field(default_factory=RecipeOptions)
     out: str | None = None
     images_dir: str | None = None
     resume: bool = False
-    accelerator: str = "auto"
-    devices: int | str = 1  # per node; more than one (or nodes) runs DDP: docs/distributed.md
-    num_nodes: int = 1
-    strategy: str = "auto"
-    lr_scaling: str = "linear"  # the lr for the global batch: training/distributed.py
-    precision: str | None = None
-    num_workers: int | None = None
-    skip_bad_images: bool = False
-    cache: bool = True
-    compile: bool = False
-    deterministic: bool = False  # deterministic algorithms only (slower on GPUs)
-    progress: bool = True
 
 
 def imagenet_unavailable(arch: str, weights: str) -> str | None:
@@ -77,16 +55,14 @@ def imagenet_unavailable(arch: str, weights: str) -> str | None:
 
 def shared_split(cfg: CompareConfig, base: Path) -> Path:
     """The split every pretraining and finetuning of the grid uses, written once."""
-    from medssl.data import DataConfig, open_dataset
+    from medssl.data import open_dataset
     from medssl.data.splits import write_split_csv
 
     path = base / "split.csv"
     if not is_rank_zero():  # the other processes of a distributed run read rank 0's
         wait_for_rank_zero(path)
     elif not path.is_file():
-        table = open_dataset(DataConfig(cfg.dataset, cfg.data_root, cfg.split_seed, cfg.val_fraction,
-                                        cfg.test_fraction, cfg.split_file, cfg.read_options,
-                                        cfg.duplicates), progress=cfg.progress)
+        table = open_dataset(data_config(cfg), cfg.workers, progress=cfg.progress)
         write_split_csv(table.samples, path, cfg.duplicates)
     return path
 
@@ -94,14 +70,12 @@ def shared_split(cfg: CompareConfig, base: Path) -> Path:
 def run_compare(cfg: CompareConfig) -> tuple[str, Path]:
     from medssl.presets import preset_for
 
-    unknown = [m for m in cfg.models if m not in MODELS]
-    if unknown:
-        raise MedsslError(f"Unknown model(s) {', '.join(unknown)}. Choose from {', '.join(MODELS)}.")
+    cfg.models = grid_models(cfg.models, cfg.ssl_methods)
     base = Path(cfg.out) if cfg.out else dataset_dir(cfg.dataset)
     check_grid_flags(cfg, base)
     arch = cfg.arch or preset_for(cfg.dataset).arch
     fractions = cfg.label_fractions or list(preset_for(cfg.dataset).label_fractions)
-    if not any(MODELS[m].init == "imagenet" for m in cfg.models):
+    if not any(prior_of(m).init == "imagenet" for m in cfg.models):
         imagenet_weights_for("random", cfg.imagenet_weights, f"none of {', '.join(cfg.models)}")
     if not cfg.resume:  # as a plain rerun of one run would, refuse to restart interrupted ones
         interrupted = [run for run in expected_runs(base, cfg.models, cfg.seeds, fractions)
@@ -119,17 +93,51 @@ def check_grid_flags(cfg: CompareConfig, base: Path) -> None:
     from medssl.training.checks import check_hardware, check_lr, check_places
     from medssl.oserrors import writable_folder
 
-    if cfg.lr is not None:
-        check_lr(cfg.lr)
+    for flag, lr in (("--lr", cfg.recipe.lr), ("--ssl-lr", cfg.ssl.lr)):
+        if lr is not None:
+            check_lr(lr, flag)
     check_hardware(cfg)
     check_places(base, cfg.cache)
     if cfg.images_dir:
         writable_folder(cfg.images_dir, "--images-dir")
 
 
+def grid_models(models: list[str], methods: list[str] | None) -> list[str]:
+    """The models of the grid: M2 and M4 once per SSL method (M2 for SimCLR, M2-byol for BYOL,
+    ...), every other model as named; each once, in the order asked."""
+    from medssl.training.methods import method_names
+
+    unknown = [m for m in methods or [] if m not in method_names()]
+    if unknown:
+        raise MedsslError(f"Unknown --ssl-methods {', '.join(unknown)}. Choose from: "
+                          f"{', '.join(method_names())}.")
+    out: list[str] = []
+    for m in models:
+        prior_of(m)  # refuses unknown names
+        expanded = [model_name(m, x) for x in methods] if methods and m in ("M2", "M4") else [m]
+        out += [e for e in expanded if e not in out]
+    return out
+
+
+def pretraining_dir(base: Path, model: str, frac: float, seed: int) -> Path | None:
+    """The pretraining a finetuning run of `model` at (label fraction, seed) starts from. A
+    method that learns from labels (supcon) is pretrained per label fraction and seed, on the
+    very labels that run may use; the others once per init."""
+    from medssl.training.methods import get_method
+
+    prior = prior_of(model)
+    if not prior.ssl:
+        return None
+    run = ssl_dir(base, prior.init, prior.method)
+    if get_method(prior.method).uses_labels and frac < 1:
+        run = run / f"frac{frac:g}" / f"seed{seed}"
+    return run
+
+
 def expected_runs(base: Path, models, seeds, fractions) -> list[Path]:
-    runs = [ssl_dir(base, init) for init in sorted({MODELS[m].init for m in models if MODELS[m].ssl})]
-    return runs + [finetune_dir(base, m, s, f) for f in fractions for s in seeds for m in models]
+    pre = {pretraining_dir(base, m, f, s) for f in fractions for s in seeds for m in models}
+    return sorted(p for p in pre if p) + [finetune_dir(base, m, s, f) for f in fractions
+                                          for s in seeds for m in models]
 
 
 def _run_grid(cfg: CompareConfig, base: Path, arch: str, fractions: list[float]) -> tuple[str, Path]:
@@ -139,11 +147,11 @@ def _run_grid(cfg: CompareConfig, base: Path, arch: str, fractions: list[float])
 
     base.mkdir(parents=True, exist_ok=True)
     skipped: dict[str, str] = {}
-    if any(MODELS[m].init == "imagenet" for m in cfg.models):
+    if any(prior_of(m).init == "imagenet" for m in cfg.models):
         reason = imagenet_unavailable(arch, cfg.imagenet_weights)
         if reason:
             for m in cfg.models:
-                if MODELS[m].init == "imagenet":
+                if prior_of(m).init == "imagenet":
                     skipped[m] = reason
             log.warning("skipping %s: %s", ", ".join(skipped), reason)
     models = [m for m in cfg.models if m not in skipped]
@@ -151,30 +159,35 @@ def _run_grid(cfg: CompareConfig, base: Path, arch: str, fractions: list[float])
     if is_rank_zero():
         atomic_write(base / "skipped.json", lambda p: p.write_text(json.dumps(skipped, indent=2)))
     split = shared_split(cfg, base)
-    common = dict(dataset=cfg.dataset, data_root=cfg.data_root, arch=arch,
-                  image_size=cfg.image_size,
-                  split_file=str(split), accelerator=cfg.accelerator, devices=cfg.devices,
-                  num_nodes=cfg.num_nodes, strategy=cfg.strategy, lr_scaling=cfg.lr_scaling,
-                  precision=cfg.precision, num_workers=cfg.num_workers,
-                  skip_bad_images=cfg.skip_bad_images, read_options=cfg.read_options,
-                  duplicates=cfg.duplicates,
-                  cache=cfg.cache, compile=cfg.compile, deterministic=cfg.deterministic,
-                  progress=cfg.progress)
+    # Every run of the grid gets the grid's data, hardware and model parts whole, on its split.
+    common = {**part_of(cfg, DataOptions, HardwareOptions, ModelOptions), "arch": arch,
+              "split_file": str(split)}
+    del common["imagenet_weights"]  # given only to the runs that start from ImageNet
 
     def weights_of(init: str):  # only the runs that start from ImageNet get --imagenet-weights
         return cfg.imagenet_weights if init == "imagenet" else None
 
-    for init in sorted({MODELS[m].init for m in models if MODELS[m].ssl}):
-        run = ssl_dir(base, init)
+    grid = [(f, s, m) for f in fractions for s in cfg.seeds for m in models]
+    pretrainings: dict[Path, tuple] = {}
+    for frac, seed, model in grid:
+        run = pretraining_dir(base, model, frac, seed)
+        if run is not None and run not in pretrainings:
+            labelled = run != ssl_dir(base, prior_of(model).init, prior_of(model).method)
+            pretrainings[run] = (prior_of(model), frac, seed, labelled)
+    for run, (prior, frac, seed, labelled) in pretrainings.items():
         if ssl_finished(run):
             log.info("reusing finished pretraining %s", run)
             continue
-        log.info("SimCLR pretraining from %s init -> %s", init, run)
+        log.info("%s pretraining from %s init -> %s", prior.method, prior.init, run)
         resume = cfg.resume and (run / "checkpoints" / "last.ckpt").is_file()
-        run_pretrain(PretrainConfig(init=init, epochs=cfg.ssl_epochs, out=str(run), resume=resume,
-                                    force=True, imagenet_weights=weights_of(init), **common))
+        ssl = {**part_of(cfg.ssl, SSLOptions), "method": prior.method}
+        run_pretrain(PretrainConfig(init=prior.init, out=str(run), resume=resume, force=True,
+                                    **ssl,
+                                    # supcon at a fraction: that run's labels
+                                    label_fraction=frac if labelled else 1.0,
+                                    seed=seed if labelled else 0,
+                                    imagenet_weights=weights_of(prior.init), **common))
 
-    grid = [(f, s, m) for f in fractions for s in cfg.seeds for m in models]
     for i, (frac, seed, model) in enumerate(grid, start=1):
         run = finetune_dir(base, model, seed, frac)
         if finetune_finished(run):
@@ -184,12 +197,10 @@ def _run_grid(cfg: CompareConfig, base: Path, arch: str, fractions: list[float])
                  seed, frac, run)
         resume = cfg.resume and (run / "checkpoints" / "last.ckpt").is_file()
         run_finetune(FinetuneConfig(
-            model=model, seed=seed, label_fraction=frac, epochs=cfg.epochs,
-            batch_size=cfg.batch_size, lr=cfg.lr, head=cfg.head, select=cfg.select,
-            class_weights=cfg.class_weights, balanced_sampling=cfg.balanced_sampling,
-            ssl_checkpoint=str(ssl_dir(base, MODELS[model].init)) if MODELS[model].ssl else None,
+            model=model, seed=seed, label_fraction=frac, **part_of(cfg.recipe, RecipeOptions),
+            ssl_checkpoint=str(pretraining_dir(base, model, frac, seed) or "") or None,
             base=str(base), out=str(run), resume=resume, force=True,
-            imagenet_weights=weights_of(MODELS[model].init), **common))
+            imagenet_weights=weights_of(prior_of(model).init), **common))
 
     if not is_rank_zero():  # one report, from rank 0
         return "", base

@@ -23,16 +23,47 @@ from medssl.runs import dataset_dir, ssl_dir
 @dataclass(frozen=True)
 class Prior:
     init: str  # the weights before any SSL: random or imagenet
-    ssl: bool  # whether SimCLR on the target dataset comes next
+    method: str | None  # the self-supervised method on the target dataset next, or None
     title: str
 
+    @property
+    def ssl(self) -> bool:
+        return self.method is not None
 
-MODELS = {
-    "M1": Prior("random", False, "random init"),
-    "M2": Prior("random", True, "random init + SimCLR"),
-    "M3": Prior("imagenet", False, "ImageNet init"),
-    "M4": Prior("imagenet", True, "ImageNet init + SimCLR"),
-}
+
+# The study's four models. Its SSL method is SimCLR: M2 and M4 keep their names for it, and
+# another method X makes M2-X and M4-X (`prior_of`).
+STUDY_MODELS = {"M1": ("random", False), "M2": ("random", True), "M3": ("imagenet", False),
+                "M4": ("imagenet", True)}
+INIT_TITLES = {"random": "random init", "imagenet": "ImageNet init"}
+
+
+def prior_of(model: str) -> Prior:
+    """What a model name means: M1-M4, or M2-<method> / M4-<method> for another SSL method."""
+    from medssl.training.methods import method_names
+
+    base, dash, method = model.partition("-")
+    if base not in STUDY_MODELS or (dash and (not STUDY_MODELS[base][1] or not method)):
+        raise MedsslError(f"Unknown model '{model}'. Choose M1, M2, M3, M4, or M2-<method> / "
+                          f"M4-<method> with a method from: {', '.join(method_names())}.")
+    if method == "simclr":
+        raise MedsslError(f"'{model}' is called {base}: SimCLR is the study's method, and its "
+                          "models keep the study's names.")
+    init, ssl = STUDY_MODELS[base]
+    if not ssl:
+        return Prior(init, None, INIT_TITLES[init])
+    method = method or "simclr"
+    if method not in method_names():
+        raise MedsslError(f"Unknown method '{method}' in model '{model}'. Choose one of: "
+                          f"{', '.join(method_names())}.")
+    from medssl.training.methods import TITLES
+
+    return Prior(init, method, f"{INIT_TITLES[init]} + {TITLES[method]}")
+
+
+def model_name(base: str, method: str | None) -> str:
+    """M2 + simclr -> M2 (the study's name); M2 + byol -> M2-byol."""
+    return base if method in (None, "simclr") else f"{base}-{method}"
 
 
 def ssl_backbone_path(model: str, dataset: str, ssl_checkpoint: str | os.PathLike | None,
@@ -41,16 +72,15 @@ def ssl_backbone_path(model: str, dataset: str, ssl_checkpoint: str | os.PathLik
     if ssl_checkpoint:
         path = Path(ssl_checkpoint)
         return path / "backbone.pt" if path.is_dir() else path
-    return ssl_dir(base or dataset_dir(dataset), MODELS[model].init) / "backbone.pt"
+    prior = prior_of(model)
+    return ssl_dir(base or dataset_dir(dataset), prior.init, prior.method) / "backbone.pt"
 
 
 def load_prior(model: str, arch: str, dataset: str, ssl_checkpoint=None,
                imagenet_weights: str | os.PathLike | None = None,
                allow_other_dataset: bool = False, base: Path | None = None) -> tuple[nn.Module, dict]:
     """The backbone of `model` with its prior loaded, and a record of where the prior came from."""
-    if model not in MODELS:
-        raise MedsslError(f"Unknown --model '{model}'. Choose one of: {', '.join(MODELS)}.")
-    prior = MODELS[model]
+    prior = prior_of(model)
     if not prior.ssl:
         source = {"model": model, "init": prior.init, "arch": arch}
         if prior.init == "imagenet":
@@ -60,9 +90,10 @@ def load_prior(model: str, arch: str, dataset: str, ssl_checkpoint=None,
     path = ssl_backbone_path(model, dataset, ssl_checkpoint, base)
     if not path.is_file():
         raise MedsslError(
-            f"{model} ({prior.title}) needs a SimCLR backbone pretrained on {dataset} from "
+            f"{model} ({prior.title}) needs a {prior.method} backbone pretrained on {dataset} from "
             f"{prior.init} init, and there is none at {path}.\nFix: run `medssl pretrain --dataset "
-            f"{dataset} --init {prior.init} --arch {arch}` first, or pass --ssl-checkpoint PATH.")
+            f"{dataset} --method {prior.method} --init {prior.init} --arch {arch}` first, or pass "
+            "--ssl-checkpoint PATH.")
     # The weights first: a text file or an empty one is that, whatever JSON lies beside it.
     state = read_state_dict(path, "--ssl-checkpoint")
     meta_path = path.with_suffix(".json")
@@ -73,6 +104,9 @@ def load_prior(model: str, arch: str, dataset: str, ssl_checkpoint=None,
     mismatches = []
     if meta.get("arch") != arch:
         mismatches.append(f"it is a {meta.get('arch')}, this run uses --arch {arch}")
+    made_by = meta.get("method", "simclr")  # backbones from before the methods were SimCLR's
+    if made_by != prior.method:
+        mismatches.append(f"it was pretrained with {made_by}, {model} needs {prior.method}")
     if meta.get("init") != prior.init:
         mismatches.append(f"it was pretrained from {meta.get('init')} init, {model} needs {prior.init}")
     if meta.get("dataset") != dataset and not allow_other_dataset:
@@ -82,7 +116,12 @@ def load_prior(model: str, arch: str, dataset: str, ssl_checkpoint=None,
         raise MedsslError(f"{path} does not fit {model}: " + "; ".join(mismatches) + ".")
     backbone = empty_backbone(arch)
     load_strict(backbone, state, str(path))
-    return backbone, {"model": model, "init": prior.init, "arch": arch, "ssl_checkpoint": str(path),
+    return backbone, {"model": model, "init": prior.init, "arch": arch, "method": prior.method,
+                      "method_settings": meta.get("method_settings"),
+                      "supervised_prior": bool(meta.get("supervised", False)),
+                      "ssl_label_fraction": meta.get("label_fraction", 1.0),
+                      "ssl_seed": meta.get("seed"),
+                      "ssl_checkpoint": str(path),
                       "ssl_dataset": meta.get("dataset"), "ssl_epochs": meta.get("epochs"),
                       "ssl_split_file": str(path.parent / meta.get("split_file", "split.csv")),
                       "ssl_duplicate_policy": meta.get("data", {}).get("duplicates", {}).get("policy")}

@@ -27,7 +27,10 @@ BOOTSTRAP_RESAMPLES = 2000
 def collect_runs(base: Path) -> tuple[pd.DataFrame, list[str]]:
     """Every finished finetuning run under `base` as a row; and the unfinished folders skipped."""
     rows, skipped = [], []
-    for model_dir in sorted(Path(base).glob("M[1-4]")):
+    # Every folder but the pretrainings: the model of a run is what its metrics.json says,
+    # never guessed from a folder's name (M2-byol, a renamed folder, an older M1-M4 grid alike).
+    for model_dir in sorted(p for p in Path(base).iterdir()
+                            if p.is_dir() and not p.name.startswith("ssl-")):
         # split.csv is the first file a run writes: a folder with it but no marker is unfinished
         # (so is one with a marker and no split.csv: something was deleted).
         found = {p.parent for name in ("split.csv", "finished.json") for p in model_dir.rglob(name)}
@@ -42,7 +45,11 @@ def collect_runs(base: Path) -> tuple[pd.DataFrame, list[str]]:
                 continue
             row = {"dataset": m["dataset"], "model": m["model"], "seed": m["seed"],
                    "label_fraction": m["label_fraction"], "run": str(run),
-                   "selected_epoch": m["selection"]["epoch"]}
+                   "selected_epoch": m["selection"]["epoch"],
+                   # Older runs recorded no method: M2/M4 were SimCLR's.
+                   "method": m["prior"].get("method", "simclr" if m["prior"].get("ssl_checkpoint")
+                                            else None),
+                   "supervised_prior": bool(m["prior"].get("supervised_prior", False))}
             row.update({col: m[split][metric] for col, split, metric in COLUMNS})
             # Runs before the duplicate search have no record: None, never a guess.
             duplicates = m.get("data", {}).get("duplicates") or {}
@@ -169,6 +176,10 @@ def write_results(base: Path, skipped_models: dict[str, str] | None = None) -> t
     summary = summarise(runs)
     summary["duplicate_policy"] = runs["duplicate_policy"].iloc[0]
     md = markdown_table(summary, skipped_models) + "\n" + duplicates_line(runs) + "\n"
+    supervised = sorted(runs.loc[runs["supervised_prior"], "model"].unique())
+    if supervised:  # not self-supervised: a fair reader must know which priors saw labels
+        md += (f"\n{', '.join(supervised)}: a supervised prior (its pretraining learned from the "
+               "labels of the labelled train images, no others), not a self-supervised one.\n")
     if skipped:  # said in the table itself, so that it never looks complete when it is not
         names = ", ".join(str(Path(r).relative_to(base)) for r in skipped)
         md += f"\nNot included, unfinished (`medssl report` says why): {names}\n"

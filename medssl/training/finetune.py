@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from medssl.errors import MedsslError
+from medssl.options import (DataOptions, HardwareOptions, ModelOptions, RecipeOptions,
+                            data_config)
 from medssl.runs import FINETUNE_OUTPUTS, dataset_dir, finetune_dir, mark_finished, open_run_folder
 
 log = logging.getLogger("medssl")
@@ -22,56 +24,24 @@ SELECT_METRICS = {"loss": "min", "acc": "max", "balanced_acc": "max", "macro_f1"
                   "auroc": "max"}
 
 
-@dataclass
-class FinetuneConfig:
-    dataset: str
+@dataclass(kw_only=True)
+class FinetuneConfig(DataOptions, HardwareOptions, ModelOptions, RecipeOptions):
+    """One finetuning run: the shared parts (medssl.options), and what only this run has."""
+
     model: str
-    data_root: str | None = None
     ssl_checkpoint: str | None = None
     allow_other_dataset: bool = False
-    imagenet_weights: str | None = None  # name or file; default IMAGENET1K_V1 for M3 and M4
     seed: int = 0
-    split_seed: int = 0
-    split_file: str | None = None
-    val_fraction: float | None = None
-    test_fraction: float | None = None
-    read_options: object = None  # ReadOptions: csv column names
-    duplicates: str = "drop"  # copies of one picture: splits.DUPLICATE_POLICIES
     label_fraction: float = 1.0
-    arch: str | None = None
-    image_size: int | None = None
-    epochs: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    weight_decay: float = 1e-6
-    head: str = "linear"
-    freeze_epochs: int = 0
-    bn_eval: bool = False
-    class_weights: bool = False
-    balanced_sampling: bool = False
-    select: str = "loss"
     base: str | None = None  # the dataset's run folder (default runs/<dataset>)
     out: str | None = None
     resume: bool = False
     force: bool = False
-    accelerator: str = "auto"
-    devices: int | str = 1  # per node; more than one (or nodes) runs DDP: docs/distributed.md
-    num_nodes: int = 1
-    strategy: str = "auto"
-    lr_scaling: str = "linear"  # the lr for the global batch: training/distributed.py
-    precision: str | None = None
-    num_workers: int | None = None
-    skip_bad_images: bool = False
-    max_steps: int = -1
-    cache: bool = True  # the preprocessed image cache; False decodes the originals every time
-    compile: bool = False  # torch.compile the backbone
-    deterministic: bool = False  # deterministic algorithms only (slower on GPUs)
-    progress: bool = True
 
 
 def resolve(cfg: FinetuneConfig) -> FinetuneConfig:
     """Fill every unset value from the dataset's preset; check the ranges flags cannot."""
-    from medssl.models.priors import MODELS
+    from medssl.models.priors import prior_of
     from medssl.presets import preset_for
     from medssl.training.checks import check_run, imagenet_weights_for
     from medssl.training.loaders import fill_training_defaults
@@ -84,10 +54,9 @@ def resolve(cfg: FinetuneConfig) -> FinetuneConfig:
         raise MedsslError(f"--label-fraction must lie in (0, 1], got {cfg.label_fraction}.")
     if cfg.select not in SELECT_METRICS:
         raise MedsslError(f"--select '{cfg.select}' is not one of {', '.join(SELECT_METRICS)}.")
-    if cfg.model not in MODELS:
-        raise MedsslError(f"Unknown --model '{cfg.model}'. Choose one of: {', '.join(MODELS)}.")
-    cfg.imagenet_weights = imagenet_weights_for(MODELS[cfg.model].init, cfg.imagenet_weights,
-                                                f"{cfg.model} ({MODELS[cfg.model].title})")
+    prior = prior_of(cfg.model)
+    cfg.imagenet_weights = imagenet_weights_for(prior.init, cfg.imagenet_weights,
+                                                f"{cfg.model} ({prior.title})")
     if cfg.freeze_epochs >= cfg.epochs:
         log.warning("--freeze-epochs %d is not below --epochs %d: the backbone is never trained, "
                     "only the head (a linear probe)", cfg.freeze_epochs, cfg.epochs)
@@ -132,6 +101,21 @@ def check_no_ssl_leak(table, ssl_split_file: Path) -> None:
             "SimCLR).")
 
 
+def check_supervised_prior(source: dict, cfg: FinetuneConfig) -> None:
+    """A prior pretrained with labels (supcon) may have seen no label this run may not use: at a
+    label fraction below 1, it must come from the same fraction and seed (the same labelled
+    subset); a prior from fewer labels is always fair."""
+    if not source.get("supervised_prior"):
+        return
+    fraction, seed = source.get("ssl_label_fraction", 1.0), source.get("ssl_seed")
+    if fraction > cfg.label_fraction or (cfg.label_fraction < 1 and fraction < 1 and seed != cfg.seed):
+        raise MedsslError(
+            f"{source['ssl_checkpoint']} was pretrained with {source['method']} on the labels of "
+            f"{fraction:g} of the train images (seed {seed}); this run may use only {cfg.label_fraction:g} "
+            f"(seed {cfg.seed}), so the prior would bring labels the run does not have. Fix: "
+            f"pretrain with --label-fraction {cfg.label_fraction:g} --seed {cfg.seed}.")
+
+
 def run_finetune(cfg: FinetuneConfig) -> Path:
     from medssl.runs import cleaned_up_on_failure
     from medssl.training.distributed import is_rank_zero
@@ -147,7 +131,7 @@ def _train(cfg: FinetuneConfig) -> Path:
     from pytorch_lightning.callbacks import ModelCheckpoint
 
     from medssl import __version__
-    from medssl.data import DataConfig, prepare
+    from medssl.data import prepare
     from medssl.data.splits import label_subset, write_split_csv
     from medssl.data.transforms import Normalize, eval_crop, finetune_crops
     from medssl.models import feature_dim
@@ -181,12 +165,12 @@ def _train(cfg: FinetuneConfig) -> Path:
     same_data = "ssl_split_file" in source and source.get("ssl_dataset") == cfg.dataset
     if not split_file and same_data and Path(source["ssl_split_file"]).is_file():
         split_file = source["ssl_split_file"]  # the split SimCLR trained on: nothing held out leaks
-    table, data_info = prepare(DataConfig(cfg.dataset, cfg.data_root, cfg.split_seed,
-                                          cfg.val_fraction, cfg.test_fraction, split_file,
-                                          cfg.read_options, cfg.duplicates),
-                               skip_bad_images=cfg.skip_bad_images, progress=cfg.progress)
+    table, data_info = prepare(replace(data_config(cfg), split_file=split_file),
+                               skip_bad_images=cfg.skip_bad_images, workers=cfg.workers,
+                               progress=cfg.progress)
     if same_data:
         check_no_ssl_leak(table, Path(source["ssl_split_file"]))
+    check_supervised_prior(source, cfg)
     labelled = label_subset(table.samples, cfg.label_fraction, cfg.seed)
     if writer:
         out.mkdir(parents=True, exist_ok=True)

@@ -11,58 +11,26 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from medssl.errors import MedsslError
+from medssl.options import DataOptions, HardwareOptions, ModelOptions, SSLOptions, data_config
 from medssl.runs import SSL_OUTPUTS, dataset_dir, mark_finished, open_run_folder, ssl_dir
 
 log = logging.getLogger("medssl")
 
 
-@dataclass
-class PretrainConfig:
-    dataset: str
+@dataclass(kw_only=True)
+class PretrainConfig(DataOptions, HardwareOptions, ModelOptions, SSLOptions):
+    """One pretraining run: the shared parts (medssl.options), and what only this run has."""
+
     init: str = "random"
-    data_root: str | None = None
-    arch: str | None = None
-    image_size: int | None = None
-    epochs: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    warmup_epochs: int | None = None
-    weight_decay: float = 1e-6
-    method: str = "simclr"  # a name from training.methods (SimCLR: the study's)
-    method_options: dict = field(default_factory=dict)  # the method's settings beyond its defaults
-    label_fraction: float = 1.0  # supervised methods only (supcon): the share of labels they see
-    optimizer: str = "adam"
-    exclude_bn_bias: bool = False
-    augment: str | None = None
-    augment_overrides: dict = field(default_factory=dict)  # lightly SimCLRTransform knobs
-    imagenet_weights: str | None = None  # name or file; default IMAGENET1K_V1 for --init imagenet
     seed: int = 0
-    split_seed: int = 0
+    label_fraction: float = 1.0  # supervised methods only (supcon): the share of labels they see
     out: str | None = None
     resume: bool = False
     force: bool = False
-    accelerator: str = "auto"
-    devices: int | str = 1  # per node; more than one (or nodes) runs DDP: docs/distributed.md
-    num_nodes: int = 1
-    strategy: str = "auto"
-    lr_scaling: str = "linear"  # the lr for the global batch: training/distributed.py
-    precision: str | None = None
-    num_workers: int | None = None
-    skip_bad_images: bool = False
-    split_file: str | None = None
-    val_fraction: float | None = None
-    test_fraction: float | None = None
-    read_options: object = None  # ReadOptions: csv column names
-    duplicates: str = "drop"  # copies of one picture: splits.DUPLICATE_POLICIES
-    max_steps: int = -1
-    cache: bool = True  # the preprocessed image cache; False decodes the originals every time
-    compile: bool = False  # torch.compile the backbone
-    deterministic: bool = False  # deterministic algorithms only (slower on GPUs)
-    progress: bool = True
     extra: dict = field(default_factory=dict)
 
 
@@ -123,7 +91,7 @@ def _train(cfg: PretrainConfig) -> Path:
     from pytorch_lightning.callbacks import LearningRateMonitor
 
     from medssl import __version__
-    from medssl.data import DataConfig, prepare
+    from medssl.data import prepare
     from medssl.data.splits import write_split_csv
     from medssl.data.transforms import Normalize, eval_crop, simclr_settings
     from medssl.models import build_backbone, feature_dim, save_backbone
@@ -149,10 +117,9 @@ def _train(cfg: PretrainConfig) -> Path:
     split_file = cfg.split_file
     if cfg.resume and not split_file and (out / "split.csv").is_file():
         split_file = str(out / "split.csv")  # a resumed run keeps its split
-    table, data_info = prepare(DataConfig(cfg.dataset, cfg.data_root, cfg.split_seed, cfg.val_fraction,
-                                          cfg.test_fraction, split_file, cfg.read_options,
-                                          cfg.duplicates),
-                               skip_bad_images=cfg.skip_bad_images, progress=cfg.progress)
+    table, data_info = prepare(replace(data_config(cfg), split_file=split_file),
+                               skip_bad_images=cfg.skip_bad_images, workers=cfg.workers,
+                               progress=cfg.progress)
     if writer:
         out.mkdir(parents=True, exist_ok=True)
         write_split_csv(table.samples, out / "split.csv", cfg.duplicates)

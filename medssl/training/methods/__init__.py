@@ -15,11 +15,16 @@ if TYPE_CHECKING:  # the CLI lists the names without importing torch
     from medssl.training.methods.base import SSLMethod
 
 METHODS: dict[str, type[SSLMethod]] = {}
-_MODULES = ("simclr", "moco", "byol", "simsiam", "barlowtwins", "vicreg", "swav", "dino", "supcon")
+# name -> title, known without importing torch (the CLI and model names use them).
+TITLES = {"simclr": "SimCLR", "moco": "MoCo v2", "byol": "BYOL", "simsiam": "SimSiam",
+          "barlowtwins": "Barlow Twins", "vicreg": "VICReg", "swav": "SwAV", "dino": "DINO",
+          "supcon": "SupCon (supervised)"}
+_MODULES = tuple(TITLES)
 
 
 def register(cls: type[SSLMethod]) -> type[SSLMethod]:
     METHODS[cls.name] = cls
+    cls.title = TITLES[cls.name]
     return cls
 
 
@@ -35,4 +40,4 @@ def get_method(name: str) -> type[SSLMethod]:
     return METHODS[name]
 
 
-__all__ = ["METHODS", "get_method", "method_names", "register"]
+__all__ = ["METHODS", "TITLES", "get_method", "method_names", "register"]

@@ -11,7 +11,6 @@ from medssl.training.methods.base import SSLMethod
 @register
 class BarlowTwins(SSLMethod):
     name = "barlowtwins"
-    title = "Barlow Twins"
     defaults = {"projection_dim": 2048, "lambda_param": 5e-3}
 
     def build(self, feature_dim, projection_dim=2048, lambda_param=5e-3):

@@ -8,7 +8,7 @@ augmentation of each view on the accelerator (seeded by step, so a resumed run d
 uninterrupted one draws), the epoch's mean loss, and the checkpoint hooks that keep resume exact.
 
 A method subclasses `SSLMethod` and sets:
-- `name` (its registry name) and `title`;
+- `name` (its registry name; its title is in the registry);
 - `build(self, feature_dim, **settings)`: its heads, losses, momentum copies;
 - `defaults`: its settings and their published values (recorded in backbone.json);
 - `views(image_size, colour, **settings)`: the crops it trains on (size, scale, colour changes);
@@ -66,7 +66,6 @@ def multi_crop(image_size: int, colour: dict, local_views: int, local_scale: flo
 
 class SSLMethod(pl.LightningModule):
     name = ""
-    title = ""
     uses_labels = False  # supervised pretraining (supcon): the labelled train images only
 
     def __init__(self, backbone: nn.Module, feature_dim: int, lr: float = 1e-3,
@@ -103,10 +102,28 @@ class SSLMethod(pl.LightningModule):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self._encode(x)
 
-    def progress(self) -> float:
-        """How far training is, from 0 to 1 (momentum and temperature schedules)."""
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        return min(1.0, self.global_step / total)
+    @staticmethod
+    def momentum_copy(module: nn.Module) -> nn.Module:
+        """A copy that follows `module` by averaging (`follow`), never by gradients."""
+        import copy
+
+        from lightly.models.utils import deactivate_requires_grad
+
+        twin = copy.deepcopy(module)
+        deactivate_requires_grad(twin)
+        return twin
+
+    def follow(self, pairs, momentum: float) -> None:
+        """Move each momentum copy towards its module, the momentum rising from `momentum` to 1
+        on a cosine over the run (BYOL's schedule; MoCo and DINO use it too). Read from the
+        global step, which a checkpoint restores: a resumed run follows the same schedule."""
+        from lightly.models.utils import update_momentum
+        from lightly.utils.scheduler import cosine_schedule
+
+        m = cosine_schedule(self.global_step, max(1, int(self.trainer.estimated_stepping_batches)),
+                            momentum, 1.0)
+        for module, twin in pairs:
+            update_momentum(module, twin, m)
 
     def on_after_batch_transfer(self, batch, dataloader_idx):
         views, labels = batch

@@ -2,12 +2,8 @@
 makes of the other view; no negatives. Asymmetric views as published: the first always blurred,
 the second rarely blurred and sometimes solarized."""
 
-import copy
-
 from lightly.loss import NegativeCosineSimilarity
 from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
-from lightly.models.utils import deactivate_requires_grad, update_momentum
-from lightly.utils.scheduler import cosine_schedule
 
 from medssl.training.methods import register
 from medssl.training.methods.base import SSLMethod, two_views
@@ -16,16 +12,13 @@ from medssl.training.methods.base import SSLMethod, two_views
 @register
 class BYOL(SSLMethod):
     name = "byol"
-    title = "BYOL"
     defaults = {"momentum": 0.99, "hidden_dim": 4096, "projection_dim": 256}
 
     def build(self, feature_dim, momentum=0.99, hidden_dim=4096, projection_dim=256):
         self.projection_head = BYOLProjectionHead(feature_dim, hidden_dim, projection_dim)
         self.prediction_head = BYOLPredictionHead(projection_dim, hidden_dim, projection_dim)
-        self.backbone_momentum = copy.deepcopy(self.backbone)
-        self.projection_head_momentum = copy.deepcopy(self.projection_head)
-        deactivate_requires_grad(self.backbone_momentum)
-        deactivate_requires_grad(self.projection_head_momentum)
+        self.backbone_momentum = self.momentum_copy(self.backbone)
+        self.projection_head_momentum = self.momentum_copy(self.projection_head)
         self.momentum = momentum
         self.criterion = NegativeCosineSimilarity()
 
@@ -46,7 +39,5 @@ class BYOL(SSLMethod):
                       + self.criterion(self.online(b), self.target(a)))
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
-        m = cosine_schedule(self.global_step, max(1, int(self.trainer.estimated_stepping_batches)),
-                            self.momentum, 1.0)
-        update_momentum(self.backbone, self.backbone_momentum, m)
-        update_momentum(self.projection_head, self.projection_head_momentum, m)
+        self.follow([(self.backbone, self.backbone_momentum),
+                     (self.projection_head, self.projection_head_momentum)], self.momentum)

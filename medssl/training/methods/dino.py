@@ -2,12 +2,8 @@
 over prototypes; the teacher sees only the global crops, the student every crop. Asymmetric
 blur and solarize on the two global views, as published."""
 
-import copy
-
 from lightly.loss import DINOLoss
 from lightly.models.modules import DINOProjectionHead
-from lightly.models.utils import deactivate_requires_grad, update_momentum
-from lightly.utils.scheduler import cosine_schedule
 
 from medssl.training.methods import register
 from medssl.training.methods.base import SSLMethod, multi_crop
@@ -16,18 +12,17 @@ from medssl.training.methods.base import SSLMethod, multi_crop
 @register
 class DINO(SSLMethod):
     name = "dino"
-    title = "DINO"
     defaults = {"output_dim": 2048, "momentum": 0.996, "local_views": 6, "warmup_teacher_temp_epochs": 0}
 
     def build(self, feature_dim, output_dim=2048, momentum=0.996, local_views=6,
               warmup_teacher_temp_epochs=0):
         self.student_head = DINOProjectionHead(feature_dim, 512, 64, output_dim,
                                                freeze_last_layer=1)
-        self.teacher_backbone = copy.deepcopy(self.backbone)
+        self.teacher_backbone = self.momentum_copy(self.backbone)
+        # Built anew, not copied: the head's weight normalisation cannot be deep-copied.
         self.teacher_head = DINOProjectionHead(feature_dim, 512, 64, output_dim)
         self.teacher_head.load_state_dict(self.student_head.state_dict())
-        deactivate_requires_grad(self.teacher_backbone)
-        deactivate_requires_grad(self.teacher_head)
+        self.teacher_head.requires_grad_(False)
         self.momentum = momentum
         # The centre is a buffer of the loss: checkpoints keep it, so resume is exact.
         self.criterion = DINOLoss(output_dim=output_dim,
@@ -50,7 +45,5 @@ class DINO(SSLMethod):
         self.student_head.cancel_last_layer_gradients(current_epoch=self.current_epoch)
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
-        m = cosine_schedule(self.global_step, max(1, int(self.trainer.estimated_stepping_batches)),
-                            self.momentum, 1.0)
-        update_momentum(self.backbone, self.teacher_backbone, m)
-        update_momentum(self.student_head, self.teacher_head, m)
+        self.follow([(self.backbone, self.teacher_backbone), (self.student_head, self.teacher_head)],
+                    self.momentum)

@@ -2,12 +2,8 @@
 itself, among 4096 keys of earlier batches held in a queue (lightly's memory bank, a buffer, so
 checkpoints keep it and resume is exact)."""
 
-import copy
-
 from lightly.loss import NTXentLoss
 from lightly.models.modules import MoCoProjectionHead
-from lightly.models.utils import deactivate_requires_grad, update_momentum
-from lightly.utils.scheduler import cosine_schedule
 
 from medssl.training.methods import register
 from medssl.training.methods.base import SSLMethod
@@ -16,17 +12,14 @@ from medssl.training.methods.base import SSLMethod
 @register
 class MoCo(SSLMethod):
     name = "moco"
-    title = "MoCo v2"
     defaults = {"temperature": 0.2, "queue_size": 4096, "momentum": 0.99, "projection_dim": 128}
 
     def build(self, feature_dim, temperature=0.2, queue_size=4096, momentum=0.99,
               projection_dim=128):
         self.projection_head = MoCoProjectionHead(feature_dim, feature_dim, projection_dim)
-        self.backbone_momentum = copy.deepcopy(self.backbone)
-        self.projection_head_momentum = copy.deepcopy(self.projection_head)
+        self.backbone_momentum = self.momentum_copy(self.backbone)
+        self.projection_head_momentum = self.momentum_copy(self.projection_head)
         self.momentum = momentum
-        deactivate_requires_grad(self.backbone_momentum)
-        deactivate_requires_grad(self.projection_head_momentum)
         self.criterion = NTXentLoss(temperature=temperature,
                                     memory_bank_size=(queue_size, projection_dim))
 
@@ -36,7 +29,5 @@ class MoCo(SSLMethod):
         return self.criterion(query, key)
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
-        m = cosine_schedule(self.global_step, max(1, int(self.trainer.estimated_stepping_batches)),
-                            self.momentum, 1.0)
-        update_momentum(self.backbone, self.backbone_momentum, m)
-        update_momentum(self.projection_head, self.projection_head_momentum, m)
+        self.follow([(self.backbone, self.backbone_momentum),
+                     (self.projection_head, self.projection_head_momentum)], self.momentum)

@@ -12,7 +12,6 @@ from medssl.training.methods.base import SSLMethod
 @register
 class SimCLR(SSLMethod):
     name = "simclr"
-    title = "SimCLR"
     defaults = {"temperature": 0.1, "projection_dim": 128}
 
     def build(self, feature_dim, temperature=0.1, projection_dim=128):

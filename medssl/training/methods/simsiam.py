@@ -11,7 +11,6 @@ from medssl.training.methods.base import SSLMethod
 @register
 class SimSiam(SSLMethod):
     name = "simsiam"
-    title = "SimSiam"
     defaults = {"projection_dim": 2048, "prediction_dim": 512}
 
     def build(self, feature_dim, projection_dim=2048, prediction_dim=512):

@@ -29,7 +29,6 @@ def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float) -> to
 @register
 class SupCon(SSLMethod):
     name = "supcon"
-    title = "SupCon (supervised)"
     uses_labels = True
     defaults = {"temperature": 0.1, "projection_dim": 128}
 

@@ -14,7 +14,6 @@ from medssl.training.methods.base import SSLMethod, multi_crop
 @register
 class SwAV(SSLMethod):
     name = "swav"
-    title = "SwAV"
     defaults = {"prototypes": 512, "projection_dim": 128, "local_views": 6, "temperature": 0.1,
                 "freeze_prototypes_steps": 0}
 

@@ -11,7 +11,6 @@ from medssl.training.methods.base import SSLMethod
 @register
 class VICReg(SSLMethod):
     name = "vicreg"
-    title = "VICReg"
     defaults = {"projection_dim": 2048}
 
     def build(self, feature_dim, projection_dim=2048):

@@ -1,0 +1,116 @@
+"""Every self-supervised method, measured the same way (docs/methods.md).
+
+    python bench/methods.py speed                      # s/image and peak memory, 64 px, CPU
+    python bench/methods.py readouts --data demo       # kNN / few-shot before -> after
+    python bench/methods.py readouts --data folder --data-root /tmp/real/digits --image-size 32 \
+        --batch-size 128 --warmup-epochs 2
+
+`speed` runs each method in its own process (peak memory is per process): a resnet18, batch 32,
+64-px views from the method's own crops, 3 warm-up steps then 10 timed ones, the per-batch colour
+augmentation included. `readouts` runs `medssl pretrain --method X` for each method with the same
+epochs, seed and data, and prints backbone.json's kNN and few-shot accuracy before -> after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def one_speed(name: str, size: int, batch: int, steps: int) -> dict:
+    import pytorch_lightning as pl
+    import torch
+
+    from medssl.data.transforms import method_views, simclr_settings
+    from medssl.models import build_backbone, feature_dim
+    from medssl.presets import IMAGENET_MEAN, IMAGENET_STD
+    from medssl.training.methods import get_method
+
+    torch.manual_seed(0)
+    method = get_method(name)
+    settings = simclr_settings(size, "study")
+    views = method.views(size, settings, **method.defaults)
+    crops, colour = method_views(views, size, settings, IMAGENET_MEAN, IMAGENET_STD)
+    images = torch.randint(0, 256, (batch, 3, size * 8 // 7, size * 8 // 7), dtype=torch.uint8)
+    per_image = [crops(img) for img in images]
+    batch_views = [torch.stack([v[k] for v in per_image]) for k in range(len(views))]
+    labels = torch.arange(batch) % 4
+    module = method(build_backbone("resnet18"), feature_dim("resnet18"), batch_transform=colour,
+                    **method.defaults)
+    trainer = pl.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_progress_bar=False,
+                         enable_checkpointing=False, enable_model_summary=False)
+    module.trainer = trainer  # for the schedules that read the run's length
+    trainer.fit_loop.max_steps = steps + 3
+    opt = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=1e-3)
+    for i in range(steps + 3):
+        if i == 3:
+            start = time.perf_counter()
+        v, y = module.on_after_batch_transfer((batch_views, labels), 0)
+        loss = module.loss(v, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    seconds = (time.perf_counter() - start) / steps
+    return {"method": name, "views": len(views), "s_per_image": seconds / batch,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def speed(args) -> None:
+    from medssl.training.methods import method_names
+
+    print("| method | views | ms / image (train step) | peak memory (MB) |\n|---|---|---|---|")
+    for name in method_names():
+        out = subprocess.run([sys.executable, __file__, "_one", name, str(args.size),
+                              str(args.batch), str(args.steps)], capture_output=True, text=True)
+        if out.returncode:
+            print(f"| {name} | failed: {out.stderr.strip().splitlines()[-1]} | | |")
+            continue
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"| {name} | {r['views']} | {r['s_per_image'] * 1000:.1f} | {r['peak_rss_mb']:.0f} |",
+              flush=True)
+
+
+def readouts(args, extra: list[str]) -> None:
+    from medssl.training.methods import method_names
+
+    out = Path(args.out)
+    print("| method | kNN before → after | few-shot before → after | wall time |\n|---|---|---|---|")
+    for name in args.methods or method_names():
+        run = out / name
+        cmd = [sys.executable, "-m", "medssl", "pretrain", "--dataset", args.data, "--method", name,
+               "--seed", "0", "--out", str(run), "--force", *extra]
+        if args.data_root:
+            cmd += ["--data-root", args.data_root]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode:
+            print(f"| {name} | failed: {done.stderr.strip().splitlines()[-1]} | | |", flush=True)
+            continue
+        m = json.loads((run / "backbone.json").read_text())
+        print(f"| {name} | {m['initial_knn_acc']:.3f} → **{m['final_knn_acc']:.3f}** | "
+              f"{m['initial_fewshot_acc']:.3f} → **{m['final_fewshot_acc']:.3f}** | "
+              f"{m['wall_time_s']:.0f} s |", flush=True)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["_one"]:
+        name, size, batch, steps = sys.argv[2], *map(int, sys.argv[3:6])
+        print(json.dumps(one_speed(name, size, batch, steps)))
+        raise SystemExit(0)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    s = sub.add_parser("speed")
+    s.add_argument("--size", type=int, default=64)
+    s.add_argument("--batch", type=int, default=32)
+    s.add_argument("--steps", type=int, default=10)
+    r = sub.add_parser("readouts", help="other flags go to `medssl pretrain`")
+    r.add_argument("--data", default="demo")
+    r.add_argument("--data-root")
+    r.add_argument("--methods", nargs="+")
+    r.add_argument("--out", default="/tmp/medssl-methods")
+    args, extra = parser.parse_known_args()
+    speed(args) if args.what == "speed" else readouts(args, extra)

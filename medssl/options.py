@@ -1,0 +1,95 @@
+"""The parts every configuration is composed of. A field is defined once, in its part; the
+pretraining, finetuning and grid configurations inherit the parts they concern, and the CLI and
+`compare` copy parts whole (`part_of`), never field by field, so one flag is one edit.
+
+- DataOptions: which images, how they are split, the duplicate policy;
+- HardwareOptions: the accelerator, processes, precision, loaders, cache;
+- ModelOptions: the backbone and its ImageNet weights;
+- SSLOptions: the pretraining recipe (method, optimiser, schedule, augmentation);
+- RecipeOptions: the finetuning recipe, the same for every prior.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+
+@dataclass(kw_only=True)
+class DataOptions:
+    dataset: str
+    data_root: str | None = None
+    split_seed: int = 0  # seed of the carved val/test splits
+    split_file: str | None = None
+    val_fraction: float | None = None
+    test_fraction: float | None = None
+    read_options: object = None  # ReadOptions: csv column names
+    duplicates: str = "drop"  # copies of one picture: splits.DUPLICATE_POLICIES
+    skip_bad_images: bool = False
+    workers: int | None = None  # processes that decode images in the check pass (default: all cores)
+
+
+@dataclass(kw_only=True)
+class HardwareOptions:
+    accelerator: str = "auto"
+    devices: int | str = 1  # per node; more than one (or nodes) runs DDP: docs/distributed.md
+    num_nodes: int = 1
+    strategy: str = "auto"
+    lr_scaling: str = "linear"  # the lr for the global batch: training/distributed.py
+    precision: str | None = None
+    num_workers: int | None = None
+    cache: bool = True  # the preprocessed image cache; False decodes the originals every time
+    compile: bool = False  # torch.compile the backbone
+    deterministic: bool = False  # deterministic algorithms only (slower on GPUs)
+    max_steps: int = -1  # stop after this many optimiser steps (tests); -1: the epochs decide
+    progress: bool = True
+
+
+@dataclass(kw_only=True)
+class ModelOptions:
+    arch: str | None = None  # unset: the preset's
+    image_size: int | None = None
+    imagenet_weights: str | None = None  # name or file, for an ImageNet init; default IMAGENET1K_V1
+
+
+@dataclass(kw_only=True)
+class SSLOptions:
+    method: str = "simclr"  # a name from training.methods (SimCLR: the study's)
+    method_options: dict = field(default_factory=dict)  # the method's settings beyond its defaults
+    epochs: int | None = None  # unset values: the preset's
+    batch_size: int | None = None
+    lr: float | None = None
+    weight_decay: float = 1e-6
+    warmup_epochs: int | None = None
+    optimizer: str = "adam"
+    exclude_bn_bias: bool = False
+    augment: str | None = None  # augmentation preset: study or xray (default: the dataset's)
+    augment_overrides: dict = field(default_factory=dict)  # lightly SimCLRTransform knobs
+
+
+@dataclass(kw_only=True)
+class RecipeOptions:
+    epochs: int | None = None  # unset values: the preset's
+    batch_size: int | None = None
+    lr: float | None = None
+    weight_decay: float = 1e-6
+    head: str = "linear"
+    freeze_epochs: int = 0
+    bn_eval: bool = False
+    class_weights: bool = False
+    balanced_sampling: bool = False
+    select: str = "loss"
+
+
+def part_of(obj, *parts) -> dict:
+    """The values of `obj` for every field of `parts`, as keyword arguments for another config."""
+    return {f.name: getattr(obj, f.name) for part in parts for f in fields(part)}
+
+
+def data_config(cfg):
+    """The data layer's DataConfig from a configuration's DataOptions."""
+    from medssl.data import DataConfig
+
+    return DataConfig(dataset=cfg.dataset, data_root=cfg.data_root, seed=cfg.split_seed,
+                      val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
+                      split_file=cfg.split_file, read_options=cfg.read_options,
+                      duplicates=cfg.duplicates)

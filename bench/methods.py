@@ -8,7 +8,8 @@
 `speed` runs each method in its own process (peak memory is per process): a resnet18, batch 32,
 64-px views from the method's own crops, 3 warm-up steps then 10 timed ones, the per-batch colour
 augmentation included. `readouts` runs `medssl pretrain --method X` for each method with the same
-epochs, seed and data, and prints backbone.json's kNN and few-shot accuracy before -> after.
+epochs, seed and data, and prints backbone.json's kNN and few-shot accuracy (plain and balanced)
+before -> after.
 """
 
 from __future__ import annotations
@@ -76,7 +77,8 @@ def readouts(args, extra: list[str]) -> None:
     from medssl.training.methods import method_names
 
     out = Path(args.out)
-    print("| method | kNN before → after | few-shot before → after | wall time |\n|---|---|---|---|")
+    print("| method | kNN before → after | few-shot before → after | balanced kNN | "
+          "balanced few-shot | wall time |\n|---|---|---|---|---|---|")
     for name in args.methods or method_names():
         run = out / name
         cmd = [sys.executable, "-m", "medssl", "pretrain", "--dataset", args.data, "--method", name,
@@ -85,11 +87,13 @@ def readouts(args, extra: list[str]) -> None:
             cmd += ["--data-root", args.data_root]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode:
-            print(f"| {name} | failed: {done.stderr.strip().splitlines()[-1]} | | |", flush=True)
+            print(f"| {name} | failed: {done.stderr.strip().splitlines()[-1]} | | | | |", flush=True)
             continue
         m = json.loads((run / "backbone.json").read_text())
         print(f"| {name} | {m['initial_knn_acc']:.3f} → **{m['final_knn_acc']:.3f}** | "
               f"{m['initial_fewshot_acc']:.3f} → **{m['final_fewshot_acc']:.3f}** | "
+              f"{m['initial_knn_balanced_acc']:.3f} → {m['final_knn_balanced_acc']:.3f} | "
+              f"{m['initial_fewshot_balanced_acc']:.3f} → {m['final_fewshot_balanced_acc']:.3f} | "
               f"{m['wall_time_s']:.0f} s |", flush=True)
 
 

@@ -221,9 +221,10 @@ def training_options() -> argparse.ArgumentParser:
     g.add_argument("--num-nodes", type=positive_int, default=1)
     g.add_argument("--strategy", choices=STRATEGIES, default="auto",
                    help="auto (DDP when there are several devices) or ddp")
-    g.add_argument("--lr-scaling", choices=LR_SCALING, default="linear",
-                   help="how --lr follows the global batch over several processes: "
-                   "x world size (linear, default), x its square root (sqrt), or none")
+    g.add_argument("--lr-scaling", choices=LR_SCALING, default="auto",
+                   help="how --lr follows the global batch over several processes: x world "
+                   "size (linear), x its square root (sqrt), or none; auto (default): sqrt for "
+                   "Adam, linear for LARS")
     g.add_argument("--precision", choices=PRECISIONS, default=None, metavar="PRECISION",
                    help="one of " + ", ".join(PRECISIONS[:6]) + " (default: bf16-mixed on a GPU, "
                    "else 32-true)")

@@ -34,7 +34,7 @@ class HardwareOptions:
     devices: int | str = 1  # per node; more than one (or nodes) runs DDP: docs/distributed.md
     num_nodes: int = 1
     strategy: str = "auto"
-    lr_scaling: str = "linear"  # the lr for the global batch: training/distributed.py
+    lr_scaling: str = "auto"  # the lr for the global batch (auto: sqrt for Adam, linear for LARS)
     precision: str | None = None
     num_workers: int | None = None
     cache: bool = True  # the preprocessed image cache; False decodes the originals every time

@@ -33,6 +33,10 @@ class Preset:
     ssl_aug: tuple = ()
     # Label fractions `medssl compare` runs when --label-fractions is not given.
     label_fractions: tuple = (1.0,)
+    # Labels that are grades (IDRiD's 0-4): quadratic weighted kappa is reported too.
+    ordinal: bool = False
+    # Binary tasks: the class sensitivity is measured for (default: the last class).
+    positive_class: str | None = None
 
 
 def _grey(m: float, s: float) -> dict:
@@ -50,10 +54,10 @@ PRESETS: dict[str, Preset] = {
                       finetune_batch_size=32, finetune_epochs=200, finetune_lr=1e-5, augment="xray"),
     "chest_xray": Preset(ssl_batch_size=128, ssl_epochs=200, **_grey(0.5346, 0.2793),
                          finetune_batch_size=128, finetune_epochs=100, finetune_lr=1e-5,
-                         augment="xray"),
+                         augment="xray", positive_class="PNEUMONIA"),
     "idrid": Preset(ssl_batch_size=32, ssl_epochs=200, mean=(0.4746, 0.3126, 0.2146),
                     std=(0.2818, 0.2516, 0.2050), finetune_batch_size=16, finetune_epochs=100,
-                    finetune_lr=1e-4, flips="h"),
+                    finetune_lr=1e-4, flips="h", ordinal=True),
     # Small enough for a 2-core CPU in minutes; same code path as the real presets.
     # Crops of at least a quarter of the image: at 64 px a smaller crop is mostly skin. With 10% of
     # the labels too, the demo shows the regime where self-supervision is expected to matter.

@@ -73,16 +73,21 @@ def test_ntxent_gathered_over_two_ranks_equals_one_process_on_the_whole_batch():
 
 
 def _metrics_on_my_share(rank, probs, labels):
-    from medssl.training.classifier import epoch_metrics
+    from medssl.training.classifier import epoch_metrics, epoch_values
 
     mine = list(sampling.ShardSampler(len(labels)))  # this rank's share of the val set
     metrics = epoch_metrics(3)
     metrics.update(probs[mine], labels[mine])
-    return {k: v.tolist() for k, v in metrics.compute().items()}  # torchmetrics syncs here
+    computed = metrics.compute()  # torchmetrics syncs here
+    return _flat(computed) | {f"logged_{k}": float(v) for k, v in epoch_values(computed).items()}
+
+
+def _flat(computed):
+    return {k: v.flatten().tolist() for k, v in computed.items()}
 
 
 def test_validation_metrics_over_two_ranks_equal_one_process_on_all_images():
-    from medssl.training.classifier import epoch_metrics
+    from medssl.training.classifier import epoch_metrics, epoch_values
 
     g = torch.Generator().manual_seed(1)
     probs = torch.rand(11, 3, generator=g).softmax(dim=1)  # 11: the shares are uneven
@@ -90,7 +95,8 @@ def test_validation_metrics_over_two_ranks_equal_one_process_on_all_images():
     per_rank = run_two_ranks(_metrics_on_my_share, probs, labels)
     metrics = epoch_metrics(3)
     metrics.update(probs, labels)
-    whole = {k: v.tolist() for k, v in metrics.compute().items()}
+    computed = metrics.compute()
+    whole = _flat(computed) | {f"logged_{k}": float(v) for k, v in epoch_values(computed).items()}
     for rank in (0, 1):
         assert per_rank[rank].keys() == whole.keys()
         for k in whole:
@@ -155,7 +161,8 @@ def test_two_process_pretraining_and_finetuning_write_one_set_of_outputs(tmp_pat
     assert out.stdout.count("backbone written") == 1
     meta = json.loads((ssl / "backbone.json").read_text())
     assert meta["world_size"] == 2 and meta["global_batch_size"] == 8
-    assert meta["lr_used"] == pytest.approx(2 * meta["lr"])  # linear scaling by default
+    # Adam (the default optimiser) follows the global batch by its square root by default.
+    assert meta["lr_scaling"] == "sqrt" and meta["lr_used"] == pytest.approx(2 ** 0.5 * meta["lr"])
     # A torchvision ResNet loads it strictly, and one process wrote each row of the log.
     from medssl.models import build_backbone, load_backbone_file
 
@@ -168,7 +175,7 @@ def test_two_process_pretraining_and_finetuning_write_one_set_of_outputs(tmp_pat
                  "--ssl-checkpoint", ssl, "--epochs", "2", "--out", run, *DDP, *FAST)
     assert out.stdout.count("metrics written") == 1
     m = json.loads((run / "metrics.json").read_text())
-    assert m["world_size"] == 2
+    assert m["world_size"] == 2 and m["lr_scaling"] == "sqrt"
     split = pd.read_csv(run / "split.csv")
     # Predictions of every image, once: not a share of one process.
     for name in ("val", "test"):
@@ -208,3 +215,36 @@ def test_two_process_compare_runs_the_grid_once(tmp_path):
     assert out.stdout.count("results:") == 1
     assert len(list(grid.rglob("finished.json"))) == 3  # SimCLR, M1, M2
     assert sorted(pd.read_csv(grid / "results.csv")["model"]) == ["M1", "M2"]
+
+
+def _colour_of_my_batch(rank):
+    from medssl.data.transforms import method_views, simclr_settings
+    from medssl.models import build_backbone, feature_dim
+    from medssl.presets import IMAGENET_MEAN, IMAGENET_STD
+    from medssl.training.methods import get_method
+
+    method = get_method("simclr")
+    settings = simclr_settings(16, "study")
+    _, colour = method_views(method.views(16, settings), 16, settings, IMAGENET_MEAN, IMAGENET_STD)
+    module = method(build_backbone("resnet18"), feature_dim("resnet18"), batch_transform=colour)
+    # Both ranks hold the very same images at the same step: only the draws can differ.
+    views = [torch.full((2, 3, 16, 16), 128, dtype=torch.uint8) for _ in range(2)]
+    out, _ = module.on_after_batch_transfer((views, torch.zeros(2)), 0)
+    return [v.tolist() for v in out]
+
+
+def test_ddp_ranks_draw_their_own_colour_augmentation():
+    per_rank = run_two_ranks(_colour_of_my_batch)
+    assert per_rank[0] != per_rank[1]
+    # and a single process still draws its own (seed, step) stream, the same each time
+    alone = _colour_of_my_batch(0)
+    assert alone == _colour_of_my_batch(0) and alone != per_rank[1]
+
+
+def test_lr_follows_the_global_batch_by_the_optimisers_rule():
+    from medssl.training.distributed import scaled_lr
+
+    assert scaled_lr(1e-3, 4, "auto", "adam") == pytest.approx(2e-3)  # sqrt for Adam
+    assert scaled_lr(1e-3, 4, "auto", "lars") == pytest.approx(4e-3)  # linear for LARS
+    assert scaled_lr(1e-3, 4, "linear", "adam") == pytest.approx(4e-3)  # as asked
+    assert scaled_lr(1e-3, 4, "none", "lars") == pytest.approx(1e-3)

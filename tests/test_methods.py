@@ -167,3 +167,53 @@ def test_compare_runs_every_method_into_one_table(tmp_path, cli):
         {"ssl-random", "ssl-byol-random", "ssl-swav-random"}
     meta = json.loads((out / "M2-byol" / "seed0" / "metrics.json").read_text())
     assert meta["prior"]["method"] == "byol" and meta["model"] == "M2-byol"
+
+
+def test_compare_pretrains_supcon_on_each_runs_own_labels(tmp_path, cli):
+    """At a label fraction, supcon is pretrained per (fraction, seed) on exactly the labelled train
+    images that finetuning run uses, and the table says the prior is supervised."""
+    import pandas as pd
+
+    from medssl.data.splits import label_subset
+
+    root = fx.make_covid19(tmp_path, per_class=8)
+    out = tmp_path / "grid"
+    code, stdout, err = cli("compare", "--dataset", "covid19", "--data-root", root, "--models",
+                            "M1", "M2-supcon", "--label-fractions", "1.0", "0.5", "--seeds", "0",
+                            "1", "--epochs", "1", "--ssl-epochs", "1", "--out", out, "--arch",
+                            "resnet18", "--image-size", "32", "--batch-size", "4",
+                            "--ssl-batch-size", "4", "--num-workers", "0")
+    assert code == 0, err
+    full = out / "ssl-supcon-random"
+    assert json.loads((full / "backbone.json").read_text())["label_fraction"] == 1.0
+    for seed in (0, 1):
+        pre = full / "frac0.5" / f"seed{seed}"
+        meta = json.loads((pre / "backbone.json").read_text())
+        assert meta["supervised"] and meta["label_fraction"] == 0.5 and meta["seed"] == seed
+        run = out / "M2-supcon" / "frac0.5" / f"seed{seed}"
+        split = pd.read_csv(run / "split.csv")
+        labelled = label_subset(split, 0.5, seed)
+        seen = pd.read_csv(pre / "labelled_train.csv")
+        assert sorted(seen["path"]) == sorted(labelled["path"])
+        assert meta["labelled_train_images"] == len(labelled) < (split["split"] == "train").sum()
+        prior = json.loads((run / "metrics.json").read_text())["prior"]
+        assert prior["ssl_checkpoint"].startswith(str(pre))
+    results = pd.read_csv(out / "results.csv")
+    assert set(zip(results["model"], results["label_fraction"])) == \
+        {("M1", 1.0), ("M1", 0.5), ("M2-supcon", 1.0), ("M2-supcon", 0.5)}
+    assert "M2-supcon: a supervised prior" in (out / "results.md").read_text()
+
+
+def test_moco_queue_fits_a_small_dataset_unless_the_user_set_it():
+    from medssl.training.pretrain import fitted_options
+
+    moco = get_method("moco")
+    # 1221 train images (the digits set) in batches of 128: at most half of them, in whole batches.
+    assert fitted_options(moco, dict(moco.defaults), {}, 1221, 128)["queue_size"] == 512
+    # ImageNet-sized data keeps the published queue.
+    assert fitted_options(moco, dict(moco.defaults), {}, 1_281_167, 256)["queue_size"] == 4096
+    asked = {"queue_size": 4096}
+    assert fitted_options(moco, {**moco.defaults, **asked}, asked, 1221, 128)["queue_size"] == 4096
+    # Methods without data-dependent defaults are unchanged.
+    simclr = get_method("simclr")
+    assert fitted_options(simclr, dict(simclr.defaults), {}, 100, 32) == simclr.defaults

@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import (MulticlassAccuracy, MulticlassAUROC, MulticlassF1Score,
-                                         MulticlassRecall)
+                                         MulticlassRecall, MulticlassStatScores)
 
-from medssl.data.sampling import stream_seed
+from medssl.data.sampling import shard, stream_seed
 from medssl.training.distributed import scaled_lr
 from medssl.training.run_logs import log_now
 
@@ -41,14 +41,34 @@ def make_head(kind: str, in_dim: int, num_classes: int) -> nn.Module:
 
 
 def epoch_metrics(num_classes: int) -> MetricCollection:
-    """The per-epoch scalars every model logs. Balanced accuracy is macro-averaged recall."""
+    """The per-epoch metrics every model logs, per class where an average must skip the classes
+    absent from the split (`epoch_values`)."""
     return MetricCollection({
         "acc": MulticlassAccuracy(num_classes, average="micro"),
-        "balanced_acc": MulticlassRecall(num_classes, average="macro"),
-        "macro_f1": MulticlassF1Score(num_classes, average="macro"),
-        "auroc": MulticlassAUROC(num_classes, average="macro"),
-        "recall": MulticlassRecall(num_classes, average="none"),  # per class
+        "recall": MulticlassRecall(num_classes, average="none"),
+        "f1": MulticlassF1Score(num_classes, average="none"),
+        "auroc": MulticlassAUROC(num_classes, average="none"),
+        "stats": MulticlassStatScores(num_classes, average="none"),  # tp, fp, tn, fn, support
     })
+
+
+def epoch_values(computed: dict) -> dict:
+    """The logged scalars from `epoch_metrics`: balanced accuracy (mean recall), macro-F1 and
+    AUROC averaged over the classes present (F1: or predicted), as `metrics.classification_metrics`
+    does for the final numbers."""
+    import math
+
+    stats = computed["stats"]
+    support, predicted = stats[:, 4], stats[:, 0] + stats[:, 1]
+    present = support > 0
+    scorable = present & (support < support.sum())
+
+    def mean(values, mask):
+        return values[mask].mean() if mask.any() else torch.tensor(math.nan)
+
+    return {"acc": computed["acc"], "balanced_acc": mean(computed["recall"], present),
+            "macro_f1": mean(computed["f1"], present | (predicted > 0)),
+            "auroc": mean(computed["auroc"], scorable)}
 
 
 class Classifier(pl.LightningModule):
@@ -56,7 +76,7 @@ class Classifier(pl.LightningModule):
                  weight_decay: float = 1e-6, head: str = "linear", freeze_epochs: int = 0,
                  bn_eval: bool = False, class_weights: torch.Tensor | None = None,
                  input_transform: nn.Module | None = None, compile_model: bool = False,
-                 seed: int = 0, lr_scaling: str = "linear"):
+                 seed: int = 0, lr_scaling: str = "auto"):
         super().__init__()
         self.save_hyperparameters(ignore=["backbone", "class_weights", "input_transform"])
         self.backbone = backbone.to(memory_format=torch.channels_last)
@@ -87,7 +107,10 @@ class Classifier(pl.LightningModule):
     def on_train_epoch_start(self):
         # Dropout (the mlp head) draws from the global RNG: a stream per epoch, so that a run
         # resumed at epoch k draws what an uninterrupted run draws there.
-        torch.manual_seed(stream_seed(self.hparams.seed, self.current_epoch))
+        # Under DDP each rank its own stream (the same masks on every rank would repeat).
+        rank, world = shard()
+        torch.manual_seed(stream_seed(self.hparams.seed, self.current_epoch,
+                                      *((rank,) if world > 1 else ())))
         frozen = self._backbone_frozen()
         for p in self.backbone.parameters():
             p.requires_grad_(not frozen)
@@ -124,9 +147,9 @@ class Classifier(pl.LightningModule):
 
     def _log_epoch(self, stage: str) -> dict:
         computed = self.metrics[f"m_{stage}"].compute()
-        recall = computed.pop("recall")
-        values = {f"{stage}/{k}": v for k, v in computed.items()}
-        values.update({f"{stage}/recall/{c}": r for c, r in zip(self.hparams.classes, recall)})
+        values = {f"{stage}/{k}": v for k, v in epoch_values(computed).items()}
+        values.update({f"{stage}/recall/{c}": r
+                       for c, r in zip(self.hparams.classes, computed["recall"])})
         values[f"{stage}/loss"] = self.losses[f"m_{stage}"].compute()
         if stage == "train":
             log_now(self.trainer, values)  # before this epoch's checkpoint, see log_now

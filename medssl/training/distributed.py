@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # torch is imported where it is used: the CLI starts without it
     import torch
 
-LR_SCALING = ("linear", "sqrt", "none")
+LR_SCALING = ("auto", "linear", "sqrt", "none")
 STRATEGIES = ("auto", "ddp")
 
 
@@ -93,12 +93,23 @@ def gather_shards(local: torch.Tensor, n: int) -> torch.Tensor:
     return full
 
 
-def scaled_lr(lr: float, world_size: int, rule: str) -> float:
-    """The learning rate for `world_size` processes, `lr` being the one for a single process
-    with the same per-process batch: × world size (linear, as for SimCLR's LARS), × its square
-    root (sqrt, often better for Adam), or unchanged (none)."""
+def scaling_rule(rule: str, optimizer: str) -> str:
+    """`auto`: the square root for Adam, linear for LARS and SGD. Adam's update is normalised
+    by its second moment, so a batch k times larger (gradient noise k times smaller in variance)
+    calls for about √k the step (Malladi et al. 2022, Granziol et al. 2022); the linear rule
+    (Goyal et al. 2017) is the one for SGD-like optimisers, SimCLR's LARS among them."""
     if rule not in LR_SCALING:
         raise ValueError(f"unknown lr scaling {rule!r}; expected one of {LR_SCALING}")
+    if rule == "auto":
+        return "sqrt" if optimizer == "adam" else "linear"
+    return rule
+
+
+def scaled_lr(lr: float, world_size: int, rule: str, optimizer: str = "adam") -> float:
+    """The learning rate for `world_size` processes, `lr` being the one for a single process
+    with the same per-process batch: × world size (linear), × its square root (sqrt), or
+    unchanged (none); `auto` chooses by optimiser (`scaling_rule`)."""
+    rule = scaling_rule(rule, optimizer)
     factor = {"linear": world_size, "sqrt": math.sqrt(world_size), "none": 1}[rule]
     return lr * factor
 

@@ -142,8 +142,9 @@ def _train(cfg: FinetuneConfig) -> Path:
     from medssl.training.loaders import (AtomicCheckpointIO, SamplerEpochCheck, default_precision,
                                          every_epoch_checkpoint, fit, make_loader, open_cache,
                                          resume_point)
-    from medssl.training.metrics import classification_metrics
-    from medssl.training.distributed import barrier, is_rank_zero, scaled_lr, trainer_options
+    from medssl.training.metrics import classification_metrics, metric_options
+    from medssl.training.distributed import (barrier, is_rank_zero, scaled_lr, scaling_rule,
+                                             trainer_options)
     from medssl.training.run_logs import run_loggers
 
     out = Path(cfg.out)
@@ -230,12 +231,11 @@ def _train(cfg: FinetuneConfig) -> Path:
     names = list(loaders)
     outputs = trainer.predict(module, [loaders[s] for s in names], return_predictions=True)
     if trainer.is_global_zero:
-        results, predictions = {}, {}
-        for split, batches in zip(names, outputs):
-            probs = torch.cat(batches)
-            labels = torch.tensor(loaders[split].dataset.targets)
-            results[split] = classification_metrics(probs, labels, table.classes)
-            predictions[split] = probs
+        predictions = {split: torch.cat(batches) for split, batches in zip(names, outputs)}
+        truth = {split: torch.tensor(loaders[split].dataset.targets) for split in names}
+        task = metric_options(p, table.classes, predictions["val"], truth["val"])
+        results = {split: classification_metrics(predictions[split], truth[split], table.classes,
+                                                 **task) for split in names}
         for split in ("val", "test"):
             write_predictions(out / f"{split}_predictions.csv", loaders[split].dataset, table,
                               predictions[split])
@@ -253,6 +253,7 @@ def _train(cfg: FinetuneConfig) -> Path:
             "epochs_trained": trainer.current_epoch, "classes": table.classes,
             "world_size": trainer.world_size,
             "lr_used": scaled_lr(cfg.lr, trainer.world_size, cfg.lr_scaling),
+            "lr_scaling": scaling_rule(cfg.lr_scaling, "adam"),
             "train": results["train"], "val": results["val"], "test": results["test"],
             "prior": source, "split_file": "split.csv", "data": data_info,
             "medssl_version": __version__, "wall_time_s": round(time.time() - started, 1),

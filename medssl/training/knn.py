@@ -1,9 +1,9 @@
 """Does pretraining learn? Two read-outs of frozen backbone features, labelled train split vs val.
 
 - kNN: predict every val image from its k=20 nearest train images by cosine similarity
-  (lightly's weighted vote), logged as `val_knn_acc`;
+  (lightly's weighted vote), logged as `val_knn_acc` and `val_knn_balanced_acc`;
 - few-shot linear probe: logistic regression on 5 labelled train images per class, averaged over
-  10 draws, logged as `val_fewshot_acc`.
+  10 draws, logged as `val_fewshot_acc` and `val_fewshot_balanced_acc`.
 Both are measured once before the first step (the prior's own score, the baseline to beat) and
 after every epoch, in eval mode without augmentation.
 """
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from lightly.utils.benchmarking import knn_predict
 
 from medssl.training.distributed import gather_shards
-from medssl.training.probe import few_shot_accuracy
+from medssl.training.probe import few_shot_scores
 from medssl.training.run_logs import log_now
 
 log = logging.getLogger("medssl")
@@ -42,11 +42,21 @@ def embed(backbone: torch.nn.Module, loader, device, normalize=None) -> tuple[to
     return gather_shards(feats, n), gather_shards(labels, n)
 
 
-def knn_accuracy(train_feats, train_labels, val_feats, val_labels, num_classes: int,
-                 k: int = 20, temperature: float = 0.1) -> float:
+def knn_scores(train_feats, train_labels, val_feats, val_labels, num_classes: int,
+               k: int = 20, temperature: float = 0.1) -> dict:
+    """kNN accuracy and balanced accuracy (mean recall over the classes in val) on val."""
+    from sklearn.metrics import balanced_accuracy_score
+
     k = min(k, len(train_feats))
     pred = knn_predict(val_feats, train_feats.T, train_labels, num_classes, k, temperature)[:, 0]
-    return (pred == val_labels).float().mean().item()
+    return {"acc": (pred == val_labels).float().mean().item(),
+            "balanced_acc": float(balanced_accuracy_score(val_labels.numpy(), pred.numpy()))}
+
+
+def knn_accuracy(train_feats, train_labels, val_feats, val_labels, num_classes: int,
+                 k: int = 20, temperature: float = 0.1) -> float:
+    return knn_scores(train_feats, train_labels, val_feats, val_labels, num_classes, k,
+                      temperature)["acc"]
 
 
 def evaluate_features(backbone: torch.nn.Module, train_loader, val_loader, num_classes: int,
@@ -60,8 +70,10 @@ def evaluate_features(backbone: torch.nn.Module, train_loader, val_loader, num_c
         vf, vl = embed(backbone, val_loader, device, normalize)
     finally:
         backbone.train(was_training)
-    return {"knn_acc": knn_accuracy(tf, tl, vf, vl, num_classes, k),
-            "fewshot_acc": few_shot_accuracy(tf, tl, vf, vl, shots=shots, seed=seed)}
+    knn = knn_scores(tf, tl, vf, vl, num_classes, k)
+    shot = few_shot_scores(tf, tl, vf, vl, shots=shots, seed=seed)
+    return {"knn_acc": knn["acc"], "knn_balanced_acc": knn["balanced_acc"],
+            "fewshot_acc": shot["acc"], "fewshot_balanced_acc": shot["balanced_acc"]}
 
 
 class KNNMonitor(pl.Callback):
@@ -86,8 +98,7 @@ class KNNMonitor(pl.Callback):
     def on_train_epoch_end(self, trainer, pl_module):
         self.last = self.measure(pl_module.backbone, pl_module.device)
         # Written at once, before the epoch's checkpoint (see run_logs.log_now).
-        log_now(trainer, {"val_knn_acc": self.last["knn_acc"],
-                          "val_fewshot_acc": self.last["fewshot_acc"]})
+        log_now(trainer, {f"val_{k}": v for k, v in self.last.items()})
         # This hook runs before the module's, which logs and resets the epoch's mean loss.
         loss = pl_module.epoch_loss.compute() if hasattr(pl_module, "epoch_loss") else None
         # One line per epoch: the progress a log file or a batch job shows.

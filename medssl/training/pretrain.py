@@ -86,6 +86,23 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
         return _train(cfg)
 
 
+def fitted_options(method, options: dict, asked: dict, train_images: int, batch_size: int) -> dict:
+    """The method's settings for this dataset: its defaults fitted to the data
+    (`SSLMethod.fit_to_data`), a value the user set kept as set."""
+    fitted = method.fit_to_data(dict(options), train_images, batch_size)
+    for key, value in fitted.items():
+        if value == options[key]:
+            continue
+        if key in asked:
+            log.warning("%s=%s kept as set; for %d train images per process %s would use %s",
+                        key, options[key], train_images, method.title, value)
+            fitted[key] = options[key]
+        else:
+            log.info("%s: %s=%s for %d train images per process (default %s)", method.title, key,
+                     value, train_images, options[key])
+    return fitted
+
+
 def _train(cfg: PretrainConfig) -> Path:
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import LearningRateMonitor
@@ -101,7 +118,7 @@ def _train(cfg: PretrainConfig) -> Path:
                                          every_epoch_checkpoint, fit, make_loader, open_cache,
                                          resume_point)
     from medssl.training.distributed import (barrier, is_rank_zero, planned_world_size,
-                                             scaled_lr, trainer_options)
+                                             scaled_lr, scaling_rule, trainer_options)
     from medssl.training.run_logs import run_loggers
     from medssl.data.splits import label_subset
     from medssl.data.transforms import method_views
@@ -128,8 +145,6 @@ def _train(cfg: PretrainConfig) -> Path:
     method = get_method(cfg.method)
     options = {**method.defaults, **cfg.method_options}
     settings = simclr_settings(cfg.image_size, cfg.augment, **cfg.augment_overrides)
-    views = method.views(cfg.image_size, settings, **options)
-    crops, colour = method_views(views, cfg.image_size, settings, p.mean, p.std)
     # A supervised method (supcon) sees the labelled train images only: at a label fraction,
     # that fraction's (the same seeded subset finetuning uses).
     rows = label_subset(table.samples, cfg.label_fraction, cfg.seed) if method.uses_labels \
@@ -145,6 +160,9 @@ def _train(cfg: PretrainConfig) -> Path:
         log.warning("--batch-size %d is above the %d train images%s: batches of %d instead",
                     cfg.batch_size, share, " of each process" if share < n_train else "", share)
         cfg.batch_size = share
+    options = fitted_options(method, options, cfg.method_options, share, cfg.batch_size)
+    views = method.views(cfg.image_size, settings, **options)
+    crops, colour = method_views(views, cfg.image_size, settings, p.mean, p.std)
     cache = open_cache(table, cfg)
     train_loader = make_loader(table, rows, crops, cfg, cache,
                                train=True, drop_last=True, start_epoch=resume_at[0] if resume_at else 0)
@@ -177,6 +195,7 @@ def _train(cfg: PretrainConfig) -> Path:
         loss = module.last_epoch_loss
         meta = {
             "method": cfg.method, "method_title": method.title, "method_settings": options,
+            "method_settings_asked": {**method.defaults, **cfg.method_options},
             "supervised": method.uses_labels, "label_fraction": cfg.label_fraction,
             "labelled_train_images": n_train if method.uses_labels else 0,
             "views": [{"size": v.size, "scale": list(v.scale), "colour": v.colour} for v in views],
@@ -187,14 +206,14 @@ def _train(cfg: PretrainConfig) -> Path:
             "epochs": trainer.current_epoch, "steps": trainer.global_step,
             "batch_size": batch_size, "world_size": trainer.world_size,
             "global_batch_size": batch_size * trainer.world_size, "lr": cfg.lr,
-            "lr_used": scaled_lr(cfg.lr, trainer.world_size, cfg.lr_scaling),
+            "lr_used": scaled_lr(cfg.lr, trainer.world_size, cfg.lr_scaling, cfg.optimizer),
+            "lr_scaling": scaling_rule(cfg.lr_scaling, cfg.optimizer),
             "augment": cfg.augment,
             "augment_overrides": cfg.augment_overrides, "augmentation": settings,
             "final_loss": float(loss) if loss is not None else None,
-            "final_knn_acc": knn.last and knn.last["knn_acc"],
-            "final_fewshot_acc": knn.last and knn.last["fewshot_acc"],
-            "initial_knn_acc": knn.initial and knn.initial["knn_acc"],
-            "initial_fewshot_acc": knn.initial and knn.initial["fewshot_acc"],
+            **{f"{when}_{key}": (scores or {}).get(key)
+               for when, scores in (("final", knn.last), ("initial", knn.initial))
+               for key in ("knn_acc", "fewshot_acc", "knn_balanced_acc", "fewshot_balanced_acc")},
             "seed": cfg.seed, "split_file": "split.csv",
             "data": data_info, "medssl_version": __version__,
             "wall_time_s": round(time.time() - started, 1),

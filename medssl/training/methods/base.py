@@ -28,7 +28,7 @@ from lightly.utils.scheduler import cosine_warmup_schedule
 from torch import nn
 from torchmetrics import MeanMetric
 
-from medssl.data.sampling import stream_seed
+from medssl.data.sampling import shard, stream_seed
 from medssl.training.distributed import scaled_lr
 from medssl.training.run_logs import log_now
 
@@ -64,6 +64,15 @@ def multi_crop(image_size: int, colour: dict, local_views: int, local_scale: flo
                    for _ in range(local_views)]
 
 
+def augment_seed(seed: int, step: int) -> int:
+    """The seed of one step's colour augmentation: from (seed, step), so a resumed run draws what
+    an uninterrupted one would; and from the rank under DDP, so that each process draws its own
+    parameters for its own images instead of every rank repeating rank 0's. (A single process
+    keeps the (seed, step) stream it always had: published single-process results stand.)"""
+    rank, world = shard()
+    return stream_seed(seed, step) if world == 1 else stream_seed(seed, step, rank)
+
+
 class SSLMethod(pl.LightningModule):
     name = ""
     uses_labels = False  # supervised pretraining (supcon): the labelled train images only
@@ -71,7 +80,7 @@ class SSLMethod(pl.LightningModule):
     def __init__(self, backbone: nn.Module, feature_dim: int, lr: float = 1e-3,
                  weight_decay: float = 1e-6, warmup_epochs: int = 10, optimizer: str = "adam",
                  exclude_bn_bias: bool = False, batch_transform: nn.Module | None = None,
-                 compile_model: bool = False, seed: int = 0, lr_scaling: str = "linear",
+                 compile_model: bool = False, seed: int = 0, lr_scaling: str = "auto",
                  **settings):
         super().__init__()
         self.save_hyperparameters(ignore=["backbone", "batch_transform"])
@@ -94,6 +103,14 @@ class SSLMethod(pl.LightningModule):
     @staticmethod
     def views(image_size: int, colour: dict, **settings) -> list[View]:
         return two_views(image_size, colour)
+
+    @staticmethod
+    def fit_to_data(settings: dict, train_images: int, batch_size: int) -> dict:
+        """The defaults adjusted to a dataset of `train_images` per process read in batches of
+        `batch_size`. Published defaults assume ImageNet; a method whose default breaks on a
+        small dataset (MoCo's queue) overrides this. The pretraining driver applies the changes
+        to the defaults only, never to a value the user set, and records both."""
+        return settings
 
     def loss(self, views: list[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -128,8 +145,7 @@ class SSLMethod(pl.LightningModule):
     def on_after_batch_transfer(self, batch, dataloader_idx):
         views, labels = batch
         if self.batch_transform is not None and views[0].dtype == torch.uint8:
-            # Seeded by (seed, step): a resumed run draws what an uninterrupted one would.
-            g = torch.Generator().manual_seed(stream_seed(self.hparams.seed, self.global_step))
+            g = torch.Generator().manual_seed(augment_seed(self.hparams.seed, self.global_step))
             views = self.batch_transform(list(views), generator=g)
         return list(views), labels
 
@@ -165,7 +181,7 @@ class SSLMethod(pl.LightningModule):
         groups = [{"params": decay, "weight_decay": hp.weight_decay},
                   {"params": no_decay, "weight_decay": 0.0}]
         # `lr` is for one process's batch; several processes train on a larger global batch.
-        lr = scaled_lr(hp.lr, self.trainer.world_size, hp.lr_scaling)
+        lr = scaled_lr(hp.lr, self.trainer.world_size, hp.lr_scaling, hp.optimizer)
         if hp.optimizer == "lars":
             opt = LARS(groups, lr=lr, momentum=0.9)
         else:

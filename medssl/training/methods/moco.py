@@ -1,6 +1,6 @@
 """MoCo v2 (Chen et al. 2020): a query encoder learns to pick its key, made by a momentum copy of
 itself, among 4096 keys of earlier batches held in a queue (lightly's memory bank, a buffer, so
-checkpoints keep it and resume is exact)."""
+checkpoints keep it and resume is exact); at most half the train images on a small dataset."""
 
 from lightly.loss import NTXentLoss
 from lightly.models.modules import MoCoProjectionHead
@@ -13,6 +13,16 @@ from medssl.training.methods.base import SSLMethod
 class MoCo(SSLMethod):
     name = "moco"
     defaults = {"temperature": 0.2, "queue_size": 4096, "momentum": 0.99, "projection_dim": 128}
+
+    @staticmethod
+    def fit_to_data(settings, train_images, batch_size):
+        # MoCo's 4096 keys are 0.3% of ImageNet. On a small dataset a queue near its size holds
+        # keys of the very images being queried, from earlier steps, as negatives (on the digits
+        # set, 4096 keys of 1221 images made the backbone worse than its random init). A queue of
+        # at most half the images, in whole batches (lightly's bank drops a batch's overflow),
+        # holds few of them.
+        fitting = max(batch_size, (train_images // 2) // batch_size * batch_size)
+        return {**settings, "queue_size": min(settings["queue_size"], fitting)}
 
     def build(self, feature_dim, temperature=0.2, queue_size=4096, momentum=0.99,
               projection_dim=128):

@@ -250,6 +250,15 @@ def finetune_recipe_options() -> argparse.ArgumentParser:
                    help="linear (default) or mlp, the study's 3-layer head")
     g.add_argument("--select", choices=["loss", "acc", "balanced_acc", "macro_f1", "auroc"],
                    default="loss", help="val metric that selects the checkpoint (default loss)")
+    g.add_argument("--full-val", action="store_true",
+                   help="at a label fraction below 1, select on the whole val split (default: a "
+                   "val split subsampled with the same fraction, stratified, at least one image "
+                   "per class, as a user with that few labels would have)")
+    g.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant",
+                   help="finetuning learning rate: constant (the study's) or cosine decay to 0")
+    g.add_argument("--lr-grid", type=float, nargs="+", metavar="LR",
+                   help="choose each model's learning rate among these on val (the first seed's "
+                   "runs), then use it for every seed; replaces --lr")
     g.add_argument("--class-weights", action="store_true",
                    help="weight the training loss by inverse class frequency")
     g.add_argument("--balanced-sampling", action="store_true",
@@ -399,7 +408,12 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                          allow_other_dataset=args.allow_other_dataset, seed=args.seed,
                          label_fraction=args.label_fraction, out=args.out, resume=args.resume,
                          force=args.force, **part_from_args(args, RecipeOptions), **shared(args))
-    out = run_finetune(cfg)
+    if cfg.lr_grid:
+        from medssl.experiments.lr_search import finetune_with_lr_grid
+
+        out = finetune_with_lr_grid(cfg)
+    else:
+        out = run_finetune(cfg)
     if is_rank_zero():
         print(f"metrics written to {out / 'metrics.json'}")
     return 0
@@ -417,6 +431,9 @@ def add_compare_args(p: argparse.ArgumentParser) -> None:
                    help="label fractions to finetune at (default 1.0; the demo 1.0 and 0.1)")
     g.add_argument("--out", help="the grid's folder (default runs/<dataset>)")
     g.add_argument("--images-dir", help="also copy the figures here (e.g. Images/)")
+    g.add_argument("--ssl-per-seed", action="store_true",
+                   help="pretrain once per finetuning seed (seed k finetunes from pretraining k), "
+                   "so that the sd of M2/M4 includes the variance of pretraining")
     g.add_argument("--resume", action="store_true",
                    help="continue interrupted runs from their last checkpoint")
     add_ssl_flags(p.add_argument_group("pretraining in the grid (every SSL method gets these; "
@@ -432,6 +449,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     cfg = CompareConfig(models=args.models, ssl_methods=args.ssl_methods, seeds=args.seeds,
                         label_fractions=args.label_fractions, out=args.out,
                         images_dir=args.images_dir, resume=args.resume, ssl=ssl,
+                        ssl_per_seed=args.ssl_per_seed,
                         recipe=RecipeOptions(**part_from_args(args, RecipeOptions)), **shared(args))
     table, base = run_compare(cfg)
     if table:  # empty in the other processes of a distributed run
@@ -446,16 +464,29 @@ def cmd_report(args: argparse.Namespace) -> int:
     from medssl.oserrors import writable_folder
     from medssl.report.build import build_report
 
-    runs = Path(args.runs)
-    if not runs.is_dir():
-        what = "is a file, not a grid folder" if runs.exists() else "does not exist"
-        raise MedsslError(f"{runs} {what}. Fix: pass the folder `medssl compare` wrote (its "
-                          "--out, by default runs/<dataset>).")
-    writable_folder(runs, "the grid folder", "report from a copy of the grid in a folder you can "
-                    "write to (results.csv, results.md and the figures are written there)")
+    grids = [Path(r) for r in args.runs]
+    for runs in grids:
+        if not runs.is_dir():
+            what = "is a file, not a grid folder" if runs.exists() else "does not exist"
+            raise MedsslError(f"{runs} {what}. Fix: pass the folder `medssl compare` wrote (its "
+                              "--out, by default runs/<dataset>).")
+        writable_folder(runs, "the grid folder", "report from a copy of the grid in a folder you "
+                        "can write to (results.csv, results.md and the figures are written there)")
     if args.images_dir:
         writable_folder(args.images_dir, "--images-dir")
-    print(build_report(runs, images_dir=args.images_dir))
+    if len(grids) == 1 and not args.out:
+        print(build_report(grids[0], images_dir=args.images_dir))
+        return 0
+    if not args.out:
+        raise MedsslError(f"{len(grids)} grids: a summary across datasets needs --out DIR for "
+                          "summary.md, summary.csv and its figure.")
+    if args.images_dir:
+        raise MedsslError("--images-dir copies one grid's figures: report each grid alone for it.")
+    from medssl.report.summary import write_summary
+
+    writable_folder(args.out, "--out")
+    print(write_summary(grids, Path(args.out)))
+    print(f"summary: {Path(args.out) / 'summary.md'}, {Path(args.out) / 'summary.csv'}")
     return 0
 
 
@@ -491,8 +522,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_compare_args(p)
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("report", help="rebuild results and figures from finished runs")
-    p.add_argument("runs", help="a grid folder, e.g. runs/demo")
+    p = sub.add_parser("report", help="rebuild results and figures from finished runs; with "
+                       "several grids, a summary across datasets")
+    p.add_argument("runs", nargs="+", help="a grid folder, e.g. runs/demo; or several, one per "
+                   "dataset, with --out")
+    p.add_argument("--out", help="with several grids: the folder for summary.md, summary.csv "
+                   "and summary_accuracy.png")
     p.add_argument("--images-dir", help="also copy the figures here (e.g. Images/)")
     p.set_defaults(func=cmd_report)
     return parser

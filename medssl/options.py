@@ -78,6 +78,9 @@ class RecipeOptions:
     class_weights: bool = False
     balanced_sampling: bool = False
     select: str = "loss"
+    full_val: bool = False  # at a label fraction: select on the whole val split, not its fraction
+    lr_schedule: str = "constant"  # or cosine
+    lr_grid: list[float] | None = None  # choose --lr among these on val
 
 
 def part_of(obj, *parts) -> dict:

@@ -197,6 +197,9 @@ def test_compare_runs_the_grid_skips_imagenet_offline_reuses_and_reports(tmp_pat
     results = pd.read_csv(out / "results.csv")
     assert sorted(results["model"]) == ["M1", "M2"] and set(results["seeds"]) == {2}
     assert not np.isnan(results.set_index("model").loc["M2", "test_acc_vs_M1_diff"])
+    for metric in ("acc", "balanced_acc", "macro_f1", "auroc"):  # every headline metric, paired
+        for key in ("diff", "low", "high", "p", "p_holm"):
+            assert f"test_{metric}_vs_M1_{key}" in results and f"test_{metric}_vs_M3_{key}" in results
     # The second call trains nothing: every run is reused, unchanged.
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("metrics.json")}
     assert len(stamps) == 4

@@ -72,7 +72,10 @@ def kill_and_resume(cmd, out: Path, duration: float, rng: random.Random, done) -
         else:  # once this attempt has written a new checkpoint, a random moment later
             while proc.poll() is None and (not last.is_file() or last.stat().st_mtime_ns == before):
                 time.sleep(0.02)
-            time.sleep(rng.uniform(0.0, 1.0))
+            # Without a checkpoint before this attempt, kill at once on the first one: a short
+            # run could otherwise finish in the random wait and no resume would be tested.
+            delay = rng.uniform(0.0, 1.0)
+            time.sleep(delay if resume else 0.0)
         if proc.poll() is None:
             # Ctrl-C once; otherwise no chance to clean up, like a lost machine.
             proc.send_signal(signal.SIGINT if attempt == 1 else signal.SIGKILL)

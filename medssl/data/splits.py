@@ -170,15 +170,17 @@ def assign_splits(samples: pd.DataFrame, seed: int = 0, val_fraction: float | No
     return out
 
 
-def label_subset(samples: pd.DataFrame, fraction: float, seed: int) -> pd.DataFrame:
-    """The train rows a run may use labels of: a seeded `fraction` of every class (at least one
-    image per class). The rest of the train split stays available to SSL, without labels."""
+def label_subset(samples: pd.DataFrame, fraction: float, seed: int,
+                 split: str = "train") -> pd.DataFrame:
+    """The rows of `split` a run may use labels of: a seeded `fraction` of every class (at least
+    one image per class). The rest of the train split stays available to SSL, without labels.
+    For val (model selection at a label fraction) the draw is a stream of its own."""
     import numpy as np
 
-    train = samples[samples["split"] == "train"]
+    train = samples[samples["split"] == split]
     if fraction >= 1:
         return train
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed if split == "train" else [seed, SPLITS.index(split)])
     keep = []
     for _, rows in train.groupby("label", sort=True):
         n = max(1, int(round(fraction * len(rows))))

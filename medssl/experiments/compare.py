@@ -36,6 +36,7 @@ class CompareConfig(DataOptions, HardwareOptions, ModelOptions):
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     label_fractions: list[float] | None = None  # default: the preset's (1.0; demo 1.0 and 0.1)
     ssl: SSLOptions = field(default_factory=SSLOptions)
+    ssl_per_seed: bool = False  # one pretraining per finetuning seed (its variance in the sd)
     recipe: RecipeOptions = field(default_factory=RecipeOptions)
     out: str | None = None
     images_dir: str | None = None
@@ -78,8 +79,8 @@ def run_compare(cfg: CompareConfig) -> tuple[str, Path]:
     if not any(prior_of(m).init == "imagenet" for m in cfg.models):
         imagenet_weights_for("random", cfg.imagenet_weights, f"none of {', '.join(cfg.models)}")
     if not cfg.resume:  # as a plain rerun of one run would, refuse to restart interrupted ones
-        interrupted = [run for run in expected_runs(base, cfg.models, cfg.seeds, fractions)
-                       if is_interrupted(run)]
+        interrupted = [run for run in expected_runs(base, cfg.models, cfg.seeds, fractions,
+                                                    cfg.ssl_per_seed) if is_interrupted(run)]
         if interrupted:
             raise MedsslError(f"{len(interrupted)} run(s) of this grid were interrupted (first: "
                               f"{interrupted[0]}). Fix: pass --resume to continue them where they "
@@ -96,6 +97,10 @@ def check_grid_flags(cfg: CompareConfig, base: Path) -> None:
     for flag, lr in (("--lr", cfg.recipe.lr), ("--ssl-lr", cfg.ssl.lr)):
         if lr is not None:
             check_lr(lr, flag)
+    if cfg.recipe.lr_grid:
+        from medssl.experiments.lr_search import check_grid
+
+        check_grid(cfg.recipe.lr_grid, cfg.recipe.lr)
     check_hardware(cfg)
     check_places(base, cfg.cache)
     if cfg.images_dir:
@@ -119,10 +124,18 @@ def grid_models(models: list[str], methods: list[str] | None) -> list[str]:
     return out
 
 
-def pretraining_dir(base: Path, model: str, frac: float, seed: int) -> Path | None:
-    """The pretraining a finetuning run of `model` at (label fraction, seed) starts from. A
-    method that learns from labels (supcon) is pretrained per label fraction and seed, on the
-    very labels that run may use; the others once per init."""
+def pretraining_dir(base: Path, model: str, frac: float, seed: int,
+                    per_seed: bool = False) -> Path | None:
+    """The pretraining a finetuning run of `model` at (label fraction, seed) starts from: one
+    per init (seed 0), or with `per_seed` one per seed. A method that learns from labels
+    (supcon) at a fraction below 1 is pretrained per label fraction and seed, on the very labels
+    that run may use."""
+    return (pretraining_of(base, model, frac, seed, per_seed) or (None,))[0]
+
+
+def pretraining_of(base: Path, model: str, frac: float, seed: int,
+                   per_seed: bool = False) -> tuple[Path, float, int] | None:
+    """(folder, label fraction, seed) of that pretraining; None for a model without one."""
     from medssl.training.methods import get_method
 
     prior = prior_of(model)
@@ -130,17 +143,23 @@ def pretraining_dir(base: Path, model: str, frac: float, seed: int) -> Path | No
         return None
     run = ssl_dir(base, prior.init, prior.method)
     if get_method(prior.method).uses_labels and frac < 1:
-        run = run / f"frac{frac:g}" / f"seed{seed}"
-    return run
+        return run / f"frac{frac:g}" / f"seed{seed}", frac, seed
+    if per_seed:
+        return run / f"seed{seed}", 1.0, seed
+    return run, 1.0, 0
 
 
-def expected_runs(base: Path, models, seeds, fractions) -> list[Path]:
-    pre = {pretraining_dir(base, m, f, s) for f in fractions for s in seeds for m in models}
+def expected_runs(base: Path, models, seeds, fractions, per_seed: bool = False) -> list[Path]:
+    pre = {pretraining_dir(base, m, f, s, per_seed) for f in fractions for s in seeds
+           for m in models}
     return sorted(p for p in pre if p) + [finetune_dir(base, m, s, f) for f in fractions
                                           for s in seeds for m in models]
 
 
 def _run_grid(cfg: CompareConfig, base: Path, arch: str, fractions: list[float]) -> tuple[str, Path]:
+    from dataclasses import replace
+
+    from medssl.experiments.lr_search import adopt, lr_choice, search_lr
     from medssl.report.build import build_report
     from medssl.training.finetune import FinetuneConfig, run_finetune
     from medssl.training.pretrain import PretrainConfig, run_pretrain
@@ -170,11 +189,10 @@ def _run_grid(cfg: CompareConfig, base: Path, arch: str, fractions: list[float])
     grid = [(f, s, m) for f in fractions for s in cfg.seeds for m in models]
     pretrainings: dict[Path, tuple] = {}
     for frac, seed, model in grid:
-        run = pretraining_dir(base, model, frac, seed)
-        if run is not None and run not in pretrainings:
-            labelled = run != ssl_dir(base, prior_of(model).init, prior_of(model).method)
-            pretrainings[run] = (prior_of(model), frac, seed, labelled)
-    for run, (prior, frac, seed, labelled) in pretrainings.items():
+        found = pretraining_of(base, model, frac, seed, cfg.ssl_per_seed)
+        if found is not None and found[0] not in pretrainings:
+            pretrainings[found[0]] = (prior_of(model), *found[1:])
+    for run, (prior, ssl_frac, ssl_seed) in pretrainings.items():
         if ssl_finished(run):
             log.info("reusing finished pretraining %s", run)
             continue
@@ -184,10 +202,10 @@ def _run_grid(cfg: CompareConfig, base: Path, arch: str, fractions: list[float])
         run_pretrain(PretrainConfig(init=prior.init, out=str(run), resume=resume, force=True,
                                     **ssl,
                                     # supcon at a fraction: that run's labels
-                                    label_fraction=frac if labelled else 1.0,
-                                    seed=seed if labelled else 0,
+                                    label_fraction=ssl_frac, seed=ssl_seed,
                                     imagenet_weights=weights_of(prior.init), **common))
 
+    chosen: dict[tuple, tuple] = {}  # (label fraction, model) -> the lr search's choice
     for i, (frac, seed, model) in enumerate(grid, start=1):
         run = finetune_dir(base, model, seed, frac)
         if finetune_finished(run):
@@ -196,11 +214,27 @@ def _run_grid(cfg: CompareConfig, base: Path, arch: str, fractions: list[float])
         log.info("[%d/%d] finetuning %s seed %d label fraction %g -> %s", i, len(grid), model,
                  seed, frac, run)
         resume = cfg.resume and (run / "checkpoints" / "last.ckpt").is_file()
-        run_finetune(FinetuneConfig(
+        run_cfg = FinetuneConfig(
             model=model, seed=seed, label_fraction=frac, **part_of(cfg.recipe, RecipeOptions),
-            ssl_checkpoint=str(pretraining_dir(base, model, frac, seed) or "") or None,
-            base=str(base), out=str(run), resume=resume, force=True,
-            imagenet_weights=weights_of(prior_of(model).init), **common))
+            ssl_checkpoint=str(pretraining_dir(base, model, frac, seed, cfg.ssl_per_seed) or "")
+            or None, base=str(base), out=str(run), resume=resume, force=True,
+            imagenet_weights=weights_of(prior_of(model).init), **common)
+        if not cfg.recipe.lr_grid:
+            run_finetune(run_cfg)
+            continue
+        # The learning rate is chosen on the first seed's val, then every seed uses it.
+        first = cfg.seeds[0]
+        if (frac, model) not in chosen:
+            searched = replace(run_cfg, seed=first, ssl_checkpoint=str(
+                pretraining_dir(base, model, frac, first, cfg.ssl_per_seed) or "") or None,
+                resume=cfg.resume)
+            chosen[(frac, model)] = search_lr(searched, base)
+        lr, record, runs = chosen[(frac, model)]
+        if seed == first:
+            adopt(runs[lr], run, cfg.recipe.lr_grid, lr, record)
+        else:
+            run_finetune(replace(run_cfg, lr=lr, lr_grid=None,
+                                 lr_choice=lr_choice(cfg.recipe.lr_grid, lr, record)))
 
     if not is_rank_zero():  # one report, from rank 0
         return "", base

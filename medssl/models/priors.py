@@ -123,5 +123,7 @@ def load_prior(model: str, arch: str, dataset: str, ssl_checkpoint=None,
                       "ssl_seed": meta.get("seed"),
                       "ssl_checkpoint": str(path),
                       "ssl_dataset": meta.get("dataset"), "ssl_epochs": meta.get("epochs"),
+                      "ssl_images_seen": meta.get("images_seen"),
+                      "ssl_gpu_hours": meta.get("gpu_hours"),
                       "ssl_split_file": str(path.parent / meta.get("split_file", "split.csv")),
                       "ssl_duplicate_policy": meta.get("data", {}).get("duplicates", {}).get("policy")}

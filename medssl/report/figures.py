@@ -1,5 +1,7 @@
-"""Curve figures like the study's: train and val accuracy and loss per epoch, M1-M4 overlaid
-(mean over seeds), one figure per label fraction. Read from each run's `logs/metrics.csv`."""
+"""Curve figures like the study's: train, train_eval (the clean pass over labelled train
+images) and val accuracy and loss per epoch, the models overlaid (mean over seeds), one figure per
+label fraction, read from each run's `logs/metrics.csv`; and a reliability diagram per model from
+its test predictions."""
 
 from __future__ import annotations
 
@@ -8,15 +10,9 @@ from pathlib import Path
 import pandas as pd
 
 from medssl.atomic import atomic_write
+from medssl.training.run_logs import epoch_curves
 
 COLOURS = {"M1": "tab:grey", "M2": "tab:blue", "M3": "tab:orange", "M4": "tab:green"}
-
-
-def epoch_curves(run: Path) -> pd.DataFrame:
-    """One row per epoch with train/val acc and loss, from Lightning's CSVLogger file."""
-    raw = pd.read_csv(Path(run) / "logs" / "metrics.csv")
-    cols = [c for c in ("train/acc", "train/loss", "val/acc", "val/loss") if c in raw]
-    return raw.dropna(subset=["epoch"]).groupby("epoch")[cols].first().dropna(how="all")
 
 
 def curves_figure(runs: pd.DataFrame, path: Path, title: str) -> Path:
@@ -30,7 +26,7 @@ def curves_figure(runs: pd.DataFrame, path: Path, title: str) -> Path:
         mean = pd.concat([epoch_curves(Path(r)) for r in group["run"]]).groupby(level=0).mean()
         epochs = mean.index + 1
         for ax, metric in zip(axes, ("acc", "loss")):
-            for split, style in (("train", "--"), ("val", "-")):
+            for split, style in (("train", "--"), ("train_eval", ":"), ("val", "-")):
                 if f"{split}/{metric}" in mean:
                     ax.plot(epochs, mean[f"{split}/{metric}"], style, color=COLOURS.get(model),
                             label=f"{model} {split}")
@@ -47,8 +43,54 @@ def curves_figure(runs: pd.DataFrame, path: Path, title: str) -> Path:
     return path
 
 
+RELIABILITY_BINS = 15  # as the ECE in metrics.json
+
+
+def reliability_figure(runs: pd.DataFrame, path: Path, title: str) -> Path:
+    """Per model, test accuracy against confidence in 15 equal-width bins (the seeds' test
+    predictions pooled); the diagonal is perfect calibration, each bar names its image count."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    models = sorted(runs["model"].unique())
+    cols = min(4, len(models))
+    rows = -(-len(models) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
+    edges = np.linspace(0, 1, RELIABILITY_BINS + 1)
+    for ax, model in zip(axes.flat, models):
+        confidence, right = [], []
+        for run in runs.loc[runs["model"] == model, "run"]:
+            pred = pd.read_csv(Path(run) / "test_predictions.csv")
+            probs = pred.filter(like="prob_")
+            classes = [c[len("prob_"):] for c in probs.columns]
+            confidence.append(probs.to_numpy().max(1))
+            right.append(np.array(classes)[probs.to_numpy().argmax(1)] == pred["label"].astype(str))
+        confidence, right = np.concatenate(confidence), np.concatenate(right)
+        which = np.clip(np.digitize(confidence, edges[1:-1]), 0, RELIABILITY_BINS - 1)
+        count = np.bincount(which, minlength=RELIABILITY_BINS)
+        acc = np.bincount(which, weights=right, minlength=RELIABILITY_BINS) / np.maximum(count, 1)
+        filled = count > 0
+        ax.bar(edges[:-1][filled], acc[filled], width=1 / RELIABILITY_BINS, align="edge",
+               color=COLOURS.get(model, "tab:blue"), edgecolor="black", linewidth=0.4)
+        for x, n in zip(edges[:-1][filled], count[filled]):  # how many images each bar rests on
+            ax.text(x + 0.5 / RELIABILITY_BINS, 0.02, str(n), ha="center", fontsize=5, rotation=90)
+        ax.plot([0, 1], [0, 1], "k--", linewidth=0.8)
+        ax.set(xlim=(0, 1), ylim=(0, 1), title=model, xlabel="confidence", ylabel="accuracy")
+    for ax in list(axes.flat)[len(models):]:
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format=path.suffix[1:]))
+    plt.close(fig)
+    return path
+
+
 def write_figures(base: Path, runs: pd.DataFrame, dataset: str) -> list[Path]:
-    """`curves.png` for label fraction 1 (or the largest), `curves_frac<f>.png` for the others."""
+    """`curves.png` for label fraction 1 (or the largest), `curves_frac<f>.png` for the others;
+    `reliability.png` (and `reliability_frac<f>.png`) likewise."""
     written = []
     fractions = sorted(runs["label_fraction"].unique(), reverse=True)
     for i, frac in enumerate(fractions):
@@ -56,4 +98,7 @@ def write_figures(base: Path, runs: pd.DataFrame, dataset: str) -> list[Path]:
         subset = runs[runs["label_fraction"] == frac]
         title = f"{dataset}: train (dashed) and val (solid), mean of seeds, label fraction {frac:g}"
         written.append(curves_figure(subset, Path(base) / name, title))
+        name = "reliability.png" if i == 0 else f"reliability_frac{frac:g}.png"
+        written.append(reliability_figure(
+            subset, Path(base) / name, f"{dataset}: test reliability, label fraction {frac:g}"))
     return written

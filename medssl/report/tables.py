@@ -1,5 +1,6 @@
-"""The results table: one row per model and label fraction, mean ± sd over seeds, and for M2-M4
-the test-accuracy difference to M1 and to M3 with a paired bootstrap 95% interval.
+"""The results table: one row per model and label fraction, mean ± sd over seeds; for every
+model its paired differences to M1 and to M3 in test accuracy, balanced accuracy, macro-F1 and
+AUROC, with two-level bootstrap 95% intervals and Holm-adjusted p-values (report.statistics).
 
 Only finished runs (with their completion marker) are read; unfinished folders are listed as skipped.
 """
@@ -20,7 +21,22 @@ COLUMNS = [("train_acc", "train", "acc"), ("train_loss", "train", "loss"),
            ("test_acc", "test", "acc"), ("test_loss", "test", "loss"),
            ("test_balanced_acc", "test", "balanced_acc"), ("test_macro_f1", "test", "macro_f1"),
            ("test_auroc", "test", "auroc")]
+# Read with a default: runs made before these were recorded give NaN, never a guess.
+EXTRA_COLUMNS = {
+    "test_ece": ("test", "ece"), "test_brier": ("test", "brier"),
+    "test_last_acc": ("test_last", "acc"),
+    "acc_gap_selected": ("overfitting", "acc_gap_selected"),
+    "acc_gap_last": ("overfitting", "acc_gap_last"),
+    "loss_gap_selected": ("overfitting", "loss_gap_selected"),
+    "loss_gap_last": ("overfitting", "loss_gap_last"),
+    "val_loss_rise": ("overfitting", "val_loss_rise"),
+    "pretrain_images_seen": ("compute", "pretrain_images_seen"),
+    "finetune_images_seen": ("compute", "finetune_images_seen"),
+    "pretrain_gpu_hours": ("compute", "pretrain_gpu_hours"),
+    "finetune_gpu_hours": ("compute", "finetune_gpu_hours"),
+}
 REFERENCES = ("M1", "M3")
+PAIRED_METRICS = ("acc", "balanced_acc", "macro_f1", "auroc")
 BOOTSTRAP_RESAMPLES = 2000
 
 
@@ -29,8 +45,10 @@ def collect_runs(base: Path) -> tuple[pd.DataFrame, list[str]]:
     rows, skipped = [], []
     # Every folder but the pretrainings: the model of a run is what its metrics.json says,
     # never guessed from a folder's name (M2-byol, a renamed folder, an older M1-M4 grid alike).
+    # (lr-search holds the runs of learning-rate searches: choices, not results.)
     for model_dir in sorted(p for p in Path(base).iterdir()
-                            if p.is_dir() and not p.name.startswith("ssl-")):
+                            if p.is_dir() and not p.name.startswith("ssl-")
+                            and p.name != "lr-search"):
         # split.csv is the first file a run writes: a folder with it but no marker is unfinished
         # (so is one with a marker and no split.csv: something was deleted).
         found = {p.parent for name in ("split.csv", "finished.json") for p in model_dir.rglob(name)}
@@ -51,6 +69,11 @@ def collect_runs(base: Path) -> tuple[pd.DataFrame, list[str]]:
                                             else None),
                    "supervised_prior": bool(m["prior"].get("supervised_prior", False))}
             row.update({col: m[split][metric] for col, split, metric in COLUMNS})
+            row.update({col: _number((m.get(part) or {}).get(key))
+                        for col, (part, key) in EXTRA_COLUMNS.items()})
+            row["lr"] = m.get("lr", m["config"].get("lr"))
+            row["lr_searched"] = bool(m.get("lr_grid"))
+            row["ssl_seed"] = m["prior"].get("ssl_seed")
             # Runs before the duplicate search have no record: None, never a guess.
             duplicates = m.get("data", {}).get("duplicates") or {}
             row["duplicate_policy"] = duplicates.get("policy")
@@ -59,34 +82,49 @@ def collect_runs(base: Path) -> tuple[pd.DataFrame, list[str]]:
     return pd.DataFrame(rows), skipped
 
 
-def _accuracy_per_seed(runs: pd.DataFrame) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """seed -> (labels, whether each test image was predicted right), rows in path order."""
+def _number(value) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def _test_predictions(runs: pd.DataFrame) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """seed -> (test image paths, labels, probabilities), rows in path order."""
     out = {}
     for _, r in runs.iterrows():
         pred = pd.read_csv(Path(r["run"]) / "test_predictions.csv").sort_values("path")
-        probs = pred.filter(like="prob_").to_numpy()
-        classes = [c[len("prob_"):] for c in pred.filter(like="prob_").columns]
-        labels = pred["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
-        out[int(r["seed"])] = (pred["path"].to_numpy(), probs.argmax(1) == labels)
+        probs = pred.filter(like="prob_")
+        classes = [c[len("prob_"):] for c in probs.columns]
+        labels = pred["label"].astype(str).map({c: i for i, c in enumerate(classes)}).to_numpy()
+        out[int(r["seed"])] = (pred["path"].to_numpy(), labels, probs.to_numpy())
     return out
 
 
 def paired_bootstrap(model_runs: pd.DataFrame, ref_runs: pd.DataFrame, seed: int = 0) -> dict | None:
-    """Test accuracy of a model minus a reference, averaged over the seeds both have, with a 95%
-    interval from resampling test images (the same resample for both: the comparison is paired)."""
-    a, b = _accuracy_per_seed(model_runs), _accuracy_per_seed(ref_runs)
+    """Each headline metric of a model minus a reference over the seeds both have, with a 95%
+    interval and p-value from the two-level bootstrap (report.statistics); None when they share
+    no seed or were tested on different images."""
+    from medssl.report.statistics import paired_difference
+
+    a, b = _test_predictions(model_runs), _test_predictions(ref_runs)
     seeds = sorted(set(a) & set(b))
     if not seeds:
         return None
-    paths = a[seeds[0]][0]
-    if any(not np.array_equal(a[s][0], paths) or not np.array_equal(b[s][0], paths) for s in seeds):
+    paths, labels = a[seeds[0]][0], a[seeds[0]][1]
+    if any(not np.array_equal(x[s][0], paths) or not np.array_equal(x[s][1], labels)
+           for s in seeds for x in (a, b)):
         return None  # different test sets: not comparable image by image
-    diff = np.mean([a[s][1].astype(float) - b[s][1].astype(float) for s in seeds], axis=0)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(diff), (BOOTSTRAP_RESAMPLES, len(diff)))
-    resampled = diff[idx].mean(axis=1)
-    low, high = np.percentile(resampled, [2.5, 97.5])
-    return {"diff": float(diff.mean()), "low": float(low), "high": float(high), "seeds": len(seeds)}
+    return paired_difference(labels, [a[s][2] for s in seeds], [b[s][2] for s in seeds],
+                             BOOTSTRAP_RESAMPLES, seed)
+
+
+def sd_includes(group: pd.DataFrame) -> str:
+    """Which variance a model's sd over seeds contains: finetuning's always; pretraining's only
+    when each seed finetuned from its own pretraining (--ssl-per-seed)."""
+    ssl_seeds = group["ssl_seed"].dropna()
+    if ssl_seeds.empty:
+        return "finetuning"
+    if ssl_seeds.nunique() == len(group) > 1:
+        return "finetuning + pretraining"
+    return "finetuning (one pretraining)"
 
 
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
@@ -94,18 +132,36 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (frac, model), group in runs.groupby(["label_fraction", "model"], sort=True):
         row = {"label_fraction": frac, "model": model, "seeds": len(group)}
-        for col, _, _ in COLUMNS:
+        for col in [c for c, _, _ in COLUMNS] + list(EXTRA_COLUMNS):
             row[f"{col}_mean"] = group[col].mean()
             row[f"{col}_sd"] = group[col].std(ddof=1) if len(group) > 1 else float("nan")
+        row["lr"] = " ".join(f"{v:g}" for v in sorted(group["lr"].dropna().unique()))
+        row["lr_searched"] = bool(group["lr_searched"].all())
+        row["sd_includes"] = sd_includes(group)
         for ref in REFERENCES:
             ref_runs = runs[(runs["label_fraction"] == frac) & (runs["model"] == ref)]
             result = None if ref == model or ref_runs.empty else paired_bootstrap(group, ref_runs)
-            for key in ("diff", "low", "high"):
-                row[f"test_acc_vs_{ref}_{key}"] = result[key] if result else float("nan")
+            for metric in PAIRED_METRICS:
+                for key in ("diff", "low", "high", "p"):
+                    row[f"test_{metric}_vs_{ref}_{key}"] = (result[metric][key] if result
+                                                            else float("nan"))
         rows.append(row)
+    rows = _holm_over_table(rows)
     # Full labels first, as in the study's tables; then the smaller fractions.
     return (pd.DataFrame(rows).sort_values(["label_fraction", "model"], ascending=[False, True])
             .reset_index(drop=True))
+
+
+def _holm_over_table(rows: list[dict]) -> list[dict]:
+    """`_p_holm` beside every `_p`: Holm-adjusted over all the comparisons of the table (every
+    model, reference, metric and label fraction), so that the family-wise error stays at 5%."""
+    from medssl.report.statistics import holm
+
+    keys = [(i, k) for i, row in enumerate(rows) for k in row if k.endswith("_p")]
+    adjusted = holm([rows[i][k] for i, k in keys])
+    for (i, k), value in zip(keys, adjusted):
+        rows[i][f"{k}_holm"] = value
+    return rows
 
 
 def _pm(mean: float, sd: float, percent: bool) -> str:
@@ -141,8 +197,67 @@ def markdown_table(summary: pd.DataFrame, skipped_models: dict[str, str] | None 
     for reason, models in by_reason.items():
         lines.append(f"\n{' and '.join(models)} skipped: {reason}")
     lines.append("\nmean ± sd over seeds; Δ: test accuracy difference in points, averaged over "
-                 "seeds, with a paired bootstrap 95% interval over test images.")
-    return "\n".join(lines) + "\n"
+                 "seeds, with a 95% interval from a paired two-level bootstrap (seeds, then test "
+                 "images).")
+    return "\n".join(lines) + "\n" + differences_table(summary) + recipe_table(summary)
+
+
+def _count(value: float) -> str:
+    return "—" if np.isnan(value) else f"{value:,.0f}"
+
+
+def recipe_table(summary: pd.DataFrame) -> str:
+    """Per model: the learning rate it got, which variance its sd holds, calibration, the
+    overfitting measures and the compute it cost."""
+    head = ["label fraction", "model", "lr", "sd includes", "test ECE", "test Brier",
+            "test acc % (last epoch)", "acc gap selected / last", "val loss rise",
+            "images seen (pretrain / finetune)", "GPU-h"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for _, r in summary.iterrows():
+        gaps = (f"{r['acc_gap_selected_mean'] * 100:+.1f} / {r['acc_gap_last_mean'] * 100:+.1f}"
+                if not np.isnan(r["acc_gap_last_mean"]) else "—")
+        hours = [r["pretrain_gpu_hours_mean"], r["finetune_gpu_hours_mean"]]
+        gpu = np.nansum(hours) if not np.isnan(hours).all() else np.nan
+        lines.append("| " + " | ".join([
+            f"{r['label_fraction']:g}", r["model"],
+            r["lr"] + (" (chosen on val)" if r["lr_searched"] else ""), r["sd_includes"],
+            _pm(r["test_ece_mean"], r["test_ece_sd"], False),
+            _pm(r["test_brier_mean"], r["test_brier_sd"], False),
+            _pm(r["test_last_acc_mean"], r["test_last_acc_sd"], True), gaps,
+            "—" if np.isnan(r["val_loss_rise_mean"]) else f"{r['val_loss_rise_mean']:.3f}",
+            f"{_count(r['pretrain_images_seen_mean'])} / {_count(r['finetune_images_seen_mean'])}",
+            "not measured (CPU)" if np.isnan(gpu) else f"{gpu:.2f}"]) + " |")
+    return ("\nRecipe, calibration, overfitting and compute (means over seeds). Acc gap: accuracy "
+            "on a clean pass over labelled train images minus val accuracy, in points, at the "
+            "selected and at the last epoch; val loss rise: last minus lowest val loss. The last "
+            "epoch's test accuracy is shown, never used to select.\n\n" + "\n".join(lines) + "\n")
+
+
+def differences_table(summary: pd.DataFrame) -> str:
+    """Every paired difference of the table: points, 95% interval, Holm-adjusted p-value."""
+    names = {"acc": "accuracy", "balanced_acc": "balanced accuracy", "macro_f1": "macro-F1",
+             "auroc": "AUROC"}
+    head = ["label fraction", "model", "vs"] + [f"Δ {names[m]}" for m in PAIRED_METRICS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for _, r in summary.iterrows():
+        for ref in REFERENCES:
+            if np.isnan(r.get(f"test_acc_vs_{ref}_diff", np.nan)):
+                continue
+            cells = [f"{r['label_fraction']:g}", r["model"], ref]
+            for m in PAIRED_METRICS:
+                key = f"test_{m}_vs_{ref}"
+                if np.isnan(r[f"{key}_diff"]):
+                    cells.append("—")
+                    continue
+                cells.append(f"{r[f'{key}_diff'] * 100:+.2f} [{r[f'{key}_low'] * 100:+.2f}, "
+                             f"{r[f'{key}_high'] * 100:+.2f}] p={r[f'{key}_p_holm']:.3g}")
+            lines.append("| " + " | ".join(cells) + " |")
+    if len(lines) == 2:
+        return ""
+    return ("\nPaired differences on the test split, in points: model minus reference, averaged "
+            "over the seeds both have, with a 95% two-level bootstrap interval and a p-value "
+            "Holm-adjusted over every comparison of this table (docs/statistics.md).\n\n"
+            + "\n".join(lines) + "\n")
 
 
 def duplicates_line(runs: pd.DataFrame) -> str:

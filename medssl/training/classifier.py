@@ -27,7 +27,9 @@ from medssl.training.run_logs import log_now
 
 log = logging.getLogger("medssl")
 HEADS = ("linear", "mlp")
-STAGES = ("train", "val", "test")
+# train_eval: a clean pass (eval mode, no augmentation) over a fixed sample of the labelled train
+# images, beside val each epoch, so that the gap between them measures overfitting.
+STAGES = ("train", "val", "train_eval", "test")
 
 
 def make_head(kind: str, in_dim: int, num_classes: int) -> nn.Module:
@@ -76,7 +78,7 @@ class Classifier(pl.LightningModule):
                  weight_decay: float = 1e-6, head: str = "linear", freeze_epochs: int = 0,
                  bn_eval: bool = False, class_weights: torch.Tensor | None = None,
                  input_transform: nn.Module | None = None, compile_model: bool = False,
-                 seed: int = 0, lr_scaling: str = "auto"):
+                 seed: int = 0, lr_scaling: str = "auto", lr_schedule: str = "constant"):
         super().__init__()
         self.save_hyperparameters(ignore=["backbone", "class_weights", "input_transform"])
         self.backbone = backbone.to(memory_format=torch.channels_last)
@@ -135,8 +137,8 @@ class Classifier(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         return self._step(batch, "train")
 
-    def validation_step(self, batch, batch_idx):
-        self._step(batch, "val")
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):
+        self._step(batch, "val" if dataloader_idx == 0 else "train_eval")
 
     def test_step(self, batch, batch_idx):
         self._step(batch, "test")
@@ -168,11 +170,12 @@ class Classifier(pl.LightningModule):
         log.info("epoch %d/%d: %s", self.current_epoch + 1, self.trainer.max_epochs, shown)
 
     def on_validation_epoch_end(self):
-        if not self.trainer.sanity_checking:
-            self._log_epoch("val")
-        else:
-            self.metrics["m_val"].reset()
-            self.losses["m_val"].reset()
+        for stage in ("val", "train_eval"):
+            if self.trainer.sanity_checking or not self.losses[f"m_{stage}"].update_called:
+                self.metrics[f"m_{stage}"].reset()
+                self.losses[f"m_{stage}"].reset()
+            else:
+                self._log_epoch(stage)
 
     def on_test_epoch_end(self):
         self._log_epoch("test")
@@ -181,5 +184,12 @@ class Classifier(pl.LightningModule):
         # The study's recipe for all four models: Adam with a small weight decay.
         # `lr` is for one process's batch; several processes train on a larger global batch.
         lr = scaled_lr(self.hparams.lr, self.trainer.world_size, self.hparams.lr_scaling)
-        return torch.optim.Adam(self.parameters(), lr=lr,
-                                weight_decay=self.hparams.weight_decay)
+        optimizer = torch.optim.Adam(self.parameters(), lr=lr,
+                                     weight_decay=self.hparams.weight_decay)
+        if self.hparams.lr_schedule == "constant":
+            return optimizer
+        # Cosine decay to 0 over the run, per step; the scheduler's state is in every checkpoint,
+        # so a resumed run continues the same curve.
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -34,6 +34,8 @@ class FinetuneConfig(DataOptions, HardwareOptions, ModelOptions, RecipeOptions):
     seed: int = 0
     label_fraction: float = 1.0
     base: str | None = None  # the dataset's run folder (default runs/<dataset>)
+    # Set by an lr search (experiments.lr_search) for the seeds that reuse its choice.
+    lr_choice: dict | None = None
     out: str | None = None
     resume: bool = False
     force: bool = False
@@ -120,6 +122,10 @@ def run_finetune(cfg: FinetuneConfig) -> Path:
     from medssl.runs import cleaned_up_on_failure
     from medssl.training.distributed import is_rank_zero
 
+    if cfg.lr_grid:  # a search is several runs: the experiments layer runs it
+        raise MedsslError("--lr-grid runs one finetuning per learning rate: use "
+                          "medssl.experiments.lr_search.finetune_with_lr_grid (the CLI does), or "
+                          "set one --lr here.")
     cfg = resolve(cfg)  # every flag checked: nothing is written before this passes
     with cleaned_up_on_failure(Path(cfg.out), owner=is_rank_zero()):
         return _train(cfg)
@@ -145,7 +151,7 @@ def _train(cfg: FinetuneConfig) -> Path:
     from medssl.training.metrics import classification_metrics, metric_options
     from medssl.training.distributed import (barrier, is_rank_zero, scaled_lr, scaling_rule,
                                              trainer_options)
-    from medssl.training.run_logs import run_loggers
+    from medssl.training.run_logs import epoch_curves, run_loggers
 
     out = Path(cfg.out)
     writer = is_rank_zero()  # in a distributed run, rank 0 alone writes files
@@ -173,11 +179,18 @@ def _train(cfg: FinetuneConfig) -> Path:
         check_no_ssl_leak(table, Path(source["ssl_split_file"]))
     check_supervised_prior(source, cfg)
     labelled = label_subset(table.samples, cfg.label_fraction, cfg.seed)
+    # Model selection at a label fraction sees as few val labels as a user with that fraction
+    # would have: the same fraction of val, stratified, at least one image per class.
+    val_rows = label_subset(table.samples, 1.0 if cfg.full_val else cfg.label_fraction, cfg.seed,
+                            "val")
+    train_eval_rows = train_eval_sample(labelled, len(val_rows), cfg.seed)
     if writer:
         out.mkdir(parents=True, exist_ok=True)
         write_split_csv(table.samples, out / "split.csv", cfg.duplicates)
         if cfg.label_fraction < 1:
             write_split_csv(labelled, out / "labelled_train.csv", cfg.duplicates)
+            if not cfg.full_val:
+                write_split_csv(val_rows, out / "selection_val.csv", cfg.duplicates)
 
     p = preset_for(cfg.dataset)
     plain = eval_crop(cfg.image_size)
@@ -188,12 +201,12 @@ def _train(cfg: FinetuneConfig) -> Path:
                                start_epoch=resume_at[0] if resume_at else 0)
     # For the predictions of the selected checkpoint: every image, in every process.
     loaders = {split: make_loader(table, rows, plain, cfg, cache)
-               for split, rows in (("train", labelled),
-                                   ("val", table.samples[table.samples["split"] == "val"]),
+               for split, rows in (("train", labelled), ("val", val_rows),
                                    ("test", table.samples[table.samples["split"] == "test"]))}
-    # Validation while training: each process a share, metrics reduced over them.
-    val_loader = make_loader(table, table.samples[table.samples["split"] == "val"], plain, cfg,
-                             cache, shard=True)
+    # Validation while training: each process a share, metrics reduced over them; and the same
+    # clean pass over a fixed sample of the labelled train images (train_eval, for the gap).
+    val_loaders = [make_loader(table, rows, plain, cfg, cache, shard=True)
+                   for rows in (val_rows, train_eval_rows)]
     for split, loader in loaders.items():
         if len(loader.dataset) == 0:
             raise MedsslError(f"The {split} split of {cfg.dataset} is empty. Fix: check the split "
@@ -207,7 +220,7 @@ def _train(cfg: FinetuneConfig) -> Path:
                         weight_decay=cfg.weight_decay, head=cfg.head,
                         freeze_epochs=cfg.freeze_epochs, bn_eval=cfg.bn_eval, class_weights=weights,
                         input_transform=Normalize(p.mean, p.std), compile_model=cfg.compile,
-                        seed=cfg.seed, lr_scaling=cfg.lr_scaling)
+                        seed=cfg.seed, lr_scaling=cfg.lr_scaling, lr_schedule=cfg.lr_schedule)
     monitor, mode = f"val/{cfg.select}", SELECT_METRICS[cfg.select]
     best = ModelCheckpoint(dirpath=str(out / "checkpoints"), filename="best", monitor=monitor,
                            mode=mode, save_top_k=1, enable_version_counter=False,
@@ -221,11 +234,13 @@ def _train(cfg: FinetuneConfig) -> Path:
         plugins=[AtomicCheckpointIO()],
         enable_progress_bar=cfg.progress, log_every_n_steps=1, enable_model_summary=False,
         num_sanity_val_steps=0)
-    fit(trainer, out, module, train_loader, val_loader, ckpt_path=resume_from,
+    fit(trainer, out, module, train_loader, val_loaders, ckpt_path=resume_from,
         weights_only=True)
 
-    # Only now, with the selected checkpoint, is the test split looked at: once. (Every process
-    # predicts, as a distributed Trainer needs them all; rank 0 writes.)
+    # Only now is the test split looked at: by the last epoch's weights (recorded beside, to
+    # show what selection changed; never used to select), then once by the selected checkpoint.
+    # (Every process predicts, as a distributed Trainer needs them all; rank 0 writes.)
+    last_test = trainer.predict(module, loaders["test"], return_predictions=True)
     selected = torch.load(best.best_model_path, map_location="cpu", weights_only=True)
     module.load_state_dict(selected["state_dict"])
     names = list(loaders)
@@ -236,6 +251,8 @@ def _train(cfg: FinetuneConfig) -> Path:
         task = metric_options(p, table.classes, predictions["val"], truth["val"])
         results = {split: classification_metrics(predictions[split], truth[split], table.classes,
                                                  **task) for split in names}
+        results["test_last"] = classification_metrics(torch.cat(last_test), truth["test"],
+                                                      table.classes, **task)
         for split in ("val", "test"):
             write_predictions(out / f"{split}_predictions.csv", loaders[split].dataset, table,
                               predictions[split])
@@ -249,12 +266,24 @@ def _train(cfg: FinetuneConfig) -> Path:
             "dataset": cfg.dataset, "model": cfg.model, "seed": cfg.seed,
             "label_fraction": cfg.label_fraction, "labelled_train_images": len(labelled),
             "selection": {"metric": monitor, "mode": mode, "epoch": int(selected["epoch"]) + 1,
-                          "value": float(best.best_model_score)},
+                          "value": float(best.best_model_score),
+                          "val_images": len(val_rows),
+                          "val": "full" if cfg.full_val or cfg.label_fraction >= 1 else
+                                 f"fraction {cfg.label_fraction:g} of val (selection_val.csv)"},
             "epochs_trained": trainer.current_epoch, "classes": table.classes,
-            "world_size": trainer.world_size,
+            "world_size": trainer.world_size, "lr": cfg.lr,
             "lr_used": scaled_lr(cfg.lr, trainer.world_size, cfg.lr_scaling),
-            "lr_scaling": scaling_rule(cfg.lr_scaling, "adam"),
+            "lr_scaling": scaling_rule(cfg.lr_scaling, "adam"), "lr_schedule": cfg.lr_schedule,
             "train": results["train"], "val": results["val"], "test": results["test"],
+            "test_last": results["test_last"],
+            **(cfg.lr_choice or {"lr_selected": None, "lr_grid": None}),
+            "overfitting": overfitting(epoch_curves(out), int(selected["epoch"]) + 1),
+            # No batch is dropped: every epoch sees every labelled image once (or, cut short by
+            # --max-steps, its steps' batches).
+            "compute": compute_record(source, trainer, wall_time_s=time.time() - started,
+                                      images_seen=trainer.current_epoch * len(labelled)
+                                      if cfg.max_steps < 0 else
+                                      trainer.global_step * train_loader.batch_size),
             "prior": source, "split_file": "split.csv", "data": data_info,
             "medssl_version": __version__, "wall_time_s": round(time.time() - started, 1),
             "config": asdict(cfg),
@@ -267,6 +296,46 @@ def _train(cfg: FinetuneConfig) -> Path:
                  results["test"]["acc"], results["test"]["balanced_acc"])
     barrier()  # the other ranks return once the results are there
     return out
+
+
+def train_eval_sample(labelled, size: int, seed: int):
+    """The labelled train images of the train_eval pass: a fixed seeded sample as large as the
+    val split used for selection (all of them when there are fewer), so the two are measured
+    with the same precision."""
+    if len(labelled) <= size:
+        return labelled
+    return labelled.sample(n=size, random_state=seed).sort_index()
+
+
+def overfitting(curves, selected_epoch: int) -> dict:
+    """The generalisation gap (train_eval minus val, accuracy and loss) at the selected and at
+    the last epoch, and how far val loss rose after its minimum. Epochs count from 1."""
+    needed = ["train_eval/acc", "train_eval/loss", "val/acc", "val/loss"]
+    if curves.empty or any(c not in curves for c in needed):
+        return {}
+    last = int(curves.index.max()) + 1
+
+    def gap(epoch: int, metric: str) -> float:
+        row = curves.loc[epoch - 1]
+        return float(row[f"train_eval/{metric}"] - row[f"val/{metric}"])
+
+    val_loss = curves["val/loss"].dropna()
+    return {"selected_epoch": selected_epoch, "last_epoch": last,
+            "acc_gap_selected": gap(selected_epoch, "acc"),
+            "loss_gap_selected": gap(selected_epoch, "loss"),
+            "acc_gap_last": gap(last, "acc"), "loss_gap_last": gap(last, "loss"),
+            "val_loss_min": float(val_loss.min()), "val_loss_last": float(val_loss.iloc[-1]),
+            "val_loss_rise": float(val_loss.iloc[-1] - val_loss.min())}
+
+
+def compute_record(source: dict, trainer, wall_time_s: float, images_seen: int) -> dict:
+    """What the model cost: images seen in its pretraining (from backbone.json) and finetuning,
+    and GPU-hours where GPUs were used (None on a CPU: not measured)."""
+    on_gpu = trainer.accelerator.__class__.__name__ == "CUDAAccelerator"
+    return {"finetune_images_seen": images_seen,
+            "pretrain_images_seen": source.get("ssl_images_seen", 0),
+            "finetune_gpu_hours": wall_time_s * trainer.world_size / 3600 if on_gpu else None,
+            "pretrain_gpu_hours": source.get("ssl_gpu_hours")}
 
 
 def write_predictions(path: Path, dataset, table, probs) -> None:

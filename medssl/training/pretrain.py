@@ -204,6 +204,10 @@ def _train(cfg: PretrainConfig) -> Path:
             "imagenet_weights": cfg.imagenet_weights if cfg.init == "imagenet" else None,
             "image_size": cfg.image_size, "normalize": {"mean": list(p.mean), "std": list(p.std)},
             "epochs": trainer.current_epoch, "steps": trainer.global_step,
+            # drop_last: every step is one full global batch
+            "images_seen": trainer.global_step * batch_size * trainer.world_size,
+            "gpu_hours": (round(time.time() - started, 1) * trainer.world_size / 3600
+                          if trainer.accelerator.__class__.__name__ == "CUDAAccelerator" else None),
             "batch_size": batch_size, "world_size": trainer.world_size,
             "global_batch_size": batch_size * trainer.world_size, "lr": cfg.lr,
             "lr_used": scaled_lr(cfg.lr, trainer.world_size, cfg.lr_scaling, cfg.optimizer),

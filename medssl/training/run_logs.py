@@ -97,3 +97,14 @@ def run_loggers(out: Path, resume_at: tuple[int, int] | None = None) -> list:
     """TensorBoard (`<out>/tensorboard`) and the CSV log (`<out>/logs/metrics.csv`)."""
     return [TensorBoardLogger(str(out), name="tensorboard", version=""),
             ResumableCSVLogger(Path(out), resume_at)]
+
+
+def epoch_curves(run: Path):
+    """One row per epoch (index: Lightning's 0-based epoch) with train, train_eval and val
+    accuracy and loss, from Lightning's CSVLogger file."""
+    import pandas as pd
+
+    raw = pd.read_csv(Path(run) / "logs" / "metrics.csv")
+    cols = [f"{split}/{metric}" for split in ("train", "train_eval", "val")
+            for metric in ("acc", "loss") if f"{split}/{metric}" in raw]
+    return raw.dropna(subset=["epoch"]).groupby("epoch")[cols].first().dropna(how="all")

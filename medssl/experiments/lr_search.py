@@ -1,0 +1,114 @@
+"""`--lr-grid`: each model's finetuning learning rate chosen on val, then used for every seed.
+
+The choice is made on the first seed's runs only: one run per learning rate, scored by the run's
+own selection value (the val metric of `--select` at its selected checkpoint). Choosing on all
+seeds would cost (grid size x seeds) runs for little: the seeds then reuse one learning rate, so
+their spread stays the spread of the training, not of the search. The test split plays no part:
+a search run's test metrics are written (every run writes them) but never read here.
+
+Search runs live under `<base>/lr-search/<model>/[frac<f>/]lr<lr>/seed<seed>`, out of the table;
+the chosen one is copied to the model's own folder for that seed, so it is not trained twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+from medssl.errors import MedsslError
+from medssl.runs import FINETUNE_OUTPUTS, finetune_finished, mark_finished
+
+log = logging.getLogger("medssl")
+SEARCH_FOLDER = "lr-search"
+
+
+def search_dir(base: Path, model: str, frac: float, lr: float, seed: int) -> Path:
+    frac_part = () if frac == 1.0 else (f"frac{frac:g}",)
+    return Path(base, SEARCH_FOLDER, model, *frac_part, f"lr{lr:g}", f"seed{seed}")
+
+
+def check_grid(grid: list[float], lr: float | None) -> list[float]:
+    from medssl.training.checks import check_lr
+
+    if lr is not None:
+        raise MedsslError(f"--lr {lr:g} and --lr-grid both given. Fix: pass one; with --lr-grid "
+                          "the learning rate is chosen among the grid's.")
+    for value in grid:
+        check_lr(value, "--lr-grid")
+    if len(set(grid)) != len(grid):
+        raise MedsslError(f"--lr-grid lists a learning rate twice: {' '.join(map(str, grid))}.")
+    return list(grid)
+
+
+def choose_lr(runs: dict[float, Path]) -> tuple[float, dict]:
+    """The learning rate whose run has the best selection value on val (the first of the grid
+    on a tie), and the record of the search."""
+    values, mode, metric = {}, None, None
+    for lr, run in runs.items():
+        selection = json.loads((Path(run) / "metrics.json").read_text())["selection"]
+        values[lr], mode, metric = selection["value"], selection["mode"], selection["metric"]
+    best = (min if mode == "min" else max)(values.values())
+    chosen = next(lr for lr, v in values.items() if v == best)
+    return chosen, {"metric": metric, "mode": mode,
+                    "values": {f"{lr:g}": v for lr, v in values.items()}}
+
+
+def search_lr(cfg, base: Path) -> tuple[float, dict, dict[float, Path]]:
+    """Run (or reuse) one finetuning per learning rate of `cfg.lr_grid` for `cfg`'s model, seed
+    and label fraction; return the chosen rate, the search record and the runs."""
+    from medssl.training.finetune import run_finetune
+
+    runs = {}
+    for lr in cfg.lr_grid:
+        run = search_dir(base, cfg.model, cfg.label_fraction, lr, cfg.seed)
+        if finetune_finished(run):
+            log.info("reusing finished lr-search run %s", run)
+        else:
+            log.info("lr search: %s at lr %g -> %s", cfg.model, lr, run)
+            resume = cfg.resume and (run / "checkpoints" / "last.ckpt").is_file()
+            run_finetune(replace(cfg, lr=lr, lr_grid=None, lr_choice=None, out=str(run),
+                                 resume=resume, force=True))
+        runs[lr] = run
+    lr, record = choose_lr(runs)
+    record["seed"] = cfg.seed
+    log.info("lr search for %s: %g chosen on val (%s)", cfg.model, lr,
+             ", ".join(f"{k}: {v:.4f}" for k, v in record["values"].items()))
+    return lr, record, runs
+
+
+def adopt(search_run: Path, out: Path, grid: list[float], lr: float, record: dict) -> Path:
+    """The chosen search run becomes the model's run for its seed: copied, its metrics.json
+    told what was searched, and marked finished again."""
+    out = Path(out)
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(search_run, out)
+    metrics = json.loads((out / "metrics.json").read_text())
+    metrics.update(lr_choice(grid, lr, record))
+    metrics["config"]["out"] = str(out)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    mark_finished(out, FINETUNE_OUTPUTS)
+    return out
+
+
+def lr_choice(grid: list[float], lr: float, record: dict) -> dict:
+    """What metrics.json records of a chosen learning rate."""
+    return {"lr_selected": lr, "lr_grid": list(grid), "lr_search": record}
+
+
+def finetune_with_lr_grid(cfg) -> Path:
+    """`medssl finetune --lr-grid ...`: search on this run's seed, keep the chosen run."""
+    from medssl.runs import dataset_dir, finetune_dir
+
+    grid = check_grid(cfg.lr_grid, cfg.lr)
+    base = Path(cfg.base or dataset_dir(cfg.dataset))
+    cfg = replace(cfg, base=str(base))
+    out = Path(cfg.out or finetune_dir(base, cfg.model, cfg.seed, cfg.label_fraction))
+    if finetune_finished(out) and not cfg.force:
+        raise MedsslError(f"{out} already holds a finished run (finished.json). "
+                          "Fix: pass --force to run it again, or --out another folder.")
+    lr, record, runs = search_lr(cfg, base)
+    return adopt(runs[lr], out, grid, lr, record)

@@ -1,0 +1,211 @@
+"""Across datasets: `medssl report runs/ham10000 runs/isic ... --out DIR`.
+
+Each grid's own table says how the models compare on one dataset, with intervals over seeds and
+test images. Whether a ranking holds across datasets is another question, asked of the datasets
+themselves (each one observation): each model's mean rank per metric, a Friedman test over the
+datasets, and pairwise Wilcoxon signed-rank tests, Holm-adjusted (Demšar 2006). With five
+datasets these tests have little power, and summary.md says so in numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from medssl.atomic import atomic_write
+from medssl.errors import MedsslError
+from medssl.report.statistics import holm
+
+METRICS = {"test_acc": "test accuracy", "test_balanced_acc": "balanced accuracy",
+           "test_macro_f1": "macro-F1", "test_auroc": "AUROC"}
+
+
+def dataset_scores(tables: dict[str, pd.DataFrame], frac: float, metric: str) -> pd.DataFrame:
+    """datasets x models: the mean over seeds of `metric` at label fraction `frac`."""
+    columns = {}
+    for dataset, table in tables.items():
+        rows = table[table["label_fraction"] == frac]
+        columns[dataset] = rows.set_index("model")[f"{metric}_mean"]
+    return pd.DataFrame(columns).T
+
+
+def mean_ranks(scores: pd.DataFrame) -> pd.Series:
+    """Rank 1 is the best model of a dataset (ties share the mean rank); averaged over datasets."""
+    ranks = scores.apply(lambda row: pd.Series(stats.rankdata(-row.to_numpy()), index=row.index),
+                         axis=1)
+    return ranks.mean()
+
+
+def friedman(scores: pd.DataFrame) -> dict:
+    """Friedman's test that all models rank alike over the datasets (scipy), or why it was not run."""
+    n_datasets, n_models = scores.shape
+    if n_models < 3 or n_datasets < 2:
+        return {"statistic": math.nan, "p": math.nan,
+                "note": f"not run: needs at least 3 models and 2 datasets ({n_models} and "
+                        f"{n_datasets} here)"}
+    result = stats.friedmanchisquare(*[scores[m].to_numpy() for m in scores.columns])
+    return {"statistic": float(result.statistic), "p": float(result.pvalue),
+            "note": f"{n_datasets} datasets, {n_models} models; chi-square approximation"}
+
+
+def pairwise_wilcoxon(scores: pd.DataFrame) -> pd.DataFrame:
+    """Each pair of models, paired by dataset: median difference, Wilcoxon signed-rank p (exact
+    for few datasets) and the smallest p that many datasets can give at all."""
+    rows = []
+    n = len(scores)
+    for a, b in combinations(scores.columns, 2):
+        diff = (scores[a] - scores[b]).to_numpy()
+        if n < 2 or np.all(diff == 0):
+            p, statistic = math.nan, math.nan
+        else:
+            result = stats.wilcoxon(scores[a], scores[b], zero_method="zsplit")
+            p, statistic = float(result.pvalue), float(result.statistic)
+        rows.append({"model": a, "other": b, "median_diff": float(np.median(diff)),
+                     "wins": int((diff > 0).sum()), "losses": int((diff < 0).sum()),
+                     "statistic": statistic, "p": p})
+    frame = pd.DataFrame(rows)
+    if not frame.empty:
+        frame["p_holm"] = holm(frame["p"].to_numpy())
+    return frame
+
+
+def smallest_possible_p(n_datasets: int) -> float:
+    """The smallest two-sided p an exact Wilcoxon signed-rank test can reach on n datasets
+    (every difference of one sign): 2 / 2^n."""
+    return min(1.0, 2 / 2 ** n_datasets)
+
+
+def summarise_grids(tables: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, str]:
+    """summary.csv's rows and summary.md's text, from each dataset's results table."""
+    fractions = sorted(set.intersection(*[set(t["label_fraction"]) for t in tables.values()]),
+                       reverse=True)
+    if not fractions:
+        raise MedsslError("The grids share no label fraction, so no model can be compared across "
+                          "them. Fix: run `medssl compare` with the same --label-fractions.")
+    n = len(tables)
+    rows, md = [], [f"# Across {n} datasets: {', '.join(tables)}\n"]
+    for frac in fractions:
+        md.append(f"## Label fraction {frac:g}\n")
+        for metric, title in METRICS.items():
+            scores = dataset_scores(tables, frac, metric)
+            missing = scores.columns[scores.isna().any()].tolist()
+            scores = scores.dropna(axis=1)
+            if scores.shape[1] < 2:
+                md.append(f"{title}: fewer than two models were run on every dataset.\n")
+                continue
+            ranks = mean_ranks(scores)
+            test = friedman(scores)
+            pairs = pairwise_wilcoxon(scores)
+            for model in scores.columns:
+                rows.append({"kind": "mean_rank", "label_fraction": frac, "metric": metric,
+                             "model": model, "mean_rank": ranks[model],
+                             **{f"{d}": scores.at[d, model] for d in scores.index}})
+            rows.append({"kind": "friedman", "label_fraction": frac, "metric": metric,
+                         "statistic": test["statistic"], "p": test["p"], "note": test["note"]})
+            for _, pair in pairs.iterrows():
+                rows.append({"kind": "wilcoxon", "label_fraction": frac, "metric": metric,
+                             **pair.to_dict()})
+            md.append(_metric_section(title, scores, ranks, test, pairs, missing))
+    md.append(limits_statement(n))
+    return pd.DataFrame(rows), "\n".join(md)
+
+
+def _metric_section(title, scores, ranks, test, pairs, missing) -> str:
+    order = ranks.sort_values().index
+    head = ["model", "mean rank", *scores.index]
+    lines = [f"### {title}\n", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for model in order:
+        lines.append("| " + " | ".join([model, f"{ranks[model]:.2f}",
+                                        *(f"{scores.at[d, model] * 100:.2f}" for d in scores.index)])
+                     + " |")
+    text = "\n".join(lines) + "\n"
+    p = "—" if math.isnan(test["p"]) else f"{test['p']:.3g}"
+    text += f"\nFriedman: p = {p} ({test['note']}).\n"
+    if not pairs.empty:
+        text += "\n| model | vs | wins / losses | median Δ (points) | Wilcoxon p | Holm p |\n" \
+                "|---|---|---|---|---|---|\n"
+        for _, r in pairs.iterrows():
+            text += (f"| {r['model']} | {r['other']} | {r['wins']} / {r['losses']} | "
+                     f"{r['median_diff'] * 100:+.2f} | {_p(r['p'])} | {_p(r['p_holm'])} |\n")
+    if missing:
+        text += f"\nLeft out (not run on every dataset): {', '.join(missing)}.\n"
+    return text
+
+
+def _p(value: float) -> str:
+    return "—" if math.isnan(value) else f"{value:.3g}"
+
+
+def limits_statement(n: int) -> str:
+    return (
+        "## What this can and cannot show\n\n"
+        f"Each dataset is one observation here: {n} in all. A Wilcoxon signed-rank test on {n} "
+        f"datasets cannot give a p-value below {smallest_possible_p(n):.3g} even when one model "
+        "wins on every dataset, so with 5 datasets (smallest p 0.0625) no pairwise difference can "
+        "reach p < 0.05 across datasets, before any correction. Mean ranks and win counts describe "
+        "these datasets; they do not generalise to other medical datasets, which differ in "
+        "modality, size and label noise. Within one dataset, the intervals of its own results.md "
+        "(seeds and test images resampled) are the evidence; a consistent sign across datasets "
+        "is supporting evidence, not a test. Scores are means over each grid's seeds; the "
+        "datasets' grids must have been run with the same recipe to be compared at all.\n")
+
+
+def figure(tables: dict[str, pd.DataFrame], frac: float, path: Path) -> Path:
+    """Test accuracy per dataset and model, mean ± sd over seeds (like the study's Fig. 4)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    means = dataset_scores(tables, frac, "test_acc")
+    sds = pd.DataFrame({d: t[t["label_fraction"] == frac].set_index("model")["test_acc_sd"]
+                        for d, t in tables.items()}).T
+    models = list(means.columns)
+    width = 0.8 / max(1, len(models))
+    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(means), 4))
+    x = np.arange(len(means))
+    for i, model in enumerate(models):
+        ax.bar(x + i * width, means[model] * 100, width, yerr=sds[model].fillna(0) * 100,
+               label=model, capsize=2)
+    ax.set_xticks(x + width * (len(models) - 1) / 2, means.index)
+    ax.set_ylabel("test accuracy %")
+    ax.set_title(f"Test accuracy per dataset, label fraction {frac:g} (mean ± sd over seeds)")
+    ax.legend(fontsize=8, ncol=min(4, len(models)))
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format=path.suffix[1:]))
+    plt.close(fig)
+    return path
+
+
+def write_summary(grids: list[Path], out: Path) -> str:
+    """Rebuild each grid's table, then summary.md, summary.csv and summary_accuracy.png in `out`."""
+    from medssl.report.build import build_report
+    from medssl.report.tables import collect_runs, summarise
+
+    tables = {}
+    for grid in grids:
+        build_report(grid)  # each grid's own table and figures, refreshed (and checked)
+        runs, _ = collect_runs(grid)
+        dataset = runs["dataset"].iloc[0]
+        if dataset in tables:
+            raise MedsslError(f"Two grids hold {dataset} ({grid} and another): one grid per "
+                              "dataset. Fix: pass each dataset's grid folder once.")
+        tables[dataset] = summarise(runs)
+    if len(tables) < 2:
+        raise MedsslError("A summary across datasets needs at least two grids. Fix: pass two or "
+                          "more grid folders (runs/ham10000 runs/isic ...).")
+    frame, md = summarise_grids(tables)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    fractions = sorted(frame["label_fraction"].unique(), reverse=True)
+    figure(tables, fractions[0], out / "summary_accuracy.png")
+    md += "\n![test accuracy per dataset](summary_accuracy.png)\n"
+    atomic_write(out / "summary.csv", lambda p: frame.to_csv(p, index=False))
+    atomic_write(out / "summary.md", lambda p: p.write_text(md))
+    return md

@@ -1,0 +1,115 @@
+"""A fair recipe (issue 16): the lr grid chosen on val, replicated pretraining, the val split at
+a label fraction, the overfitting measures, compute, the cosine schedule."""
+
+import json
+from dataclasses import replace
+
+import pandas as pd
+import pytest
+
+from medssl.data import fixtures as fx
+from medssl.errors import MedsslError
+from medssl.experiments.lr_search import choose_lr, finetune_with_lr_grid
+from medssl.training.finetune import run_finetune
+from tests.test_finetune import FAST, csv_dataset, finetune_cfg
+
+
+def test_the_lr_grid_chooses_on_val_only(tmp_path):
+    chosen = []
+    for name, permute in (("a", False), ("b", True)):  # b: the test labels shuffled
+        cfg = finetune_cfg(csv_dataset(tmp_path / name, permute), tmp_path / f"r{name}" / "M1",
+                           base=str(tmp_path / f"r{name}"))
+        out = finetune_with_lr_grid(replace(cfg, lr=None, lr_grid=[1e-4, 3e-2], epochs=2))
+        chosen.append(json.loads((out / "metrics.json").read_text()))
+    a, b = chosen
+    assert a["lr_selected"] == b["lr_selected"] and a["lr_grid"] == [1e-4, 3e-2]
+    assert a["lr_search"]["values"] == b["lr_search"]["values"]
+    assert a["test"] != b["test"]  # the permutation reached the test labels, not the choice
+    # The choice is the best val value of the search, and the kept run is that run.
+    values = a["lr_search"]["values"]
+    assert values[f"{a['lr_selected']:g}"] == min(values.values())
+    assert a["lr"] == a["lr_selected"] and a["selection"]["value"] == min(values.values())
+    # Search runs stay out of the results table.
+    from medssl.report.tables import collect_runs
+
+    runs, _ = collect_runs(tmp_path / "ra")
+    assert len(runs) == 1 and runs["lr_searched"].all()
+
+
+def test_choose_lr_reads_only_the_selection_on_val(tmp_path):
+    runs = {}
+    for lr, val_loss, test_acc in ((1e-4, 0.9, 0.99), (1e-3, 0.5, 0.10), (1e-2, 0.7, 0.50)):
+        run = tmp_path / f"lr{lr:g}"
+        run.mkdir()
+        (run / "metrics.json").write_text(json.dumps({
+            "selection": {"metric": "val/loss", "mode": "min", "value": val_loss},
+            "test": {"acc": test_acc}}))
+        runs[lr] = run
+    assert choose_lr(runs)[0] == 1e-3
+
+
+def test_lr_and_lr_grid_together_are_refused(cli, tmp_path):
+    code, _, err = cli("finetune", "--dataset", "demo", "--model", "M1", "--lr", "1e-3",
+                       "--lr-grid", "1e-4", "1e-3", "--out", tmp_path / "r")
+    assert code == 2 and "--lr 0.001 and --lr-grid both given" in err
+    with pytest.raises(MedsslError, match="--lr-grid runs one finetuning per learning rate"):
+        run_finetune(finetune_cfg(tmp_path, tmp_path / "r", lr_grid=[1e-3]))
+
+
+def test_per_seed_pretraining_and_the_label_fraction_protocol(tmp_path, cli):
+    root = fx.make_covid19(tmp_path, per_class=10)
+    out = tmp_path / "grid"
+    code, stdout, err = cli("compare", "--dataset", "covid19", "--data-root", root, "--models",
+                            "M1", "M2", "--seeds", "0", "1", "--ssl-per-seed", "--label-fractions",
+                            "0.5", "--epochs", "2", "--ssl-epochs", "1", "--lr-schedule", "cosine",
+                            "--out", out, *FAST)
+    assert code == 0, err
+    # One backbone per seed, and seed k finetunes from pretraining k.
+    for seed in (0, 1):
+        meta = json.loads((out / "ssl-random" / f"seed{seed}" / "backbone.json").read_text())
+        assert meta["seed"] == seed and meta["images_seen"] == meta["steps"] * meta["batch_size"]
+        m = json.loads((out / "M2" / "frac0.5" / f"seed{seed}" / "metrics.json").read_text())
+        assert m["prior"]["ssl_checkpoint"].endswith(f"ssl-random/seed{seed}/backbone.pt")
+        assert m["compute"]["pretrain_images_seen"] == meta["images_seen"]
+    assert not (out / "ssl-random" / "backbone.pt").exists()
+    results = pd.read_csv(out / "results.csv").set_index("model")
+    assert results.at["M2", "sd_includes"] == "finetuning + pretraining"
+    assert results.at["M1", "sd_includes"] == "finetuning"
+    assert "finetuning + pretraining" in stdout
+
+    run = out / "M1" / "frac0.5" / "seed0"
+    m = json.loads((run / "metrics.json").read_text())
+    split = pd.read_csv(run / "split.csv")
+    val = split[split["split"] == "val"]
+    chosen = pd.read_csv(run / "selection_val.csv")
+    # Selection saw half of val, stratified, every class kept.
+    assert m["selection"]["val_images"] == len(chosen) < len(val)
+    assert set(chosen["label"]) == set(val["label"]) and set(chosen["path"]) <= set(val["path"])
+    assert len(pd.read_csv(run / "val_predictions.csv")) == len(chosen)
+    # The overfitting measures, from the logged clean pass over labelled train images.
+    curves = pd.read_csv(run / "logs" / "metrics.csv")
+    assert curves["train_eval/acc"].notna().sum() == 2 and curves["train_eval/loss"].notna().sum() == 2
+    o = m["overfitting"]
+    by_epoch = curves.dropna(subset=["val/loss"]).set_index("epoch")
+    last = by_epoch.loc[by_epoch.index.max()]
+    assert o["last_epoch"] == 2 and o["selected_epoch"] == m["selection"]["epoch"]
+    assert o["acc_gap_last"] == pytest.approx(last["train_eval/acc"] - last["val/acc"])
+    assert o["val_loss_rise"] == pytest.approx(last["val/loss"] - by_epoch["val/loss"].min())
+    assert set(m["test_last"]) >= {"acc", "ece", "brier"} and m["lr_schedule"] == "cosine"
+    assert m["compute"]["finetune_images_seen"] == 2 * m["labelled_train_images"]
+    assert (out / "reliability.png").is_file()
+    # --full-val keeps the whole val split for selection.
+    full = run_finetune(replace(_config_of(m), full_val=True, out=str(tmp_path / "full"),
+                                resume=False, force=True, lr_choice=None))
+    f = json.loads((full / "metrics.json").read_text())
+    assert f["selection"]["val_images"] == len(val) and f["selection"]["val"] == "full"
+    assert not (full / "selection_val.csv").exists()
+
+
+def _config_of(metrics):
+    from medssl.data import ReadOptions
+    from medssl.training.finetune import FinetuneConfig
+
+    config = dict(metrics["config"])
+    config["read_options"] = ReadOptions(**config["read_options"])
+    return FinetuneConfig(**config)

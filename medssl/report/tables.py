@@ -291,6 +291,10 @@ def write_results(base: Path, skipped_models: dict[str, str] | None = None) -> t
     summary = summarise(runs)
     summary["duplicate_policy"] = runs["duplicate_policy"].iloc[0]
     md = markdown_table(summary, skipped_models) + "\n" + duplicates_line(runs) + "\n"
+    if not runs["lr_searched"].any() and runs["lr"].nunique() == 1:
+        md += (f"\nEvery model finetuned at lr {runs['lr'].iloc[0]:g}, not searched: one rate "
+               "can suit pretrained weights and leave a random init undertrained (or the "
+               "reverse). `--lr-grid` chooses each model's rate on val.\n")
     supervised = sorted(runs.loc[runs["supervised_prior"], "model"].unique())
     if supervised:  # not self-supervised: a fair reader must know which priors saw labels
         md += (f"\n{', '.join(supervised)}: a supervised prior (its pretraining learned from the "

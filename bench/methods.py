@@ -1,7 +1,7 @@
 """Every self-supervised method, measured the same way (docs/methods.md).
 
     python bench/methods.py speed                      # s/image and peak memory, 64 px, CPU
-    python bench/methods.py readouts --data demo       # kNN / few-shot before -> after
+    python bench/methods.py readouts --data demo --epochs 30   # kNN / few-shot before -> after
     python bench/methods.py readouts --data folder --data-root /tmp/real/digits --image-size 32 \
         --batch-size 128 --warmup-epochs 2
 

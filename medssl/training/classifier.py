@@ -78,9 +78,11 @@ class Classifier(pl.LightningModule):
                  weight_decay: float = 1e-6, head: str = "linear", freeze_epochs: int = 0,
                  bn_eval: bool = False, class_weights: torch.Tensor | None = None,
                  input_transform: nn.Module | None = None, compile_model: bool = False,
-                 seed: int = 0, lr_scaling: str = "auto", lr_schedule: str = "constant"):
+                 seed: int = 0, lr_scaling: str = "auto", lr_schedule: str = "constant",
+                 objective: nn.Module | None = None):
         super().__init__()
-        self.save_hyperparameters(ignore=["backbone", "class_weights", "input_transform"])
+        self.save_hyperparameters(ignore=["backbone", "class_weights", "input_transform",
+                                          "objective"])
         self.backbone = backbone.to(memory_format=torch.channels_last)
         # uint8 batches become normalised floats on the accelerator, after the transfer.
         self.input_transform = input_transform
@@ -92,6 +94,12 @@ class Classifier(pl.LightningModule):
         # Class weights shape the training objective only; every reported loss is plain CE,
         # so losses stay comparable between runs with and without weighting.
         self.register_buffer("class_weights", class_weights, persistent=False)
+        # The training objective (medssl.training.objectives): plain cross-entropy by default.
+        if objective is None:
+            from medssl.training.objectives import get_objective
+
+            objective = get_objective("plain")()
+        self.objective = objective
         # ModuleDict keys may not shadow Module attributes such as `train`: hence the prefix.
         self.metrics = nn.ModuleDict({f"m_{s}": epoch_metrics(num_classes) for s in STAGES})
         self.losses = nn.ModuleDict({f"m_{s}": MeanMetric() for s in STAGES})
@@ -130,8 +138,8 @@ class Classifier(pl.LightningModule):
         loss = F.cross_entropy(logits, y)
         self.losses[f"m_{stage}"].update(loss.detach(), weight=len(y))
         self.metrics[f"m_{stage}"].update(logits.detach().float().softmax(dim=1), y)
-        if stage == "train" and self.class_weights is not None:
-            return F.cross_entropy(logits, y, weight=self.class_weights.to(logits.dtype))
+        if stage == "train":  # the objective shapes training only; the logged loss is plain CE
+            return self.objective(logits, y, x, self.class_weights)
         return loss
 
     def training_step(self, batch, batch_idx):

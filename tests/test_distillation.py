@@ -1,0 +1,81 @@
+"""Finetuning objectives (medssl.training.objectives): plain cross-entropy and distillation."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medssl.errors import MedsslError
+from medssl.training.objectives import get_objective
+from medssl.training.objectives.distillation import kd_loss
+
+
+class Fixed(nn.Module):
+    """A teacher that always says the same logits."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = torch.tensor(logits)
+
+    def forward(self, x):
+        return self.logits.expand(len(x), -1)
+
+
+def softmax(values, t):
+    e = [math.exp(v / t) for v in values]
+    return [v / sum(e) for v in e]
+
+
+def test_kd_loss_equals_a_hand_computed_value():
+    student, teacher, label, t, alpha = [1.0, 2.0, 0.0], [2.0, 0.0, 1.0], 1, 2.0, 0.7
+    ce = -math.log(softmax(student, 1)[label])
+    p_t, p_s = softmax(teacher, t), softmax(student, t)
+    kl = sum(a * math.log(a / b) for a, b in zip(p_t, p_s))
+    expected = (1 - alpha) * ce + alpha * t * t * kl
+    distill = get_objective("distillation")([Fixed(teacher)], temperature=t, alpha=alpha)
+    got = distill(torch.tensor([student]), torch.tensor([label]), torch.zeros(1, 3))
+    assert float(got) == pytest.approx(expected, rel=1e-6)
+
+
+def test_alpha_zero_is_plain_cross_entropy_bit_for_bit():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(8, 5, generator=g, requires_grad=True)
+    labels = torch.randint(0, 5, (8,), generator=g)
+    weights = torch.rand(5, generator=g)
+    for w in (None, weights):
+        plain = get_objective("plain")()(logits, labels, None, w)
+        (grad_plain,) = torch.autograd.grad(plain, logits)
+        distill = get_objective("distillation")([Fixed([3.0, 0.0, 1.0, 2.0, -1.0])], alpha=0.0)
+        kd = distill(logits, labels, torch.zeros(8, 1), w)
+        (grad_kd,) = torch.autograd.grad(kd, logits)
+        assert torch.equal(plain, kd) and torch.equal(grad_plain, grad_kd)
+        # The plain objective is the study's cross-entropy, unchanged.
+        assert torch.equal(plain, F.cross_entropy(logits, labels, weight=w))
+
+
+def test_several_teachers_average_their_softened_probabilities():
+    a, b = Fixed([2.0, 0.0]), Fixed([0.0, 1.0])
+    distill = get_objective("distillation")([a, b], temperature=4.0)
+    mean = (torch.tensor(softmax([2.0, 0.0], 4)) + torch.tensor(softmax([0.0, 1.0], 4))) / 2
+    assert torch.allclose(distill.teacher_probs(torch.zeros(1, 1))[0], mean.float())
+    student = torch.tensor([[0.5, 0.1]])
+    # float32 throughout; the KL of two close distributions keeps about 4 digits
+    assert float(distill(student, torch.tensor([0]), torch.zeros(1, 1))) == pytest.approx(
+        float(kd_loss(student, mean.float()[None], torch.tensor([0]), 4.0, 0.9)), rel=1e-4)
+
+
+def test_teachers_stay_frozen_and_out_of_the_students_checkpoint():
+    from medssl.models import build_backbone, feature_dim
+    from medssl.training.classifier import Classifier
+
+    teacher = nn.Linear(3, 2)
+    distill = get_objective("distillation")([teacher])
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    plain = Classifier(build_backbone("resnet18"), feature_dim("resnet18"), ["a", "b"], lr=1e-3)
+    student = Classifier(build_backbone("resnet18"), feature_dim("resnet18"), ["a", "b"], lr=1e-3,
+                         objective=distill)
+    assert plain.state_dict().keys() == student.state_dict().keys()
+    with pytest.raises(MedsslError, match="Unknown finetuning objective 'mutal'"):
+        get_objective("mutal")

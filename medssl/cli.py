@@ -397,6 +397,13 @@ def add_finetune_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     g.add_argument("--label-fraction", type=label_fraction, default=1.0,
                    help="finetune on this seeded, stratified share of the labelled train split")
+    g.add_argument("--teacher", nargs="+", dest="teachers", metavar="RUN",
+                   help="knowledge distillation from these finished runs of the same split (their "
+                   "probabilities averaged)")
+    g.add_argument("--kd-temperature", type=float, default=4.0,
+                   help="distillation temperature (default 4)")
+    g.add_argument("--kd-alpha", type=float, default=0.9,
+                   help="weight of the distillation term, 1 - alpha on the labels (default 0.9)")
     run_folder_flags(g, "run folder (default runs/<dataset>/<model>/seed<k>)")
 
 
@@ -407,7 +414,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     cfg = FinetuneConfig(model=args.model, ssl_checkpoint=args.ssl_checkpoint,
                          allow_other_dataset=args.allow_other_dataset, seed=args.seed,
                          label_fraction=args.label_fraction, out=args.out, resume=args.resume,
-                         force=args.force, **part_from_args(args, RecipeOptions), **shared(args))
+                         force=args.force, teachers=args.teachers,
+                         kd_temperature=args.kd_temperature, kd_alpha=args.kd_alpha,
+                         **part_from_args(args, RecipeOptions), **shared(args))
     if cfg.lr_grid:
         from medssl.experiments.lr_search import finetune_with_lr_grid
 

@@ -79,3 +79,40 @@ def test_teachers_stay_frozen_and_out_of_the_students_checkpoint():
     assert plain.state_dict().keys() == student.state_dict().keys()
     with pytest.raises(MedsslError, match="Unknown finetuning objective 'mutal'"):
         get_objective("mutal")
+
+
+def _weights(run):
+    return torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"]
+
+
+def test_alpha_zero_finetunes_bit_for_bit_as_plain_and_mismatched_teachers_are_refused(tmp_path):
+    import json
+    from dataclasses import replace
+
+    from medssl.training.finetune import run_finetune
+    from tests.test_finetune import csv_dataset, finetune_cfg
+
+    root = csv_dataset(tmp_path / "data", False)
+    base = replace(finetune_cfg(root, tmp_path / "teacher"), epochs=2)
+    teacher = run_finetune(base)
+    plain = run_finetune(replace(base, seed=1, out=str(tmp_path / "plain")))
+    kd0 = run_finetune(replace(base, seed=1, out=str(tmp_path / "kd0"), teachers=[str(teacher)],
+                               kd_alpha=0.0))
+    kd = run_finetune(replace(base, seed=1, out=str(tmp_path / "kd"), teachers=[str(teacher)]))
+    m_plain, m_kd0, m_kd = (json.loads((r / "metrics.json").read_text()) for r in (plain, kd0, kd))
+    for split in ("train", "val", "test"):
+        assert m_plain[split] == m_kd0[split]
+    w_plain, w_kd0, w_kd = _weights(plain), _weights(kd0), _weights(kd)
+    assert all(torch.equal(w_plain[k], w_kd0[k]) for k in w_plain)
+    assert not all(torch.equal(w_plain[k], w_kd[k]) for k in w_plain)  # the teacher reached it
+    assert m_kd["objective"]["name"] == "distillation" and m_kd["objective"]["alpha"] == 0.9
+    assert m_kd["objective"]["teachers"][0]["run"] == str(teacher)
+    assert m_plain["objective"] == {"name": "plain"}
+
+    other = run_finetune(replace(base, split_seed=1, out=str(tmp_path / "other")))
+    with pytest.raises(MedsslError) as err:
+        run_finetune(replace(base, seed=1, out=str(tmp_path / "bad"), teachers=[str(other)]))
+    assert f"Teacher {other} does not fit this run: its split differs" in str(err.value)
+    assert f"--split-file {other / 'split.csv'}" in str(err.value)
+    with pytest.raises(MedsslError, match="is not a finished finetuning run"):
+        run_finetune(replace(base, seed=1, out=str(tmp_path / "bad2"), teachers=[str(tmp_path)]))

@@ -36,6 +36,11 @@ class FinetuneConfig(DataOptions, HardwareOptions, ModelOptions, RecipeOptions):
     base: str | None = None  # the dataset's run folder (default runs/<dataset>)
     # Set by an lr search (experiments.lr_search) for the seeds that reuse its choice.
     lr_choice: dict | None = None
+    # Knowledge distillation: finished runs on this split whose averaged, temperature-softened
+    # predictions the student also learns from (training.objectives.distillation).
+    teachers: list[str] | None = None
+    kd_temperature: float = 4.0
+    kd_alpha: float = 0.9
     out: str | None = None
     resume: bool = False
     force: bool = False
@@ -59,6 +64,12 @@ def resolve(cfg: FinetuneConfig) -> FinetuneConfig:
     prior = prior_of(cfg.model)
     cfg.imagenet_weights = imagenet_weights_for(prior.init, cfg.imagenet_weights,
                                                 f"{cfg.model} ({prior.title})")
+    if cfg.teachers is not None and not cfg.teachers:
+        raise MedsslError("--teacher needs at least one finished run.")
+    if not 0 <= cfg.kd_alpha <= 1:
+        raise MedsslError(f"--kd-alpha must lie in [0, 1], got {cfg.kd_alpha}.")
+    if cfg.kd_temperature <= 0:
+        raise MedsslError(f"--kd-temperature must be above 0, got {cfg.kd_temperature}.")
     if cfg.freeze_epochs >= cfg.epochs:
         log.warning("--freeze-epochs %d is not below --epochs %d: the backbone is never trained, "
                     "only the head (a linear probe)", cfg.freeze_epochs, cfg.epochs)
@@ -216,11 +227,13 @@ def _train(cfg: FinetuneConfig) -> Path:
         counts = torch.bincount(torch.tensor(train_loader.dataset.targets), minlength=n_classes)
         weights = len(labelled) / (n_classes * counts.clamp_min(1).float())
 
+    objective, objective_record = training_objective(cfg, table)
     module = Classifier(backbone, feature_dim(cfg.arch), table.classes, lr=cfg.lr,
                         weight_decay=cfg.weight_decay, head=cfg.head,
                         freeze_epochs=cfg.freeze_epochs, bn_eval=cfg.bn_eval, class_weights=weights,
                         input_transform=Normalize(p.mean, p.std), compile_model=cfg.compile,
-                        seed=cfg.seed, lr_scaling=cfg.lr_scaling, lr_schedule=cfg.lr_schedule)
+                        seed=cfg.seed, lr_scaling=cfg.lr_scaling, lr_schedule=cfg.lr_schedule,
+                        objective=objective)
     monitor, mode = f"val/{cfg.select}", SELECT_METRICS[cfg.select]
     best = ModelCheckpoint(dirpath=str(out / "checkpoints"), filename="best", monitor=monitor,
                            mode=mode, save_top_k=1, enable_version_counter=False,
@@ -275,7 +288,7 @@ def _train(cfg: FinetuneConfig) -> Path:
             "lr_used": scaled_lr(cfg.lr, trainer.world_size, cfg.lr_scaling),
             "lr_scaling": scaling_rule(cfg.lr_scaling, "adam"), "lr_schedule": cfg.lr_schedule,
             "train": results["train"], "val": results["val"], "test": results["test"],
-            "test_last": results["test_last"],
+            "test_last": results["test_last"], "objective": objective_record,
             **(cfg.lr_choice or {"lr_selected": None, "lr_grid": None}),
             "overfitting": overfitting(epoch_curves(out), int(selected["epoch"]) + 1),
             # No batch is dropped: every epoch sees every labelled image once (or, cut short by
@@ -296,6 +309,22 @@ def _train(cfg: FinetuneConfig) -> Path:
                  results["test"]["acc"], results["test"]["balanced_acc"])
     barrier()  # the other ranks return once the results are there
     return out
+
+
+def training_objective(cfg: FinetuneConfig, table):
+    """Plain cross-entropy, or distillation from `cfg.teachers`; and its record for metrics.json."""
+    from medssl.training.objectives import get_objective
+
+    if not cfg.teachers:
+        return get_objective("plain")(), {"name": "plain"}
+    from medssl.training.teachers import load_teacher
+
+    loaded = [load_teacher(run, table.samples, table.classes, cfg.dataset, cfg.image_size)
+              for run in cfg.teachers]
+    objective = get_objective("distillation")([t for t, _ in loaded], cfg.kd_temperature,
+                                              cfg.kd_alpha)
+    return objective, {"name": "distillation", "temperature": cfg.kd_temperature,
+                       "alpha": cfg.kd_alpha, "teachers": [info for _, info in loaded]}
 
 
 def train_eval_sample(labelled, size: int, seed: int):

@@ -47,6 +47,8 @@ class Distillation(nn.Module):
 
     @torch.no_grad()
     def teacher_probs(self, inputs: torch.Tensor) -> torch.Tensor:
+        for teacher in self.teachers:  # outside the module tree, so Lightning does not move them
+            teacher.to(inputs.device)
         probs = [F.softmax(t(inputs).float() / self.temperature, dim=1) for t in self.teachers]
         return torch.stack(probs).mean(dim=0)
 

@@ -1,0 +1,90 @@
+"""Teachers for knowledge distillation: finished finetuning runs, loaded whole (backbone and head)
+from their selected checkpoint, strictly and with `weights_only`, frozen.
+
+A teacher must have been trained on the student's split: the same images in train, val and test
+(so it never trained on an image the student is selected or tested on), the same classes, the
+same image size. Anything else is refused by the teacher's name with the fix.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch import nn
+
+from medssl.errors import MedsslError
+
+
+class RunClassifier(nn.Module):
+    """A finished run's backbone and head, as its checkpoint holds them."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module):
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, x):
+        return self.head(self.backbone(x))
+
+
+def load_teacher(run: str | Path, samples: pd.DataFrame, classes: list[str], dataset: str,
+                 image_size: int) -> tuple[nn.Module, dict]:
+    """The teacher of `run` and what it is (for metrics.json); `samples` is the student's split."""
+    from medssl.models.backbones import empty_backbone, feature_dim
+    from medssl.models.checkpoints import load_strict
+    from medssl.runs import finetune_finished
+    from medssl.training.classifier import make_head
+
+    run = Path(run)
+    fix_run = "Fix: pass the folder of a finished `medssl finetune` run (e.g. runs/covid19/M3/seed0)."
+    if not finetune_finished(run):
+        raise MedsslError(f"Teacher {run} is not a finished finetuning run (no completion marker "
+                          f"with metrics.json). {fix_run}")
+    metrics = json.loads((run / "metrics.json").read_text())
+    config = metrics["config"]
+    problems = []
+    if metrics["dataset"] != dataset:
+        problems.append(f"it was trained on {metrics['dataset']}, the student on {dataset}")
+    if metrics["classes"] != list(classes):
+        problems.append(f"its classes are {metrics['classes']}, the student's {list(classes)}")
+    if config["image_size"] != image_size:
+        problems.append(f"it saw {config['image_size']} px images, the student {image_size} px")
+    problems += _split_differences(run / "split.csv", samples)
+    if problems:
+        raise MedsslError(f"Teacher {run} does not fit this run: " + "; ".join(problems) +
+                          f". Fix: finetune the student with --split-file {run / 'split.csv'} "
+                          "(and the teacher's dataset, classes and --image-size), or train a "
+                          "teacher on the student's split.")
+    checkpoint = run / "checkpoints" / "best.ckpt"
+    if not checkpoint.is_file():
+        raise MedsslError(f"Teacher {run} has no selected checkpoint ({checkpoint}). {fix_run}")
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    # Built with its own random stream: initialising the (soon overwritten) weights must not move
+    # the student's RNG, or its head would start elsewhere than without a teacher.
+    with torch.random.fork_rng(devices=[]):
+        teacher = RunClassifier(empty_backbone(config["arch"]),
+                                make_head(config["head"], feature_dim(config["arch"]), len(classes)))
+    wanted = {k: v for k, v in state.items() if k.startswith(("backbone.", "head."))}
+    load_strict(teacher, wanted, str(checkpoint))
+    teacher.eval().requires_grad_(False)
+    return teacher, {"run": str(run), "model": metrics["model"], "arch": config["arch"],
+                     "seed": metrics["seed"], "checkpoint": str(checkpoint),
+                     "test_acc": metrics["test"]["acc"]}
+
+
+def _split_differences(split_file: Path, samples: pd.DataFrame) -> list[str]:
+    """Where the teacher's split differs from the student's, in words (empty when it does not)."""
+    if not split_file.is_file():
+        return [f"it has no {split_file.name}"]
+    theirs = pd.read_csv(split_file, dtype=str, keep_default_na=False).set_index("path")["split"]
+    ours = samples.set_index("path")["split"]
+    for path, split in ours.items():
+        if theirs.get(path, "absent") != split:
+            return [f"its split differs (first: {path} is {theirs.get(path, 'absent')} there, "
+                    f"{split} here)"]
+    extra = sorted(set(theirs.index) - set(ours.index))
+    if extra:
+        return [f"its split holds images this one does not (first: {extra[0]})"]
+    return []

@@ -113,3 +113,24 @@ def _config_of(metrics):
     config = dict(metrics["config"])
     config["read_options"] = ReadOptions(**config["read_options"])
     return FinetuneConfig(**config)
+
+
+def test_compare_chooses_each_models_lr_on_the_first_seed_and_uses_it_for_every_seed(tmp_path, cli):
+    root = fx.make_covid19(tmp_path, per_class=6)
+    out = tmp_path / "grid"
+    code, stdout, err = cli("compare", "--dataset", "covid19", "--data-root", root, "--models",
+                            "M1", "--seeds", "0", "1", "--epochs", "1", "--lr-grid", "1e-4", "1e-2",
+                            "--out", out, *FAST)
+    assert code == 0, err
+    searched = sorted(p.parent.parent.name for p in (out / "lr-search" / "M1").rglob("finished.json"))
+    assert searched == ["lr0.0001", "lr0.01"]  # the first seed's runs only
+    assert all(p.name == "seed0" for p in (out / "lr-search" / "M1").glob("*/*"))
+    m0, m1 = (json.loads((out / "M1" / f"seed{s}" / "metrics.json").read_text()) for s in (0, 1))
+    assert m0["lr_selected"] == m1["lr_selected"] == m0["lr"] == m1["lr"]
+    assert m0["lr_grid"] == m1["lr_grid"] == [1e-4, 1e-2]
+    assert m0["lr_search"] == m1["lr_search"] and m0["lr_search"]["seed"] == 0
+    chosen = f"{m0['lr_selected']:g}"
+    assert m0["selection"]["value"] == m0["lr_search"]["values"][chosen]
+    results = pd.read_csv(out / "results.csv")
+    assert list(results["seeds"]) == [2]  # the search runs are not rows of the table
+    assert f"{chosen} (chosen on val)" in stdout

@@ -116,3 +116,11 @@ def test_alpha_zero_finetunes_bit_for_bit_as_plain_and_mismatched_teachers_are_r
     assert f"--split-file {other / 'split.csv'}" in str(err.value)
     with pytest.raises(MedsslError, match="is not a finished finetuning run"):
         run_finetune(replace(base, seed=1, out=str(tmp_path / "bad2"), teachers=[str(tmp_path)]))
+
+
+@pytest.mark.parametrize("flag, value, said", [("--kd-alpha", "1.5", "--kd-alpha must lie in [0, 1]"),
+                                               ("--kd-temperature", "0", "--kd-temperature must be above 0")])
+def test_bad_distillation_flags_are_refused_before_anything_runs(cli, tmp_path, flag, value, said):
+    code, _, err = cli("finetune", "--dataset", "demo", "--model", "M1", "--teacher", tmp_path,
+                       flag, value, "--out", tmp_path / "r")
+    assert code == 2 and said in err and not (tmp_path / "r").exists()

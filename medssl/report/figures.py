@@ -61,13 +61,12 @@ def reliability_figure(runs: pd.DataFrame, path: Path, title: str) -> Path:
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
     edges = np.linspace(0, 1, RELIABILITY_BINS + 1)
     for ax, model in zip(axes.flat, models):
+        from medssl.report.tables import _test_predictions
+
         confidence, right = [], []
-        for run in runs.loc[runs["model"] == model, "run"]:
-            pred = pd.read_csv(Path(run) / "test_predictions.csv")
-            probs = pred.filter(like="prob_")
-            classes = [c[len("prob_"):] for c in probs.columns]
-            confidence.append(probs.to_numpy().max(1))
-            right.append(np.array(classes)[probs.to_numpy().argmax(1)] == pred["label"].astype(str))
+        for _, labels, probs in _test_predictions(runs[runs["model"] == model]).values():
+            confidence.append(probs.max(1))
+            right.append(probs.argmax(1) == labels)
         confidence, right = np.concatenate(confidence), np.concatenate(right)
         which = np.clip(np.digitize(confidence, edges[1:-1]), 0, RELIABILITY_BINS - 1)
         count = np.bincount(which, minlength=RELIABILITY_BINS)

@@ -125,3 +125,10 @@ def trainer_options(cfg) -> dict:
     on_gpu = cfg.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
     return {"devices": cfg.devices, "num_nodes": cfg.num_nodes, "strategy": cfg.strategy,
             "sync_batchnorm": on_gpu, "use_distributed_sampler": False}
+
+
+def gpu_hours(trainer, seconds: float) -> float | None:
+    """Wall time x processes in hours when the run used CUDA GPUs; None elsewhere (not measured)."""
+    if trainer.accelerator.__class__.__name__ != "CUDAAccelerator":
+        return None
+    return seconds * trainer.world_size / 3600

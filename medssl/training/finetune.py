@@ -360,10 +360,11 @@ def overfitting(curves, selected_epoch: int) -> dict:
 def compute_record(source: dict, trainer, wall_time_s: float, images_seen: int) -> dict:
     """What the model cost: images seen in its pretraining (from backbone.json) and finetuning,
     and GPU-hours where GPUs were used (None on a CPU: not measured)."""
-    on_gpu = trainer.accelerator.__class__.__name__ == "CUDAAccelerator"
+    from medssl.training.distributed import gpu_hours
+
     return {"finetune_images_seen": images_seen,
             "pretrain_images_seen": source.get("ssl_images_seen", 0),
-            "finetune_gpu_hours": wall_time_s * trainer.world_size / 3600 if on_gpu else None,
+            "finetune_gpu_hours": gpu_hours(trainer, wall_time_s),
             "pretrain_gpu_hours": source.get("ssl_gpu_hours")}
 
 

@@ -117,7 +117,7 @@ def _train(cfg: PretrainConfig) -> Path:
     from medssl.training.loaders import (AtomicCheckpointIO, SamplerEpochCheck, default_precision,
                                          every_epoch_checkpoint, fit, make_loader, open_cache,
                                          resume_point)
-    from medssl.training.distributed import (barrier, is_rank_zero, planned_world_size,
+    from medssl.training.distributed import (barrier, gpu_hours, is_rank_zero, planned_world_size,
                                              scaled_lr, scaling_rule, trainer_options)
     from medssl.training.run_logs import run_loggers
     from medssl.data.splits import label_subset
@@ -206,8 +206,7 @@ def _train(cfg: PretrainConfig) -> Path:
             "epochs": trainer.current_epoch, "steps": trainer.global_step,
             # drop_last: every step is one full global batch
             "images_seen": trainer.global_step * batch_size * trainer.world_size,
-            "gpu_hours": (round(time.time() - started, 1) * trainer.world_size / 3600
-                          if trainer.accelerator.__class__.__name__ == "CUDAAccelerator" else None),
+            "gpu_hours": gpu_hours(trainer, time.time() - started),
             "batch_size": batch_size, "world_size": trainer.world_size,
             "global_batch_size": batch_size * trainer.world_size, "lr": cfg.lr,
             "lr_used": scaled_lr(cfg.lr, trainer.world_size, cfg.lr_scaling, cfg.optimizer),

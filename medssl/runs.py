@@ -41,7 +41,25 @@ def ssl_dir(base: Path, init: str, method: str = "simclr") -> Path:
 
 def finetune_dir(base: Path, model: str, seed: int, label_fraction: float = 1.0) -> Path:
     frac = "" if label_fraction == 1.0 else f"frac{label_fraction:g}"
-    return Path(base) / model / frac / f"seed{seed}"
+    return Path(base) / model_folder(model) / frac / f"seed{seed}"
+
+
+def kd_name(teachers: list[str], student: str) -> str:
+    """The table's name of a distilled model: KD(M3→M1), KD(M3+M4→M1) for an ensemble teacher."""
+    return f"KD({'+'.join(teachers)}→{student})"
+
+
+def dml_name(members: list[str], member: str | None = None) -> str:
+    """A mutual-learning cohort's name, DML(M3+M4) (its ensemble), or one member's, DML(M3+M4)/M3."""
+    cohort = f"DML({'+'.join(members)})"
+    return f"{cohort}/{member}" if member else cohort
+
+
+def model_folder(model: str) -> str:
+    """A model's folder name, safe on any file system and in a shell: the table's name with its
+    brackets and arrow spelled out (KD(M3→M1) -> KD-M3-to-M1, DML(M3+M4)/M3 -> DML-M3+M4/M3);
+    M1-M4 and M2-<method> are their own folders."""
+    return model.replace("→", "-to-").replace("(", "-").replace(")", "")
 
 
 def mark_finished(run: Path, outputs: tuple[str, ...]) -> None:

@@ -124,3 +124,37 @@ def test_bad_distillation_flags_are_refused_before_anything_runs(cli, tmp_path, 
     code, _, err = cli("finetune", "--dataset", "demo", "--model", "M1", "--teacher", tmp_path,
                        flag, value, "--out", tmp_path / "r")
     assert code == 2 and said in err and not (tmp_path / "r").exists()
+
+
+def test_mutual_loss_equals_a_hand_computed_value_with_peers_detached():
+    from medssl.training.objectives.mutual import dml_loss
+
+    own, peers, label = [1.0, 2.0, 0.0], ([2.0, 0.0, 1.0], [0.0, 0.5, 3.0]), 2
+    p_own = softmax(own, 1)
+    kls = [sum(a * math.log(a / b) for a, b in zip(softmax(p, 1), p_own)) for p in peers]
+    expected = -math.log(p_own[label]) + sum(kls) / len(kls)
+    logits = torch.tensor([own], requires_grad=True)
+    peer_logits = [torch.tensor([p], requires_grad=True) for p in peers]
+    got = get_objective("mutual")()(logits, torch.tensor([label]), None, peer_logits=peer_logits)
+    assert float(got.detach()) == pytest.approx(expected, rel=1e-6)
+    got.backward()  # each member is updated by its own loss only: no gradient reaches a peer
+    assert logits.grad is not None and all(p.grad is None for p in peer_logits)
+    with pytest.raises(ValueError, match="at least one peer"):
+        dml_loss(logits, [], torch.tensor([label]))
+
+
+def test_distilled_and_mutual_models_have_explicit_names_and_safe_folders(tmp_path):
+    from medssl.runs import dml_name, finetune_dir, kd_name, model_folder
+
+    assert kd_name(["M3"], "M1") == "KD(M3→M1)" and model_folder("KD(M3→M1)") == "KD-M3-to-M1"
+    assert model_folder(kd_name(["M3", "M4"], "M1")) == "KD-M3+M4-to-M1"
+    assert dml_name(["M3", "M4"]) == "DML(M3+M4)" and dml_name(["M3", "M4"], "M3") == "DML(M3+M4)/M3"
+    assert model_folder("DML(M3+M4)/M3") == "DML-M3+M4/M3"
+    for model in ("M1", "M2-byol"):  # the study's and the methods' folders are unchanged
+        assert finetune_dir(tmp_path, model, 0) == tmp_path / model / "seed0"
+    folder = finetune_dir(tmp_path, "KD(M3+M4→M1)", 1, 0.1)
+    assert folder == tmp_path / "KD-M3+M4-to-M1" / "frac0.1" / "seed1"
+    # Only characters every file system and shell accepts unquoted.
+    assert set(str(folder.relative_to(tmp_path))) <= set("abcdefghijklmnopqrstuvwxyz"
+                                                         "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-+./")
+    folder.mkdir(parents=True)

@@ -1,6 +1,6 @@
 """Finetuning objectives, registered by name: one file each (plain cross-entropy; knowledge
-distillation). The classifier calls its objective on every training batch; every reported loss
-stays plain cross-entropy, so runs with different objectives compare.
+distillation; deep mutual learning). The classifier calls its objective on every training
+batch; every reported loss stays plain cross-entropy, so runs with different objectives compare.
 
 Adding an objective means its file, one line in `_MODULES` below, and its test.
 """
@@ -12,7 +12,7 @@ import importlib
 from medssl.errors import MedsslError
 
 OBJECTIVES: dict[str, type] = {}
-_MODULES = ("plain", "distillation")
+_MODULES = ("plain", "distillation", "mutual")
 
 
 def register(cls: type) -> type:

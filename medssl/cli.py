@@ -268,6 +268,12 @@ def finetune_recipe_options() -> argparse.ArgumentParser:
     g.add_argument("--bn-eval", action="store_true",
                    help="keep the backbone's BatchNorm in eval mode throughout (the study's "
                    "setting; leaves a random backbone without normalisation)")
+    g.add_argument("--kd-temperature", type=float, default=4.0,
+                   help="knowledge distillation (--teacher, compare --distill): temperature "
+                   "(default 4)")
+    g.add_argument("--kd-alpha", type=float, default=0.9,
+                   help="knowledge distillation: weight of the teachers' term, 1 - alpha on the "
+                   "labels (default 0.9)")
     return p
 
 
@@ -374,22 +380,48 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def checked_by(check):
+    """An argparse type that keeps the text once `check(text)` accepts it: its MedsslError
+    becomes argparse's message, naming the flag."""
+    def flag_type(text: str) -> str:
+        try:
+            check(text)
+        except MedsslError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return text
+    return flag_type
+
+
 def model_flag(text: str) -> str:
     """`--model`: M1-M4, or M2-<method> / M4-<method> (priors.prior_of)."""
     from medssl.models.priors import prior_of
 
-    try:
-        prior_of(text)
-    except MedsslError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
+    return checked_by(prior_of)(text)
+
+
+def distill_flag(text: str) -> str:
+    """`--distill`: TEACHER:STUDENT, e.g. M3:M1 or M3+M4:M1."""
+    from medssl.experiments.compare import parse_distill
+
+    return checked_by(parse_distill)(text)
+
+
+def cohort_flag(text: str) -> str:
+    """`--mutual` of compare: MODEL+MODEL[+...], e.g. M3+M4."""
+    from medssl.experiments.compare import parse_cohort
+
+    return checked_by(parse_cohort)(text)
 
 
 def add_finetune_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("finetuning")
-    g.add_argument("--model", required=True, type=model_flag, metavar="MODEL",
+    g.add_argument("--model", type=model_flag, metavar="MODEL",
                    help="M1 random, M2 random+SimCLR, M3 ImageNet, M4 ImageNet+SimCLR; "
                    "M2-<method> / M4-<method> for another SSL method (e.g. M2-byol)")
+    g.add_argument("--mutual", nargs="+", type=model_flag, metavar="MODEL",
+                   help="deep mutual learning instead of --model: train these models (two or "
+                   "more) together, each also learning from the others' predictions; writes each "
+                   "member's run and their ensemble's")
     g.add_argument("--ssl-checkpoint", help="backbone.pt (or its folder) for M2/M4 "
                    "(default runs/<dataset>/ssl-random or ssl-imagenet)")
     g.add_argument("--allow-other-dataset", action="store_true",
@@ -400,22 +432,19 @@ def add_finetune_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--teacher", nargs="+", dest="teachers", metavar="RUN",
                    help="knowledge distillation from these finished runs of the same split (their "
                    "probabilities averaged)")
-    g.add_argument("--kd-temperature", type=float, default=4.0,
-                   help="distillation temperature (default 4)")
-    g.add_argument("--kd-alpha", type=float, default=0.9,
-                   help="weight of the distillation term, 1 - alpha on the labels (default 0.9)")
-    run_folder_flags(g, "run folder (default runs/<dataset>/<model>/seed<k>)")
+    run_folder_flags(g, "run folder (default runs/<dataset>/<model>/seed<k>; KD-M3-to-M1, "
+                     "DML-M3+M4 for distillation and mutual learning)")
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     from medssl.options import RecipeOptions
     from medssl.training.finetune import FinetuneConfig, run_finetune
 
-    cfg = FinetuneConfig(model=args.model, ssl_checkpoint=args.ssl_checkpoint,
+    cfg = FinetuneConfig(model=args.model or "", mutual=args.mutual,
+                         ssl_checkpoint=args.ssl_checkpoint,
                          allow_other_dataset=args.allow_other_dataset, seed=args.seed,
                          label_fraction=args.label_fraction, out=args.out, resume=args.resume,
                          force=args.force, teachers=args.teachers,
-                         kd_temperature=args.kd_temperature, kd_alpha=args.kd_alpha,
                          **part_from_args(args, RecipeOptions), **shared(args))
     if cfg.lr_grid:
         from medssl.experiments.lr_search import finetune_with_lr_grid
@@ -443,6 +472,14 @@ def add_compare_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ssl-per-seed", action="store_true",
                    help="pretrain once per finetuning seed (seed k finetunes from pretraining k), "
                    "so that the sd of M2/M4 includes the variance of pretraining")
+    g.add_argument("--distill", nargs="+", type=distill_flag, metavar="TEACHER:STUDENT",
+                   help="also distil each teacher into its student, seed by seed (e.g. M3:M1, "
+                   "M4:M2, or an ensemble teacher M3+M4:M1); rows KD(M3→M1), compared with the "
+                   "student trained alone")
+    g.add_argument("--mutual", nargs="+", type=cohort_flag, metavar="MODEL+MODEL",
+                   help="also train each cohort by deep mutual learning (e.g. M3+M4); rows "
+                   "DML(M3+M4)/M3, DML(M3+M4)/M4 and the ensemble DML(M3+M4), each compared with "
+                   "its members trained alone")
     g.add_argument("--resume", action="store_true",
                    help="continue interrupted runs from their last checkpoint")
     add_ssl_flags(p.add_argument_group("pretraining in the grid (every SSL method gets these; "
@@ -458,7 +495,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     cfg = CompareConfig(models=args.models, ssl_methods=args.ssl_methods, seeds=args.seeds,
                         label_fractions=args.label_fractions, out=args.out,
                         images_dir=args.images_dir, resume=args.resume, ssl=ssl,
-                        ssl_per_seed=args.ssl_per_seed,
+                        ssl_per_seed=args.ssl_per_seed, distill=args.distill,
+                        mutual=args.mutual,
                         recipe=RecipeOptions(**part_from_args(args, RecipeOptions)), **shared(args))
     table, base = run_compare(cfg)
     if table:  # empty in the other processes of a distributed run

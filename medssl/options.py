@@ -81,6 +81,9 @@ class RecipeOptions:
     full_val: bool = False  # at a label fraction: select on the whole val split, not its fraction
     lr_schedule: str = "constant"  # or cosine
     lr_grid: list[float] | None = None  # choose --lr among these on val
+    # Knowledge distillation's objective, where a run has teachers (training.objectives).
+    kd_temperature: float = 4.0
+    kd_alpha: float = 0.9
 
 
 def part_of(obj, *parts) -> dict:

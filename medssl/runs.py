@@ -6,6 +6,9 @@
         ssl-byol-random/ ...        other methods' runs: ssl-<method>-<init>
         M1/seed0/ ... M4/seed2/     finetuning runs at label fraction 1: metrics.json when finished
         M1/frac0.1/seed0/ ...       finetuning runs at a smaller label fraction
+        KD-M3-to-M1/seed0/          a student distilled from M3's run of the same seed
+        DML-M3+M4/seed0/            a mutual-learning cohort (its ensemble), with its members'
+            M3/ M4/                 runs inside
         results.csv results.md curves.png
 
 Every result file is written to a temporary name and renamed. Last of all a run writes its
@@ -57,9 +60,12 @@ def dml_name(members: list[str], member: str | None = None) -> str:
 
 def model_folder(model: str) -> str:
     """A model's folder name, safe on any file system and in a shell: the table's name with its
-    brackets and arrow spelled out (KD(M3→M1) -> KD-M3-to-M1, DML(M3+M4)/M3 -> DML-M3+M4/M3);
-    M1-M4 and M2-<method> are their own folders."""
-    return model.replace("→", "-to-").replace("(", "-").replace(")", "")
+    brackets, slash and arrow spelled out (KD(M3→M1) -> KD-M3-to-M1, DML(M3+M4) -> DML-M3+M4,
+    a cohort member as a teacher: KD(DML(M3+M4)/M3→M1) -> KD-DML-M3+M4-M3-to-M1); M1-M4 and
+    M2-<method> are their own folders. (A cohort's members live inside the cohort's run folder,
+    training.finetune.member_folder.)"""
+    return (model.replace("→", "-to-").replace("(", "-").replace(")", "")
+            .replace("/", "-").replace("--", "-"))
 
 
 def mark_finished(run: Path, outputs: tuple[str, ...]) -> None:

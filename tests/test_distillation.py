@@ -149,7 +149,8 @@ def test_distilled_and_mutual_models_have_explicit_names_and_safe_folders(tmp_pa
     assert kd_name(["M3"], "M1") == "KD(M3→M1)" and model_folder("KD(M3→M1)") == "KD-M3-to-M1"
     assert model_folder(kd_name(["M3", "M4"], "M1")) == "KD-M3+M4-to-M1"
     assert dml_name(["M3", "M4"]) == "DML(M3+M4)" and dml_name(["M3", "M4"], "M3") == "DML(M3+M4)/M3"
-    assert model_folder("DML(M3+M4)/M3") == "DML-M3+M4/M3"
+    assert model_folder("DML(M3+M4)") == "DML-M3+M4"
+    assert model_folder(kd_name(["DML(M3+M4)/M3"], "M1")) == "KD-DML-M3+M4-M3-to-M1"
     for model in ("M1", "M2-byol"):  # the study's and the methods' folders are unchanged
         assert finetune_dir(tmp_path, model, 0) == tmp_path / model / "seed0"
     folder = finetune_dir(tmp_path, "KD(M3+M4→M1)", 1, 0.1)
@@ -158,3 +159,184 @@ def test_distilled_and_mutual_models_have_explicit_names_and_safe_folders(tmp_pa
     assert set(str(folder.relative_to(tmp_path))) <= set("abcdefghijklmnopqrstuvwxyz"
                                                          "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-+./")
     folder.mkdir(parents=True)
+
+
+def imagenet_file(folder) -> str:
+    """A stand-in for ImageNet weights (a file), so M3 and M4 run offline."""
+    from medssl.models import build_backbone
+
+    torch.manual_seed(11)
+    path = folder / "imagenet_resnet18.pt"
+    torch.save(build_backbone("resnet18").state_dict(), path)
+    return str(path)
+
+
+def _probs(run, split="test"):
+    import pandas as pd
+
+    return pd.read_csv(run / f"{split}_predictions.csv").filter(like="prob_").to_numpy()
+
+
+def test_a_mutual_cohort_of_two_writes_both_members_and_their_ensemble(tmp_path):
+    import json
+    from dataclasses import replace
+
+    import numpy as np
+
+    from medssl.runs import finetune_finished
+    from medssl.training.finetune import run_finetune
+    from tests.test_finetune import csv_dataset, finetune_cfg
+
+    root = csv_dataset(tmp_path / "data", False)
+    base = finetune_cfg(root, tmp_path / "dml", imagenet_weights=imagenet_file(tmp_path))
+    cohort = run_finetune(replace(base, model="", mutual=["M1", "M3"]))
+    ensemble = json.loads((cohort / "metrics.json").read_text())
+    assert ensemble["model"] == "DML(M1+M3)" and ensemble["base_models"] == ["M1", "M3"]
+    assert ensemble["objective"]["name"] == "mutual"
+    member_probs = []
+    for member, init in (("M1", "random"), ("M3", "imagenet")):
+        run = cohort / member
+        assert finetune_finished(run)
+        m = json.loads((run / "metrics.json").read_text())
+        assert m["model"] == f"DML(M1+M3)/{member}" and m["base_models"] == [member]
+        assert m["prior"]["init"] == init
+        # Selected on val on its own: its weights are the cohort's checkpoint of that choice.
+        assert ensemble["selection"]["members"][member] == m["selection"]["epoch"]
+        own = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"]
+        k = ["M1", "M3"].index(member)
+        chosen = torch.load(cohort / "checkpoints" / f"best-{member}.ckpt",
+                            weights_only=True)["state_dict"]
+        assert own.keys() == {key.split(".", 2)[2] for key in chosen if key.startswith(f"members.{k}.")}
+        assert all(torch.equal(v, chosen[f"members.{k}.{key}"]) for key, v in own.items())
+        # Each member's curves, as a single run logs them.
+        assert {"train/acc", "val/loss", "train_eval/acc"} <= set(
+            __import__("pandas").read_csv(run / "logs" / "metrics.csv").columns)
+        member_probs.append(_probs(run))
+    # The ensemble: the mean of the members' selected probabilities.
+    np.testing.assert_allclose(_probs(cohort), np.mean(member_probs, axis=0), atol=1e-6)
+    # Two different priors trained together: not one network twice.
+    assert not np.allclose(member_probs[0], member_probs[1])
+
+    # A member is a finished run like any other: it can teach.
+    kd = run_finetune(replace(base, epochs=1, teachers=[str(cohort / "M3")],
+                              out=str(tmp_path / "kd")))
+    m = json.loads((kd / "metrics.json").read_text())
+    assert m["model"] == "KD(DML(M1+M3)/M3→M1)" and m["base_models"] == ["M1"]
+    assert m["objective"]["teachers"][0]["model"] == "DML(M1+M3)/M3"
+
+
+@pytest.mark.parametrize("args, said", [
+    (["--mutual", "M3"], "a cohort needs two or more models"),
+    (["--mutual", "M1", "M1"], "names M1 more than once"),
+    (["--mutual", "M1", "M3", "--model", "M1"], "a cohort names its members with --mutual alone"),
+    (["--mutual", "M2", "M4", "--ssl-checkpoint", "x"], "each need their own"),
+    ([], "Which model? Fix: pass --model"),
+    (["--model", "M1", "--teacher", "no/such/run"], "Teacher no/such/run does not exist"),
+])
+def test_bad_cohorts_and_teachers_are_refused_by_name_with_the_fix(cli, tmp_path, args, said):
+    code, _, err = cli("finetune", "--dataset", "demo", *args, "--out", tmp_path / "r")
+    assert code == 2 and said in err and "Fix:" in err and not (tmp_path / "r").exists()
+
+
+def test_a_teacher_of_another_arch_teaches_and_one_that_does_not_load_is_named(tmp_path):
+    import json
+    from dataclasses import replace
+
+    from medssl.training.finetune import run_finetune
+    from tests.test_finetune import csv_dataset, finetune_cfg
+
+    root = csv_dataset(tmp_path / "data", False)
+    base = replace(finetune_cfg(root, tmp_path / "teacher"), epochs=1)
+    teacher = run_finetune(replace(base, arch="resnet34"))
+    student = run_finetune(replace(base, out=str(tmp_path / "student"), teachers=[str(teacher)]))
+    info = json.loads((student / "metrics.json").read_text())["objective"]["teachers"][0]
+    assert info["arch"] == "resnet34"  # a ResNet-18 student learns from a ResNet-34
+    # Its checkpoint replaced by another arch's: refused, naming the file, not a random teacher.
+    other = run_finetune(replace(base, out=str(tmp_path / "r18")))
+    (teacher / "checkpoints" / "best.ckpt").write_bytes(
+        (other / "checkpoints" / "best.ckpt").read_bytes())
+    with pytest.raises(MedsslError, match=r"best\.ckpt"):
+        run_finetune(replace(base, out=str(tmp_path / "bad"), teachers=[str(teacher)]))
+
+
+def test_compare_writes_distilled_and_mutual_rows_against_their_own_base(tmp_path, cli):
+    import numpy as np
+    import pandas as pd
+
+    from medssl.data import fixtures as fx
+    from medssl.report.tables import _test_predictions, collect_runs, paired_bootstrap
+
+    root = fx.make_covid19(tmp_path, per_class=6)
+    fast = ["--arch", "resnet18", "--image-size", "32", "--num-workers", "0", "--batch-size", "16",
+            "--epochs", "2", "--seeds", "0", "1", "--label-fractions", "1"]
+    out = tmp_path / "grid"
+    code, stdout, err = cli("compare", "--dataset", "covid19", "--data-root", root, "--models",
+                            "M1", "--distill", "M3:M1", "--mutual", "M1+M3", "--imagenet-weights",
+                            imagenet_file(tmp_path), "--out", out, *fast)
+    assert code == 0, err
+    results = pd.read_csv(out / "results.csv").set_index("model")
+    # M3, the teacher and a member, was added to the grid: the rows compare with it trained alone.
+    assert set(results.index) == {"M1", "M3", "KD(M3→M1)", "DML(M1+M3)", "DML(M1+M3)/M1",
+                                  "DML(M1+M3)/M3"}
+    assert (results["seeds"] == 2).all()
+    assert results.loc["KD(M3→M1)", "base"] == "M1"
+    assert results.loc["DML(M1+M3)/M3", "base"] == "M3"
+    assert results.loc["DML(M1+M3)", "base"] == "M1+M3 ensemble"
+    for model in ("KD(M3→M1)", "DML(M1+M3)", "DML(M1+M3)/M1", "DML(M1+M3)/M3"):
+        for metric in ("acc", "balanced_acc", "macro_f1", "auroc"):
+            assert not np.isnan(results.loc[model, f"test_{metric}_vs_base_p_holm"])
+    assert np.isnan(results.loc["M1", "test_acc_vs_base_diff"])
+    assert (out / "KD-M3-to-M1" / "seed1" / "finished.json").is_file()
+    assert (out / "DML-M1+M3" / "seed0" / "M3" / "finished.json").is_file()
+    # The ensemble is compared with the ensemble of M1 and M3 trained alone, seed by seed.
+    runs, _ = collect_runs(out)
+    alone = [runs[runs["model"] == m] for m in ("M1", "M3")]
+    expected = paired_bootstrap(runs[runs["model"] == "DML(M1+M3)"], alone)
+    assert results.loc["DML(M1+M3)", "test_acc_vs_base_diff"] == pytest.approx(
+        expected["acc"]["diff"])
+    m1, m3 = (_test_predictions(a)[0][2] for a in alone)
+    dml = _test_predictions(runs[runs["model"] == "DML(M1+M3)"])[0]
+    labels = dml[1]
+    diff = (dml[2].argmax(1) == labels).mean() - (((m1 + m3) / 2).argmax(1) == labels).mean()
+    seed1 = _test_predictions(runs[runs["model"] == "DML(M1+M3)"])[1]
+    m1b, m3b = (_test_predictions(a)[1][2] for a in alone)
+    diff = (diff + (seed1[2].argmax(1) == labels).mean()
+            - (((m1b + m3b) / 2).argmax(1) == labels).mean()) / 2
+    assert results.loc["DML(M1+M3)", "test_acc_vs_base_diff"] == pytest.approx(diff)
+    md = (out / "results.md").read_text()
+    assert "Δ test acc vs own base" in md and "M1+M3 ensemble (own base)" in md
+    assert "KD(M3→M1)" in stdout
+
+    # Offline, without ImageNet weights: the rows that need M3 are skipped with the reason.
+    code, stdout, err = cli("compare", "--dataset", "covid19", "--data-root", root, "--models",
+                            "M1", "--distill", "M3:M1", "--out", tmp_path / "offline", *fast[:-5],
+                            "--seeds", "0")
+    assert code == 0, err
+    assert "KD(M3→M1) skipped: it needs M3" in stdout
+
+
+def test_with_an_lr_grid_students_and_members_train_at_the_rate_chosen_for_them_alone(tmp_path,
+                                                                                        cli):
+    import json
+
+    from medssl.data import fixtures as fx
+
+    root = fx.make_covid19(tmp_path, per_class=6)
+    out = tmp_path / "grid"
+    code, _, err = cli("compare", "--dataset", "covid19", "--data-root", root, "--models", "M1",
+                       "--distill", "M3:M1", "--mutual", "M1+M3", "--imagenet-weights",
+                       imagenet_file(tmp_path), "--lr-grid", "1e-2", "1e-4", "--seeds", "0",
+                       "--epochs", "1", "--out", out, "--arch", "resnet18", "--image-size", "32",
+                       "--num-workers", "0", "--batch-size", "16", "--label-fractions", "1")
+    assert code == 0, err
+
+    def metrics(*parts):
+        return json.loads((out.joinpath(*parts) / "metrics.json").read_text())
+
+    alone = {m: metrics(m, "seed0")["lr_selected"] for m in ("M1", "M3")}
+    kd = metrics("KD-M3-to-M1", "seed0")
+    assert kd["lr"] == alone["M1"] and kd["lr_selected"] == alone["M1"]
+    cohort = metrics("DML-M1+M3", "seed0")
+    assert cohort["objective"]["member_lrs"] == alone
+    for m in ("M1", "M3"):
+        assert metrics("DML-M1+M3", "seed0", m)["lr"] == alone[m]

@@ -217,6 +217,30 @@ def test_two_process_compare_runs_the_grid_once(tmp_path):
     assert sorted(pd.read_csv(grid / "results.csv")["model"]) == ["M1", "M2"]
 
 
+def test_two_process_distillation_and_mutual_learning_write_one_set_of_outputs(tmp_path):
+    from medssl.models import build_backbone
+
+    root = fx.make_covid19(tmp_path, per_class=8)
+    torch.manual_seed(11)
+    torch.save(build_backbone("resnet18").state_dict(), tmp_path / "imagenet.pt")
+    grid = tmp_path / "grid"
+    out = medssl("compare", "--dataset", "covid19", "--data-root", root, "--models", "M1",
+                 "--distill", "M3:M1", "--mutual", "M1+M3", "--imagenet-weights",
+                 tmp_path / "imagenet.pt", "--seeds", "0", "--epochs", "1", "--out", grid,
+                 *DDP, *FAST)
+    assert out.stdout.count("results:") == 1
+    # M1, M3, the student, the cohort and its two members: each once.
+    assert len(list(grid.rglob("finished.json"))) == 6
+    assert set(pd.read_csv(grid / "results.csv")["model"]) == {
+        "M1", "M3", "KD(M3→M1)", "DML(M1+M3)", "DML(M1+M3)/M1", "DML(M1+M3)/M3"}
+    cohort = grid / "DML-M1+M3" / "seed0"
+    for run in (cohort, cohort / "M1", cohort / "M3", grid / "KD-M3-to-M1" / "seed0"):
+        m = json.loads((run / "metrics.json").read_text())
+        assert m["world_size"] == 2
+        preds = pd.read_csv(run / "test_predictions.csv")  # every test image, once
+        assert len(preds) == m["test"]["n"] and preds["path"].is_unique
+
+
 def _colour_of_my_batch(rank):
     from medssl.data.transforms import method_views, simclr_settings
     from medssl.models import build_backbone, feature_dim

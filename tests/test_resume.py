@@ -37,12 +37,40 @@ COMMANDS = {
                        "local_views=2", "--method-opt", "prototypes=32"], "backbone.json",
                       lambda out: torch.load(out / "checkpoints" / "last.ckpt",
                                              weights_only=True)["state_dict"]),
+    # Distillation from a finished teacher run, and a mutual-learning cohort (M1 with M3 from a
+    # stand-in ImageNet file): two networks, one optimiser, a selection per member.
+    "finetune-kd": (["--model", "M1", "--epochs", "6", "--seed", "5", "--teacher", "{teacher}"],
+                    "metrics.json", lambda out: torch.load(out / "checkpoints" / "last.ckpt",
+                                                           weights_only=True)["state_dict"]),
+    "finetune-dml": (["--mutual", "M1", "M3", "--imagenet-weights", "{weights}", "--epochs", "5",
+                      "--seed", "5"], "metrics.json",
+                     lambda out: torch.load(out / "checkpoints" / "last.ckpt",
+                                            weights_only=True)["state_dict"]),
 }
 
 
-def command(kind, root, out, workers, resume):
+def prepare(kind: str, tmp_path: Path, root: Path) -> dict:
+    """What a command needs made first: a teacher run, ImageNet weights."""
+    if kind == "finetune-kd":
+        teacher = tmp_path / "teacher"
+        subprocess.run([sys.executable, "-m", "medssl", "finetune", "--dataset", "covid19",
+                        "--data-root", str(root), "--model", "M1", "--epochs", "2", "--out",
+                        str(teacher), "--num-workers", "0", *FAST], env=ENV, check=True,
+                       capture_output=True)
+        return {"teacher": str(teacher)}
+    if kind == "finetune-dml":
+        from medssl.models import build_backbone
+
+        torch.manual_seed(11)
+        torch.save(build_backbone("resnet18").state_dict(), tmp_path / "imagenet.pt")
+        return {"weights": str(tmp_path / "imagenet.pt")}
+    return {}
+
+
+def command(kind, root, out, workers, resume, filled=None):
+    args = [a.format(**(filled or {})) for a in COMMANDS[kind][0]]
     return [sys.executable, "-m", "medssl", kind.split("-")[0], "--dataset", "covid19", "--data-root", str(root),
-            "--out", str(out), "--num-workers", str(workers), *COMMANDS[kind][0], *FAST,
+            "--out", str(out), "--num-workers", str(workers), *args, *FAST,
             *(["--resume"] if resume else [])]
 
 
@@ -53,6 +81,8 @@ def comparable(out: Path, result_file: str) -> dict:
     for key in ("out", "resume"):
         del m["config"][key]
     del m["data"]["notes"]  # a resumed run says it read its own split.csv back
+    for key in ("cohort_run", "member_runs"):  # a cohort's folders
+        m["objective"].pop(key, None)
     return m
 
 
@@ -91,23 +121,29 @@ def kill_and_resume(cmd, out: Path, duration: float, rng: random.Random, done) -
 
 @pytest.mark.parametrize("kind, workers", [("finetune", 0), ("finetune", 2), ("pretrain", 0),
                                            ("pretrain", 2), ("pretrain-byol", 0),
-                                           ("pretrain-swav", 0)])
+                                           ("pretrain-swav", 0), ("finetune-kd", 0),
+                                           ("finetune-dml", 0)])
 def test_killed_three_times_and_resumed_equals_uninterrupted(tmp_path, kind, workers):
     root = fx.make_covid19(tmp_path, per_class=6)
     _, result_file, weights = COMMANDS[kind]
+    filled = prepare(kind, tmp_path, root)
     started = time.monotonic()
-    straight = subprocess.run(command(kind, root, tmp_path / "straight", workers, False), env=ENV,
-                              capture_output=True, text=True, timeout=600)
+    straight = subprocess.run(command(kind, root, tmp_path / "straight", workers, False, filled),
+                              env=ENV, capture_output=True, text=True, timeout=600)
     duration = time.monotonic() - started
     assert straight.returncode == 0, straight.stderr[-2000:]
 
     out = tmp_path / "killed"
     rng = random.Random(f"{kind}{workers}")  # seeded: the same kill points on every test run
-    kills, resumes = kill_and_resume(lambda resume: command(kind, root, out, workers, resume),
+    kills, resumes = kill_and_resume(lambda resume: command(kind, root, out, workers, resume,
+                                                            filled),
                                      out, duration, rng, lambda: is_finished(out))
     assert kills >= 1 and resumes >= 1  # a kill came after a checkpoint: a real resume happened
     assert is_finished(out)
     assert comparable(out, result_file) == comparable(tmp_path / "straight", result_file)
+    for member in (tmp_path / "straight").glob(f"*/{result_file}"):  # a cohort's members too
+        assert comparable(out / member.parent.name, result_file) == comparable(member.parent,
+                                                                               result_file)
     ours, theirs = weights(out), weights(tmp_path / "straight")
     assert ours.keys() == theirs.keys()
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)

@@ -37,10 +37,54 @@ class CompareConfig(DataOptions, HardwareOptions, ModelOptions):
     label_fractions: list[float] | None = None  # default: the preset's (1.0; demo 1.0 and 0.1)
     ssl: SSLOptions = field(default_factory=SSLOptions)
     ssl_per_seed: bool = False  # one pretraining per finetuning seed (its variance in the sd)
+    distill: list[str] | None = None  # TEACHER:STUDENT specs: KD(teacher→student) rows
+    mutual: list[str] | None = None  # MODEL+MODEL cohorts: DML rows
     recipe: RecipeOptions = field(default_factory=RecipeOptions)
     out: str | None = None
     images_dir: str | None = None
     resume: bool = False
+
+
+def parse_cohort(spec: str) -> list[str]:
+    """'M3+M4' -> ['M3', 'M4']: two or more different models."""
+    members = [m.strip() for m in spec.split("+")]
+    for m in members:
+        prior_of(m)
+    if len(members) < 2:
+        raise MedsslError(f"'{spec}' is a cohort of one; deep mutual learning trains two or more "
+                          "models together. Fix: name them joined by '+', e.g. M3+M4.")
+    if len(set(members)) < len(members):
+        raise MedsslError(f"'{spec}' names a model more than once; each member of a cohort is a "
+                          "different prior.")
+    return members
+
+
+def parse_distill(spec: str) -> tuple[list[str], str]:
+    """'M3:M1' -> (['M3'], 'M1'); 'M3+M4:M1' -> (['M3', 'M4'], 'M1'): the teachers (their
+    probabilities averaged) and the student."""
+    teachers, colon, student = spec.partition(":")
+    if not colon or not teachers or not student:
+        raise MedsslError(f"'{spec}' is not TEACHER:STUDENT. Fix: e.g. M3:M1, or M3+M4:M1 for "
+                          "an ensemble teacher.")
+    names = [t.strip() for t in teachers.split("+")]
+    for m in (*names, student):
+        prior_of(m)
+    return names, student.strip()
+
+
+def extra_runs(cfg) -> list[tuple[str, list[str], str | None]]:
+    """The grid's distilled and mutual models: (name, models they need trained alone first,
+    student or None for a cohort)."""
+    from medssl.runs import dml_name, kd_name
+
+    out = []
+    for spec in cfg.distill or []:
+        teachers, student = parse_distill(spec)
+        out.append((kd_name(teachers, student), [*teachers, student], student))
+    for spec in cfg.mutual or []:
+        members = parse_cohort(spec)
+        out.append((dml_name(members), members, None))
+    return out
 
 
 def imagenet_unavailable(arch: str, weights: str) -> str | None:
@@ -72,6 +116,11 @@ def run_compare(cfg: CompareConfig) -> tuple[str, Path]:
     from medssl.presets import preset_for
 
     cfg.models = grid_models(cfg.models, cfg.ssl_methods)
+    for name, needed, _ in extra_runs(cfg):  # teachers, students and members trained alone too
+        added = [m for m in needed if m not in cfg.models]
+        if added:
+            log.info("%s needs %s trained alone: added to the grid", name, ", ".join(added))
+            cfg.models += added
     base = Path(cfg.out) if cfg.out else dataset_dir(cfg.dataset)
     check_grid_flags(cfg, base)
     arch = cfg.arch or preset_for(cfg.dataset).arch
@@ -79,8 +128,11 @@ def run_compare(cfg: CompareConfig) -> tuple[str, Path]:
     if not any(prior_of(m).init == "imagenet" for m in cfg.models):
         imagenet_weights_for("random", cfg.imagenet_weights, f"none of {', '.join(cfg.models)}")
     if not cfg.resume:  # as a plain rerun of one run would, refuse to restart interrupted ones
+        extra = [finetune_dir(base, name, s, f) for name, _, _ in extra_runs(cfg)
+                 for f in fractions for s in cfg.seeds]
         interrupted = [run for run in expected_runs(base, cfg.models, cfg.seeds, fractions,
-                                                    cfg.ssl_per_seed) if is_interrupted(run)]
+                                                    cfg.ssl_per_seed) + extra
+                       if is_interrupted(run)]
         if interrupted:
             raise MedsslError(f"{len(interrupted)} run(s) of this grid were interrupted (first: "
                               f"{interrupted[0]}). Fix: pass --resume to continue them where they "
@@ -94,9 +146,12 @@ def check_grid_flags(cfg: CompareConfig, base: Path) -> None:
     from medssl.training.checks import check_hardware, check_lr, check_places
     from medssl.oserrors import writable_folder
 
+    from medssl.training.finetune import check_distillation
+
     for flag, lr in (("--lr", cfg.recipe.lr), ("--ssl-lr", cfg.ssl.lr)):
         if lr is not None:
             check_lr(lr, flag)
+    check_distillation(cfg.recipe)
     if cfg.recipe.lr_grid:
         from medssl.experiments.lr_search import check_grid
 
@@ -235,6 +290,57 @@ def _run_grid(cfg: CompareConfig, base: Path, arch: str, fractions: list[float])
         else:
             run_finetune(replace(run_cfg, lr=lr, lr_grid=None,
                                  lr_choice=lr_choice(cfg.recipe.lr_grid, lr, record)))
+
+    for name, needed, student in extra_runs(cfg):
+        missing = [m for m in needed if m in skipped]
+        if missing:
+            skipped[name] = f"it needs {', '.join(missing)}: {skipped[missing[0]]}"
+            log.warning("skipping %s: %s is skipped", name, ", ".join(missing))
+            continue
+        for frac, seed in [(f, s) for f in fractions for s in cfg.seeds]:
+            run = finetune_dir(base, name, seed, frac)
+            if finetune_finished(run):
+                log.info("reusing finished %s", run)
+                continue
+            log.info("%s seed %d label fraction %g -> %s", name, seed, frac, run)
+
+            def ssl_of(model):
+                found = pretraining_dir(base, model, frac, seed, cfg.ssl_per_seed)
+                return str(found) if found else None
+
+            def choice(model):  # the lr search's choice for that model trained alone
+                if (frac, model) not in chosen:  # made by an earlier call: in its first seed's run
+                    m = json.loads((finetune_dir(base, model, cfg.seeds[0], frac)
+                                    / "metrics.json").read_text())
+                    chosen[(frac, model)] = (m["lr_selected"], m["lr_search"], None)
+                return chosen[(frac, model)]
+
+            def lr_of(model):
+                return choice(model)[0] if cfg.recipe.lr_grid else cfg.recipe.lr
+
+            recipe = part_of(cfg.recipe, RecipeOptions)
+            own = {}
+            if cfg.recipe.lr_grid:  # the student's (or first member's) choice, recorded
+                lr, record, _ = choice(student or needed[0])
+                recipe.update(lr=lr, lr_grid=None)
+                own["lr_choice"] = lr_choice(cfg.recipe.lr_grid, lr, record)
+            if student:  # distillation: the teachers are this seed's runs trained alone
+                own.update(model=student, ssl_checkpoint=ssl_of(student),
+                           teachers=[str(finetune_dir(base, t, seed, frac))
+                                     for t in needed[:-1]])
+            else:
+                own.update(mutual=needed,
+                           member_checkpoints={m: ssl_of(m) for m in needed if ssl_of(m)},
+                           member_lrs={m: lr_of(m) for m in needed}
+                           if cfg.recipe.lr_grid else None)
+            inits = {prior_of(m).init for m in needed}
+            run_finetune(FinetuneConfig(
+                **own, seed=seed, label_fraction=frac, **recipe, base=str(base), out=str(run),
+                force=True, resume=cfg.resume and (run / "checkpoints" / "last.ckpt").is_file(),
+                imagenet_weights=weights_of("imagenet" if "imagenet" in inits else "random"),
+                **common))
+    if is_rank_zero():  # the distilled and mutual models' reasons too
+        atomic_write(base / "skipped.json", lambda p: p.write_text(json.dumps(skipped, indent=2)))
 
     if not is_rank_zero():  # one report, from rank 0
         return "", base

@@ -59,22 +59,28 @@ def choose_lr(runs: dict[float, Path]) -> tuple[float, dict]:
 def search_lr(cfg, base: Path) -> tuple[float, dict, dict[float, Path]]:
     """Run (or reuse) one finetuning per learning rate of `cfg.lr_grid` for `cfg`'s model, seed
     and label fraction; return the chosen rate, the search record and the runs."""
-    from medssl.training.finetune import run_finetune
+    from medssl.runs import model_folder
+    from medssl.training.finetune import run_finetune, run_name
 
+    if cfg.mutual:  # one rate per member: compare chooses each on that member trained alone
+        raise MedsslError("--lr-grid with --mutual: a cohort has one learning rate per member. "
+                          "Fix: pass --lr, or run `medssl compare --lr-grid ... --mutual ...`, "
+                          "which gives each member the rate chosen for it trained alone.")
+    name = run_name(cfg)  # a distilled student searches apart from its prior trained alone
     runs = {}
     for lr in cfg.lr_grid:
-        run = search_dir(base, cfg.model, cfg.label_fraction, lr, cfg.seed)
+        run = search_dir(base, model_folder(name), cfg.label_fraction, lr, cfg.seed)
         if finetune_finished(run):
             log.info("reusing finished lr-search run %s", run)
         else:
-            log.info("lr search: %s at lr %g -> %s", cfg.model, lr, run)
+            log.info("lr search: %s at lr %g -> %s", name, lr, run)
             resume = cfg.resume and (run / "checkpoints" / "last.ckpt").is_file()
             run_finetune(replace(cfg, lr=lr, lr_grid=None, lr_choice=None, out=str(run),
                                  resume=resume, force=True))
         runs[lr] = run
     lr, record = choose_lr(runs)
     record["seed"] = cfg.seed
-    log.info("lr search for %s: %g chosen on val (%s)", cfg.model, lr,
+    log.info("lr search for %s: %g chosen on val (%s)", name, lr,
              ", ".join(f"{k}: {v:.4f}" for k, v in record["values"].items()))
     return lr, record, runs
 
@@ -106,7 +112,10 @@ def finetune_with_lr_grid(cfg) -> Path:
     grid = check_grid(cfg.lr_grid, cfg.lr)
     base = Path(cfg.base or dataset_dir(cfg.dataset))
     cfg = replace(cfg, base=str(base))
-    out = Path(cfg.out or finetune_dir(base, cfg.model, cfg.seed, cfg.label_fraction))
+    from medssl.training.finetune import check_members, run_name
+
+    check_members(cfg)
+    out = Path(cfg.out or finetune_dir(base, run_name(cfg), cfg.seed, cfg.label_fraction))
     if finetune_finished(out) and not cfg.force:
         raise MedsslError(f"{out} already holds a finished run (finished.json). "
                           "Fix: pass --force to run it again, or --out another folder.")

@@ -13,6 +13,16 @@ from medssl.atomic import atomic_write
 from medssl.training.run_logs import epoch_curves
 
 COLOURS = {"M1": "tab:grey", "M2": "tab:blue", "M3": "tab:orange", "M4": "tab:green"}
+# Every other model (M2-byol, KD(M3→M1), DML(M3+M4)/M3, ...) a colour the study's four do not use.
+OTHER_COLOURS = ("tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan",
+                 "black", "gold", "navy", "teal")
+
+
+def colours(models) -> dict[str, str]:
+    """A colour per model: the study's four fixed, the others in sorted order."""
+    others = sorted(m for m in set(models) if m not in COLOURS)
+    return {**{m: c for m, c in COLOURS.items()},
+            **{m: OTHER_COLOURS[i % len(OTHER_COLOURS)] for i, m in enumerate(others)}}
 
 
 def curves_figure(runs: pd.DataFrame, path: Path, title: str) -> Path:
@@ -22,13 +32,14 @@ def curves_figure(runs: pd.DataFrame, path: Path, title: str) -> Path:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    colour = colours(runs["model"])
     for model, group in runs.groupby("model", sort=True):
         mean = pd.concat([epoch_curves(Path(r)) for r in group["run"]]).groupby(level=0).mean()
         epochs = mean.index + 1
         for ax, metric in zip(axes, ("acc", "loss")):
             for split, style in (("train", "--"), ("train_eval", ":"), ("val", "-")):
                 if f"{split}/{metric}" in mean:
-                    ax.plot(epochs, mean[f"{split}/{metric}"], style, color=COLOURS.get(model),
+                    ax.plot(epochs, mean[f"{split}/{metric}"], style, color=colour[model],
                             label=f"{model} {split}")
     for ax, metric in zip(axes, ("accuracy", "loss")):
         ax.set_xlabel("epoch")
@@ -60,6 +71,7 @@ def reliability_figure(runs: pd.DataFrame, path: Path, title: str) -> Path:
     rows = -(-len(models) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
     edges = np.linspace(0, 1, RELIABILITY_BINS + 1)
+    colour = colours(models)
     for ax, model in zip(axes.flat, models):
         from medssl.report.tables import _test_predictions
 
@@ -73,7 +85,7 @@ def reliability_figure(runs: pd.DataFrame, path: Path, title: str) -> Path:
         acc = np.bincount(which, weights=right, minlength=RELIABILITY_BINS) / np.maximum(count, 1)
         filled = count > 0
         ax.bar(edges[:-1][filled], acc[filled], width=1 / RELIABILITY_BINS, align="edge",
-               color=COLOURS.get(model, "tab:blue"), edgecolor="black", linewidth=0.4)
+               color=colour[model], edgecolor="black", linewidth=0.4)
         for x, n in zip(edges[:-1][filled], count[filled]):  # how many images each bar rests on
             ax.text(x + 0.5 / RELIABILITY_BINS, 0.02, str(n), ha="center", fontsize=5, rotation=90)
         ax.plot([0, 1], [0, 1], "k--", linewidth=0.8)

@@ -72,6 +72,8 @@ def collect_runs(base: Path) -> tuple[pd.DataFrame, list[str]]:
             row.update({col: _number((m.get(part) or {}).get(key))
                         for col, (part, key) in EXTRA_COLUMNS.items()})
             row["lr"] = m.get("lr", m["config"].get("lr"))
+            # Distilled and mutual models: the model(s) trained alone they are compared with.
+            row["base_models"] = "+".join(m.get("base_models") or []) or None
             row["lr_searched"] = bool(m.get("lr_grid"))
             row["ssl_seed"] = m["prior"].get("ssl_seed")
             # Runs before the duplicate search have no record: None, never a guess.
@@ -98,13 +100,32 @@ def _test_predictions(runs: pd.DataFrame) -> dict[int, tuple[np.ndarray, np.ndar
     return out
 
 
-def paired_bootstrap(model_runs: pd.DataFrame, ref_runs: pd.DataFrame, seed: int = 0) -> dict | None:
+def _ensemble_predictions(members: list[pd.DataFrame]) -> dict:
+    """seed -> (paths, labels, mean probabilities) of several models trained alone, over the
+    seeds all of them have: the reference of a mutual-learning cohort's ensemble, so that what
+    ensembling alone brings is not credited to mutual learning."""
+    each = [_test_predictions(runs) for runs in members]
+    seeds = set.intersection(*(set(e) for e in each))
+    out = {}
+    for s in sorted(seeds):
+        paths, labels = each[0][s][0], each[0][s][1]
+        if any(not np.array_equal(e[s][0], paths) for e in each):
+            continue  # tested on different images: no ensemble image by image
+        out[s] = (paths, labels, np.mean([e[s][2] for e in each], axis=0))
+    return out
+
+
+def paired_bootstrap(model_runs: pd.DataFrame, ref_runs: pd.DataFrame | list[pd.DataFrame],
+                     seed: int = 0) -> dict | None:
     """Each headline metric of a model minus a reference over the seeds both have, with a 95%
     interval and p-value from the two-level bootstrap (report.statistics); None when they share
-    no seed or were tested on different images."""
+    no seed or were tested on different images. A list of references is their ensemble (the
+    mean of their probabilities, seed by seed)."""
     from medssl.report.statistics import paired_difference
 
-    a, b = _test_predictions(model_runs), _test_predictions(ref_runs)
+    a = _test_predictions(model_runs)
+    b = (_ensemble_predictions(ref_runs) if isinstance(ref_runs, list)
+         else _test_predictions(ref_runs))
     seeds = sorted(set(a) & set(b))
     if not seeds:
         return None
@@ -138,9 +159,25 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
         row["lr"] = " ".join(f"{v:g}" for v in sorted(group["lr"].dropna().unique()))
         row["lr_searched"] = bool(group["lr_searched"].all())
         row["sd_includes"] = sd_includes(group)
+        at_frac = runs[runs["label_fraction"] == frac]
+        results = {}
         for ref in REFERENCES:
-            ref_runs = runs[(runs["label_fraction"] == frac) & (runs["model"] == ref)]
-            result = None if ref == model or ref_runs.empty else paired_bootstrap(group, ref_runs)
+            ref_runs = at_frac[at_frac["model"] == ref]
+            results[ref] = (None if ref == model or ref_runs.empty
+                            else paired_bootstrap(group, ref_runs))
+        # A distilled or mutual model against its own base trained alone: does KD or DML help?
+        bases = group["base_models"].dropna().unique()
+        row["base"] = None
+        results["base"] = None
+        if len(bases) == 1:
+            names = bases[0].split("+")
+            refs = [at_frac[at_frac["model"] == name] for name in names]
+            if all(not r.empty for r in refs):
+                row["base"] = names[0] if len(names) == 1 else f"{bases[0]} ensemble"
+                # Against M1 or M3 it is that column's comparison: one test, counted once.
+                results["base"] = (results[names[0]] if row["base"] in REFERENCES else
+                                   paired_bootstrap(group, refs[0] if len(refs) == 1 else refs))
+        for ref, result in results.items():
             for metric in PAIRED_METRICS:
                 for key in ("diff", "low", "high", "p"):
                     row[f"test_{metric}_vs_{ref}_{key}"] = (result[metric][key] if result
@@ -157,10 +194,17 @@ def _holm_over_table(rows: list[dict]) -> list[dict]:
     model, reference, metric and label fraction), so that the family-wise error stays at 5%."""
     from medssl.report.statistics import holm
 
-    keys = [(i, k) for i, row in enumerate(rows) for k in row if k.endswith("_p")]
+    def repeated(row: dict, key: str) -> bool:  # "vs own base" where the base is M1 or M3
+        return "_vs_base_" in key and row.get("base") in REFERENCES
+
+    keys = [(i, k) for i, row in enumerate(rows) for k in row
+            if k.endswith("_p") and not repeated(row, k)]
     adjusted = holm([rows[i][k] for i, k in keys])
     for (i, k), value in zip(keys, adjusted):
         rows[i][f"{k}_holm"] = value
+    for row in rows:
+        for k in [k for k in row if k.endswith("_p") and repeated(row, k)]:
+            row[f"{k}_holm"] = row[k.replace("_vs_base_", f"_vs_{row['base']}_")]
     return rows
 
 
@@ -184,12 +228,18 @@ def markdown_table(summary: pd.DataFrame, skipped_models: dict[str, str] | None 
     head = ["label fraction", "model", "seeds", "train acc %", "train loss", "test acc %",
             "test loss", "balanced acc %", "macro-F1 %", "AUROC %", "Δ test acc vs M1",
             "Δ test acc vs M3"]
+    with_base = "base" in summary and summary["base"].notna().any()
+    if with_base:
+        head.append("Δ test acc vs own base")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in summary.iterrows():
         cells = [f"{r['label_fraction']:g}", r["model"], str(r["seeds"])]
         for col, _, metric in COLUMNS:
             cells.append(_pm(r[f"{col}_mean"], r[f"{col}_sd"], metric != "loss"))
         cells += [_diff(r, "M1"), _diff(r, "M3")]
+        if with_base:
+            own = isinstance(r["base"], str)
+            cells.append(f"{_diff(r, 'base')} vs {r['base']}" if own else "—")
         lines.append("| " + " | ".join(cells) + " |")
     by_reason: dict[str, list[str]] = {}
     for model, reason in (skipped_models or {}).items():
@@ -199,6 +249,11 @@ def markdown_table(summary: pd.DataFrame, skipped_models: dict[str, str] | None 
     lines.append("\nmean ± sd over seeds; Δ: test accuracy difference in points, averaged over "
                  "seeds, with a 95% interval from a paired two-level bootstrap (seeds, then test "
                  "images).")
+    if with_base:
+        lines.append("Own base: a distilled student (KD) against its prior trained alone; a "
+                     "mutual-learning member (DML(...)/M) against that model trained alone; a "
+                     "cohort's ensemble against the ensemble of its members trained alone, so "
+                     "that what averaging alone brings is not credited to mutual learning.")
     return "\n".join(lines) + "\n" + differences_table(summary) + recipe_table(summary)
 
 
@@ -214,7 +269,10 @@ def recipe_table(summary: pd.DataFrame) -> str:
             "images seen (pretrain / finetune)", "GPU-h"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in summary.iterrows():
-        gaps = (f"{r['acc_gap_selected_mean'] * 100:+.1f} / {r['acc_gap_last_mean'] * 100:+.1f}"
+        # A cohort's ensemble has no one selected epoch: its gap at the last only.
+        selected = ("—" if np.isnan(r["acc_gap_selected_mean"])
+                    else f"{r['acc_gap_selected_mean'] * 100:+.1f}")
+        gaps = (f"{selected} / {r['acc_gap_last_mean'] * 100:+.1f}"
                 if not np.isnan(r["acc_gap_last_mean"]) else "—")
         hours = [r["pretrain_gpu_hours_mean"], r["finetune_gpu_hours_mean"]]
         gpu = np.nansum(hours) if not np.isnan(hours).all() else np.nan
@@ -240,10 +298,13 @@ def differences_table(summary: pd.DataFrame) -> str:
     head = ["label fraction", "model", "vs"] + [f"Δ {names[m]}" for m in PAIRED_METRICS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in summary.iterrows():
-        for ref in REFERENCES:
-            if np.isnan(r.get(f"test_acc_vs_{ref}_diff", np.nan)):
-                continue
-            cells = [f"{r['label_fraction']:g}", r["model"], ref]
+        base = r["base"] if isinstance(r.get("base"), str) else None
+        for ref in (*REFERENCES, "base"):
+            if np.isnan(r.get(f"test_acc_vs_{ref}_diff", np.nan)) or (ref == "base" and
+                                                                      base in REFERENCES):
+                continue  # a base of M1 or M3 is marked on that line, not repeated
+            cells = [f"{r['label_fraction']:g}", r["model"],
+                     f"{base} (own base)" if ref in ("base", base) else ref]
             for m in PAIRED_METRICS:
                 key = f"test_{m}_vs_{ref}"
                 if np.isnan(r[f"{key}_diff"]):

@@ -73,6 +73,57 @@ def epoch_values(computed: dict) -> dict:
             "auroc": mean(computed["auroc"], scorable)}
 
 
+class StageMetrics(nn.Module):
+    """One network's per-epoch metrics and mean loss in every stage, logged under `prefix`
+    (a cohort's members as `M3/val/acc`; a single classifier, or a cohort's ensemble, as
+    `val/acc`). Fed probabilities, so an ensemble's mean probabilities are scored alike."""
+
+    def __init__(self, classes: list[str], prefix: str = ""):
+        super().__init__()
+        self.classes, self.prefix = list(classes), prefix
+        # ModuleDict keys may not shadow Module attributes such as `train`: hence the prefix.
+        self.metrics = nn.ModuleDict({f"m_{s}": epoch_metrics(len(classes)) for s in STAGES})
+        self.losses = nn.ModuleDict({f"m_{s}": MeanMetric() for s in STAGES})
+
+    def update(self, stage: str, probs: torch.Tensor, labels: torch.Tensor,
+               loss: torch.Tensor) -> None:
+        self.losses[f"m_{stage}"].update(loss, weight=len(labels))
+        self.metrics[f"m_{stage}"].update(probs, labels)
+
+    def updated(self, stage: str) -> bool:
+        return self.losses[f"m_{stage}"].update_called
+
+    def reset(self, stage: str) -> None:
+        self.metrics[f"m_{stage}"].reset()
+        self.losses[f"m_{stage}"].reset()
+
+    def compute(self, stage: str) -> dict:
+        """The stage's epoch values (reduced over processes by torchmetrics), then reset."""
+        computed = self.metrics[f"m_{stage}"].compute()
+        tag = f"{self.prefix}{stage}"
+        values = {f"{tag}/{k}": v for k, v in epoch_values(computed).items()}
+        values.update({f"{tag}/recall/{c}": r for c, r in zip(self.classes, computed["recall"])})
+        values[f"{tag}/loss"] = self.losses[f"m_{stage}"].compute()
+        self.reset(stage)
+        return values
+
+
+def seed_epoch(seed: int, epoch: int) -> None:
+    """Dropout (the mlp head) draws from the global RNG: a stream per epoch, so that a run
+    resumed at epoch k draws what an uninterrupted run draws there. Under DDP each rank its own
+    stream (the same masks on every rank would repeat)."""
+    rank, world = shard()
+    torch.manual_seed(stream_seed(seed, epoch, *((rank,) if world > 1 else ())))
+
+
+def progress_line(values: dict, prefix: str = "") -> str:
+    """One epoch's train and val loss and accuracy, for the progress a log file or a batch job
+    shows. (Printed from the module's epoch-end hook: a callback would run before it and print
+    the previous epoch's train numbers.)"""
+    return ", ".join(f"{k} {float(values[prefix + k]):.3f}" for k in
+                     ("train/loss", "train/acc", "val/loss", "val/acc") if prefix + k in values)
+
+
 class Classifier(pl.LightningModule):
     def __init__(self, backbone: nn.Module, feature_dim: int, classes: list[str], lr: float,
                  weight_decay: float = 1e-6, head: str = "linear", freeze_epochs: int = 0,
@@ -100,9 +151,7 @@ class Classifier(pl.LightningModule):
 
             objective = get_objective("plain")()
         self.objective = objective
-        # ModuleDict keys may not shadow Module attributes such as `train`: hence the prefix.
-        self.metrics = nn.ModuleDict({f"m_{s}": epoch_metrics(num_classes) for s in STAGES})
-        self.losses = nn.ModuleDict({f"m_{s}": MeanMetric() for s in STAGES})
+        self.tracker = StageMetrics(classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self._encode(x))
@@ -111,33 +160,34 @@ class Classifier(pl.LightningModule):
         x, y = batch
         return (self.input_transform(x) if self.input_transform is not None else x), y
 
-    def _backbone_frozen(self) -> bool:
-        return self.current_epoch < self.hparams.freeze_epochs
+    def backbone_frozen(self, epoch: int) -> bool:
+        return epoch < self.hparams.freeze_epochs
 
-    def on_train_epoch_start(self):
-        # Dropout (the mlp head) draws from the global RNG: a stream per epoch, so that a run
-        # resumed at epoch k draws what an uninterrupted run draws there.
-        # Under DDP each rank its own stream (the same masks on every rank would repeat).
-        rank, world = shard()
-        torch.manual_seed(stream_seed(self.hparams.seed, self.current_epoch,
-                                      *((rank,) if world > 1 else ())))
-        frozen = self._backbone_frozen()
+    def set_trainable(self, epoch: int) -> None:
+        """The backbone trains from epoch `freeze_epochs` on; before, only the head does."""
+        frozen = self.backbone_frozen(epoch)
         for p in self.backbone.parameters():
             p.requires_grad_(not frozen)
 
-    def on_train_batch_start(self, batch, batch_idx):
+    def batchnorm_to_eval(self, epoch: int) -> None:
         # Lightning switches the whole module to train mode each epoch; put BN back where asked.
-        if self.hparams.bn_eval or self._backbone_frozen():
+        if self.hparams.bn_eval or self.backbone_frozen(epoch):
             for m in self.backbone.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.eval()
+
+    def on_train_epoch_start(self):
+        seed_epoch(self.hparams.seed, self.current_epoch)
+        self.set_trainable(self.current_epoch)
+
+    def on_train_batch_start(self, batch, batch_idx):
+        self.batchnorm_to_eval(self.current_epoch)
 
     def _step(self, batch, stage: str) -> torch.Tensor:
         x, y = batch
         logits = self(x)
         loss = F.cross_entropy(logits, y)
-        self.losses[f"m_{stage}"].update(loss.detach(), weight=len(y))
-        self.metrics[f"m_{stage}"].update(logits.detach().float().softmax(dim=1), y)
+        self.tracker.update(stage, logits.detach().float().softmax(dim=1), y, loss.detach())
         if stage == "train":  # the objective shapes training only; the logged loss is plain CE
             return self.objective(logits, y, x, self.class_weights)
         return loss
@@ -156,32 +206,22 @@ class Classifier(pl.LightningModule):
         return self(x).float().softmax(dim=1)
 
     def _log_epoch(self, stage: str) -> dict:
-        computed = self.metrics[f"m_{stage}"].compute()
-        values = {f"{stage}/{k}": v for k, v in epoch_values(computed).items()}
-        values.update({f"{stage}/recall/{c}": r
-                       for c, r in zip(self.hparams.classes, computed["recall"])})
-        values[f"{stage}/loss"] = self.losses[f"m_{stage}"].compute()
+        values = self.tracker.compute(stage)
         if stage == "train":
             log_now(self.trainer, values)  # before this epoch's checkpoint, see log_now
         else:  # through Lightning: checkpoint selection reads val values from callback_metrics
             self.log_dict(values, sync_dist=True)
-        self.metrics[f"m_{stage}"].reset()
-        self.losses[f"m_{stage}"].reset()
         return values
 
     def on_train_epoch_end(self):
         m = {**self.trainer.callback_metrics, **self._log_epoch("train")}
-        # One line per epoch: the progress a log file or a batch job shows. (A callback would run
-        # before this hook and print the previous epoch's train numbers.)
-        shown = ", ".join(f"{k} {float(m[k]):.3f}" for k in ("train/loss", "train/acc", "val/loss",
-                                                             "val/acc") if k in m)
-        log.info("epoch %d/%d: %s", self.current_epoch + 1, self.trainer.max_epochs, shown)
+        log.info("epoch %d/%d: %s", self.current_epoch + 1, self.trainer.max_epochs,
+                 progress_line(m))
 
     def on_validation_epoch_end(self):
         for stage in ("val", "train_eval"):
-            if self.trainer.sanity_checking or not self.losses[f"m_{stage}"].update_called:
-                self.metrics[f"m_{stage}"].reset()
-                self.losses[f"m_{stage}"].reset()
+            if self.trainer.sanity_checking or not self.tracker.updated(stage):
+                self.tracker.reset(stage)
             else:
                 self._log_epoch(stage)
 
@@ -192,12 +232,17 @@ class Classifier(pl.LightningModule):
         # The study's recipe for all four models: Adam with a small weight decay.
         # `lr` is for one process's batch; several processes train on a larger global batch.
         lr = scaled_lr(self.hparams.lr, self.trainer.world_size, self.hparams.lr_scaling)
-        optimizer = torch.optim.Adam(self.parameters(), lr=lr,
-                                     weight_decay=self.hparams.weight_decay)
-        if self.hparams.lr_schedule == "constant":
-            return optimizer
-        # Cosine decay to 0 over the run, per step; the scheduler's state is in every checkpoint,
-        # so a resumed run continues the same curve.
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return adam(self.parameters(), lr, self.hparams.weight_decay, self.hparams.lr_schedule,
+                    self.trainer)
+
+
+def adam(params, lr: float, weight_decay: float, schedule: str, trainer):
+    """Adam over `params` (or parameter groups with their own lr), constant or with a cosine
+    decay to 0 over the run, per step; the scheduler's state is in every checkpoint, so a resumed
+    run continues the same curve."""
+    optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if schedule == "constant":
+        return optimizer
+    total = max(1, int(trainer.estimated_stepping_batches))
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": cosine, "interval": "step"}}

@@ -1,4 +1,6 @@
-"""A finetuning run: one of M1-M4 on one dataset, one seed, one label fraction.
+"""A finetuning run: one of M1-M4 on one dataset, one seed, one label fraction; or a student
+distilled from finished runs (`teachers`), or a cohort trained by deep mutual learning (`mutual`:
+one run folder per member inside the cohort's, which holds their ensemble).
 
 Selection happens on val only (best val loss by default). The test split is predicted once, by the
 selected checkpoint, after training. The run folder holds `metrics.json`, `test_predictions.csv`,
@@ -17,7 +19,9 @@ from pathlib import Path
 from medssl.errors import MedsslError
 from medssl.options import (DataOptions, HardwareOptions, ModelOptions, RecipeOptions,
                             data_config)
-from medssl.runs import FINETUNE_OUTPUTS, dataset_dir, finetune_dir, mark_finished, open_run_folder
+from medssl.runs import (FINETUNE_OUTPUTS, dataset_dir, finetune_dir, mark_finished, model_folder,
+                         open_run_folder)
+from medssl.training.run_logs import epoch_curves
 
 log = logging.getLogger("medssl")
 SELECT_METRICS = {"loss": "min", "acc": "max", "balanced_acc": "max", "macro_f1": "max",
@@ -28,7 +32,7 @@ SELECT_METRICS = {"loss": "min", "acc": "max", "balanced_acc": "max", "macro_f1"
 class FinetuneConfig(DataOptions, HardwareOptions, ModelOptions, RecipeOptions):
     """One finetuning run: the shared parts (medssl.options), and what only this run has."""
 
-    model: str
+    model: str = ""  # the prior: M1-M4 or M2-<method>/M4-<method>; empty for a cohort
     ssl_checkpoint: str | None = None
     allow_other_dataset: bool = False
     seed: int = 0
@@ -38,9 +42,12 @@ class FinetuneConfig(DataOptions, HardwareOptions, ModelOptions, RecipeOptions):
     lr_choice: dict | None = None
     # Knowledge distillation: finished runs on this split whose averaged, temperature-softened
     # predictions the student also learns from (training.objectives.distillation).
+    # (--kd-temperature and --kd-alpha are in the recipe: compare's --distill runs use them too.)
     teachers: list[str] | None = None
-    kd_temperature: float = 4.0
-    kd_alpha: float = 0.9
+    # Deep mutual learning: these priors trained together as a cohort (training.cohort).
+    mutual: list[str] | None = None
+    member_checkpoints: dict[str, str] | None = None  # a member's SSL backbone (compare's)
+    member_lrs: dict[str, float] | None = None  # a member's lr (compare's lr search); else lr
     out: str | None = None
     resume: bool = False
     force: bool = False
@@ -56,25 +63,67 @@ def resolve(cfg: FinetuneConfig) -> FinetuneConfig:
     p = preset_for(cfg.dataset)
     fill_training_defaults(cfg, p, p.finetune_epochs, p.finetune_batch_size, p.finetune_lr)
     cfg.base = cfg.base or str(dataset_dir(cfg.dataset))
-    cfg.out = cfg.out or str(finetune_dir(Path(cfg.base), cfg.model, cfg.seed, cfg.label_fraction))
     if not 0 < cfg.label_fraction <= 1:
         raise MedsslError(f"--label-fraction must lie in (0, 1], got {cfg.label_fraction}.")
     if cfg.select not in SELECT_METRICS:
         raise MedsslError(f"--select '{cfg.select}' is not one of {', '.join(SELECT_METRICS)}.")
-    prior = prior_of(cfg.model)
-    cfg.imagenet_weights = imagenet_weights_for(prior.init, cfg.imagenet_weights,
-                                                f"{cfg.model} ({prior.title})")
+    check_members(cfg)
+    check_distillation(cfg)
     if cfg.teachers is not None and not cfg.teachers:
         raise MedsslError("--teacher needs at least one finished run.")
-    if not 0 <= cfg.kd_alpha <= 1:
-        raise MedsslError(f"--kd-alpha must lie in [0, 1], got {cfg.kd_alpha}.")
-    if cfg.kd_temperature <= 0:
-        raise MedsslError(f"--kd-temperature must be above 0, got {cfg.kd_temperature}.")
+    name = run_name(cfg)  # a teacher that is no finished run is refused here, by its folder
+    cfg.out = cfg.out or str(finetune_dir(Path(cfg.base), name, cfg.seed, cfg.label_fraction))
+    imagenet = [m for m in members_of(cfg) if prior_of(m).init == "imagenet"]
+    cfg.imagenet_weights = imagenet_weights_for(
+        "imagenet" if imagenet else "random", cfg.imagenet_weights,
+        f"{name} ({prior_of(cfg.model).title})" if not cfg.mutual else
+        f"every member of {name}")
     if cfg.freeze_epochs >= cfg.epochs:
         log.warning("--freeze-epochs %d is not below --epochs %d: the backbone is never trained, "
                     "only the head (a linear probe)", cfg.freeze_epochs, cfg.epochs)
     check_run(cfg)
     return cfg
+
+
+def check_distillation(recipe) -> None:
+    """--kd-alpha and --kd-temperature, for a finetuning run or a grid's recipe."""
+    if not 0 <= recipe.kd_alpha <= 1:
+        raise MedsslError(f"--kd-alpha must lie in [0, 1], got {recipe.kd_alpha}.")
+    if recipe.kd_temperature <= 0:
+        raise MedsslError(f"--kd-temperature must be above 0, got {recipe.kd_temperature}.")
+
+
+def check_members(cfg: FinetuneConfig) -> None:
+    """One model (`--model`), or a cohort of two or more different ones (`--mutual`)."""
+    from medssl.models.priors import prior_of
+
+    if cfg.mutual is None:
+        if not cfg.model:
+            raise MedsslError("Which model? Fix: pass --model (M1-M4, M2-<method>), or --mutual "
+                              "with two or more models to train as a cohort.")
+        prior_of(cfg.model)
+        return
+    members = list(cfg.mutual)
+    if cfg.model:
+        raise MedsslError(f"--model {cfg.model} and --mutual {' '.join(members)}: a cohort names "
+                          "its members with --mutual alone. Fix: drop --model.")
+    if len(members) < 2:
+        raise MedsslError(f"--mutual {' '.join(members)}: a cohort needs two or more models; one "
+                          "alone is plain finetuning. Fix: --mutual M3 M4, or --model "
+                          f"{members[0] if members else 'M1'}.")
+    repeated = sorted({m for m in members if members.count(m) > 1})
+    if repeated:
+        raise MedsslError(f"--mutual names {', '.join(repeated)} more than once; each member of a "
+                          "cohort is a different prior. Fix: name each model once.")
+    if cfg.teachers:
+        raise MedsslError("--teacher and --mutual cannot be combined: distil into one model, or "
+                          "train a cohort. Fix: drop one of them.")
+    ssl_members = [m for m in members if prior_of(m).ssl]
+    if cfg.ssl_checkpoint and len(ssl_members) > 1:
+        raise MedsslError(f"--ssl-checkpoint names one backbone, and {', '.join(ssl_members)} each "
+                          "need their own. Fix: drop --ssl-checkpoint: each member finds its "
+                          "pretraining in the dataset's run folder (ssl-<init>, "
+                          "ssl-<method>-<init>).")
 
 
 def check_no_ssl_leak(table, ssl_split_file: Path) -> None:
@@ -142,53 +191,92 @@ def run_finetune(cfg: FinetuneConfig) -> Path:
         return _train(cfg)
 
 
+def run_name(cfg: FinetuneConfig) -> str:
+    """The model's name in the table: its prior (M1, M2-byol), a distilled student
+    (KD(M3→M1)) or a mutual-learning cohort's ensemble (DML(M3+M4))."""
+    from medssl.runs import dml_name, kd_name
+
+    if cfg.mutual:
+        return dml_name(cfg.mutual)
+    if cfg.teachers:
+        from medssl.training.teachers import teacher_model
+
+        return kd_name([teacher_model(run) for run in cfg.teachers], cfg.model)
+    return cfg.model
+
+
+def members_of(cfg: FinetuneConfig) -> list[str]:
+    """The networks a run trains: the cohort's members, or its one model."""
+    return list(cfg.mutual) if cfg.mutual else [cfg.model]
+
+
+def member_folder(out: Path, member: str) -> Path:
+    """A cohort member's run folder, inside the cohort's: a finished run of its own (metrics,
+    predictions, its selected weights), so it can be reported, compared and used as a teacher."""
+    from medssl.runs import model_folder
+
+    return Path(out) / model_folder(member)
+
+
 def _train(cfg: FinetuneConfig) -> Path:
+    import shutil
+
     import pytorch_lightning as pl
     import torch
     from pytorch_lightning.callbacks import ModelCheckpoint
 
-    from medssl import __version__
     from medssl.data import prepare
     from medssl.data.splits import label_subset, write_split_csv
     from medssl.data.transforms import Normalize, eval_crop, finetune_crops
     from medssl.models import feature_dim
-    from medssl.atomic import atomic_write
     from medssl.models.priors import load_prior
     from medssl.presets import preset_for
     from medssl.training.classifier import Classifier
     from medssl.training.loaders import (AtomicCheckpointIO, SamplerEpochCheck, default_precision,
                                          every_epoch_checkpoint, fit, make_loader, open_cache,
                                          resume_point)
-    from medssl.training.metrics import classification_metrics, metric_options
-    from medssl.training.distributed import (barrier, is_rank_zero, scaled_lr, scaling_rule,
-                                             trainer_options)
-    from medssl.training.run_logs import epoch_curves, run_loggers
+    from medssl.training.distributed import barrier, is_rank_zero, trainer_options
+    from medssl.training.run_logs import run_loggers
 
     out = Path(cfg.out)
     writer = is_rank_zero()  # in a distributed run, rank 0 alone writes files
     resume_from = open_run_folder(out, FINETUNE_OUTPUTS, cfg.force, cfg.resume, owner=writer)
+    members = members_of(cfg)
+    if cfg.mutual and writer:  # members' folders are written from the cohort's checkpoints, last
+        for member in members:
+            shutil.rmtree(member_folder(out, member), ignore_errors=True)
     resume_at = resume_point(resume_from)
     started = time.time()
-    # Seeded before anything random is drawn: the head, and M1's random backbone.
+    # Seeded before anything random is drawn: the heads, and random backbones (a cohort's
+    # members draw theirs one after the other, so two random inits differ).
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    # The prior first: a missing SSL backbone or ImageNet file should fail before data work.
-    backbone, source = load_prior(cfg.model, cfg.arch, cfg.dataset, cfg.ssl_checkpoint,
-                                  cfg.imagenet_weights, cfg.allow_other_dataset, Path(cfg.base))
+    # The priors first: a missing SSL backbone or ImageNet file should fail before data work.
+    sources = {}
+    backbones = {}
+    for member in members:
+        backbones[member], sources[member] = load_prior(
+            member, cfg.arch, cfg.dataset, (cfg.member_checkpoints or {}).get(member,
+                                                                            cfg.ssl_checkpoint),
+            cfg.imagenet_weights, cfg.allow_other_dataset, Path(cfg.base))
     split_file = cfg.split_file
     if cfg.resume and (out / "split.csv").is_file():
         split_file = str(out / "split.csv")
     # An SSL backbone of this dataset brings its split (nothing it trained on is held out here);
     # one of another dataset (--allow-other-dataset) never saw these images: this dataset's own.
-    same_data = "ssl_split_file" in source and source.get("ssl_dataset") == cfg.dataset
-    if not split_file and same_data and Path(source["ssl_split_file"]).is_file():
-        split_file = source["ssl_split_file"]  # the split SimCLR trained on: nothing held out leaks
+    same_data = {m: "ssl_split_file" in s and s.get("ssl_dataset") == cfg.dataset
+                 for m, s in sources.items()}
+    for member in members:
+        ssl_split = sources[member].get("ssl_split_file")
+        if not split_file and same_data[member] and Path(ssl_split).is_file():
+            split_file = ssl_split  # the split SimCLR trained on: nothing held out leaks
     table, data_info = prepare(replace(data_config(cfg), split_file=split_file),
                                skip_bad_images=cfg.skip_bad_images, workers=cfg.workers,
                                progress=cfg.progress)
-    if same_data:
-        check_no_ssl_leak(table, Path(source["ssl_split_file"]))
-    check_supervised_prior(source, cfg)
+    for member in members:
+        if same_data[member]:
+            check_no_ssl_leak(table, Path(sources[member]["ssl_split_file"]))
+        check_supervised_prior(sources[member], cfg)
     labelled = label_subset(table.samples, cfg.label_fraction, cfg.seed)
     # Model selection at a label fraction sees as few val labels as a user with that fraction
     # would have: the same fraction of val, stratified, at least one image per class.
@@ -228,22 +316,40 @@ def _train(cfg: FinetuneConfig) -> Path:
         weights = len(labelled) / (n_classes * counts.clamp_min(1).float())
 
     objective, objective_record = training_objective(cfg, table)
-    module = Classifier(backbone, feature_dim(cfg.arch), table.classes, lr=cfg.lr,
-                        weight_decay=cfg.weight_decay, head=cfg.head,
-                        freeze_epochs=cfg.freeze_epochs, bn_eval=cfg.bn_eval, class_weights=weights,
-                        input_transform=Normalize(p.mean, p.std), compile_model=cfg.compile,
-                        seed=cfg.seed, lr_scaling=cfg.lr_scaling, lr_schedule=cfg.lr_schedule,
-                        objective=objective)
-    monitor, mode = f"val/{cfg.select}", SELECT_METRICS[cfg.select]
-    best = ModelCheckpoint(dirpath=str(out / "checkpoints"), filename="best", monitor=monitor,
-                           mode=mode, save_top_k=1, enable_version_counter=False,
-                           save_on_train_epoch_end=True)
+
+    def classifier(member: str, **kwargs) -> Classifier:
+        return Classifier(backbones[member], feature_dim(cfg.arch), table.classes,
+                          lr=(cfg.member_lrs or {}).get(member, cfg.lr),
+                          weight_decay=cfg.weight_decay, head=cfg.head,
+                          freeze_epochs=cfg.freeze_epochs, bn_eval=cfg.bn_eval,
+                          class_weights=weights, compile_model=cfg.compile, seed=cfg.seed,
+                          lr_scaling=cfg.lr_scaling, lr_schedule=cfg.lr_schedule, **kwargs)
+
+    def selection_checkpoint(tag: str, filename: str, **kwargs) -> ModelCheckpoint:
+        return ModelCheckpoint(dirpath=str(out / "checkpoints"), filename=filename,
+                               monitor=f"{tag}val/{cfg.select}", mode=SELECT_METRICS[cfg.select],
+                               save_top_k=1, enable_version_counter=False,
+                               save_on_train_epoch_end=True, **kwargs)
+
+    if cfg.mutual:
+        from medssl.training.cohort import Cohort
+
+        module = Cohort({m: classifier(m) for m in members}, objective,
+                        input_transform=Normalize(p.mean, p.std), seed=cfg.seed,
+                        lr_schedule=cfg.lr_schedule)
+        # Each member selected on val on its own; weights only (the optimiser lives in last.ckpt).
+        selectors = [selection_checkpoint(f"{m}/", f"best-{model_folder(m)}",
+                                          save_weights_only=True) for m in members]
+    else:
+        module = classifier(cfg.model, input_transform=Normalize(p.mean, p.std),
+                            objective=objective)
+        selectors = [selection_checkpoint("", "best")]
     trainer = pl.Trainer(
         max_epochs=cfg.epochs, max_steps=cfg.max_steps, accelerator=cfg.accelerator,
         precision=cfg.precision or default_precision(), **trainer_options(cfg),
         default_root_dir=str(out), deterministic=cfg.deterministic or None,
         logger=run_loggers(out, resume_at),
-        callbacks=[best, every_epoch_checkpoint(out), SamplerEpochCheck()],
+        callbacks=[*selectors, every_epoch_checkpoint(out), SamplerEpochCheck()],
         plugins=[AtomicCheckpointIO()],
         enable_progress_bar=cfg.progress, log_every_n_steps=1, enable_model_summary=False,
         num_sanity_val_steps=0)
@@ -253,68 +359,180 @@ def _train(cfg: FinetuneConfig) -> Path:
     # Only now is the test split looked at: by the last epoch's weights (recorded beside, to
     # show what selection changed; never used to select), then once by the selected checkpoint.
     # (Every process predicts, as a distributed Trainer needs them all; rank 0 writes.)
-    last_test = trainer.predict(module, loaders["test"], return_predictions=True)
-    selected = torch.load(best.best_model_path, map_location="cpu", weights_only=True)
-    module.load_state_dict(selected["state_dict"])
-    names = list(loaders)
-    outputs = trainer.predict(module, [loaders[s] for s in names], return_predictions=True)
-    if trainer.is_global_zero:
-        predictions = {split: torch.cat(batches) for split, batches in zip(names, outputs)}
-        truth = {split: torch.tensor(loaders[split].dataset.targets) for split in names}
-        task = metric_options(p, table.classes, predictions["val"], truth["val"])
-        results = {split: classification_metrics(predictions[split], truth[split], table.classes,
-                                                 **task) for split in names}
-        results["test_last"] = classification_metrics(torch.cat(last_test), truth["test"],
-                                                      table.classes, **task)
-        for split in ("val", "test"):
-            write_predictions(out / f"{split}_predictions.csv", loaders[split].dataset, table,
-                              predictions[split])
-        for logger in trainer.loggers:
-            logger.log_metrics({f"selected/test_{k}": results["test"][k]
-                                for k in ("acc", "balanced_acc", "macro_f1", "auroc", "loss")},
-                               step=trainer.global_step)
-            logger.save()
+    # Probabilities come as (networks, images, classes): a single model is a cohort of one here.
+    def predict(loader_list):
+        batches = trainer.predict(module, loader_list, return_predictions=True)
+        if len(loader_list) == 1:
+            batches = [batches]
+        return [torch.cat(b, dim=1) if cfg.mutual else torch.cat(b)[None] for b in batches]
 
-        metrics = {
-            "dataset": cfg.dataset, "model": cfg.model, "seed": cfg.seed,
-            "label_fraction": cfg.label_fraction, "labelled_train_images": len(labelled),
-            "selection": {"metric": monitor, "mode": mode, "epoch": int(selected["epoch"]) + 1,
-                          "value": float(best.best_model_score),
-                          "val_images": len(val_rows),
-                          "val": "full" if cfg.full_val or cfg.label_fraction >= 1 else
-                                 f"fraction {cfg.label_fraction:g} of val (selection_val.csv)"},
-            "epochs_trained": trainer.current_epoch, "classes": table.classes,
-            "world_size": trainer.world_size, "lr": cfg.lr,
-            "lr_used": scaled_lr(cfg.lr, trainer.world_size, cfg.lr_scaling),
-            "lr_scaling": scaling_rule(cfg.lr_scaling, "adam"), "lr_schedule": cfg.lr_schedule,
-            "train": results["train"], "val": results["val"], "test": results["test"],
-            "test_last": results["test_last"], "objective": objective_record,
-            **(cfg.lr_choice or {"lr_selected": None, "lr_grid": None}),
-            "overfitting": overfitting(epoch_curves(out), int(selected["epoch"]) + 1),
-            # No batch is dropped: every epoch sees every labelled image once (or, cut short by
-            # --max-steps, its steps' batches).
-            "compute": compute_record(source, trainer, wall_time_s=time.time() - started,
-                                      images_seen=trainer.current_epoch * len(labelled)
-                                      if cfg.max_steps < 0 else
-                                      trainer.global_step * train_loader.batch_size),
-            "prior": source, "split_file": "split.csv", "data": data_info,
-            "medssl_version": __version__, "wall_time_s": round(time.time() - started, 1),
-            "config": asdict(cfg),
-        }
-        atomic_write(out / "metrics.json",
-                     lambda path: path.write_text(json.dumps(metrics, indent=2)))
-        mark_finished(out, FINETUNE_OUTPUTS)
-        log.info("%s %s seed %d: selected epoch %d, test acc %.3f, balanced acc %.3f",
-                 cfg.dataset, cfg.model, cfg.seed, metrics["selection"]["epoch"],
-                 results["test"]["acc"], results["test"]["balanced_acc"])
+    (last_test,) = predict([loaders["test"]])
+    chosen = []
+    for k, selector in enumerate(selectors):
+        selected = torch.load(selector.best_model_path, map_location="cpu", weights_only=True)
+        if cfg.mutual:
+            module.members[k].load_state_dict(module.member_state(k, selected["state_dict"]))
+        else:
+            module.load_state_dict(selected["state_dict"])
+        chosen.append((int(selected["epoch"]) + 1, float(selector.best_model_score)))
+    names = list(loaders)
+    probs = dict(zip(names, predict([loaders[s] for s in names])))
+    if trainer.is_global_zero:
+        run = RunResults(cfg, table, p, loaders, labelled, val_rows, data_info, trainer,
+                         train_loader, started)
+        if cfg.mutual:
+            _write_cohort(run, module, out, members, sources, probs, last_test, chosen,
+                          objective_record)
+        else:
+            run.write(out, run_name(cfg), {s: v[0] for s, v in probs.items()}, last_test[0],
+                      run.selection(*chosen[0]), sources[cfg.model], objective_record,
+                      epoch_curves(out), lr=cfg.lr,
+                      base_models=[cfg.model] if cfg.teachers else None)
     barrier()  # the other ranks return once the results are there
     return out
 
 
+def _write_cohort(run: RunResults, module, out: Path, members: list[str], sources: dict,
+                  probs: dict, last_test, chosen: list[tuple[int, float]],
+                  objective_record: dict) -> None:
+    """Each member's run folder (its selected weights, curves, predictions and metrics), then
+    the ensemble's (the mean of the members' selected probabilities) in the cohort's folder,
+    whose completion marker comes last of all."""
+    import shutil
+
+    import torch
+
+    from medssl.atomic import atomic_write
+    from medssl.runs import dml_name
+
+    import pandas as pd
+
+    curves = pd.read_csv(out / "logs" / "metrics.csv")  # written by rank 0, this process
+    member_runs = {}
+    for k, member in enumerate(members):
+        folder = member_folder(out, member)
+        (folder / "checkpoints").mkdir(parents=True, exist_ok=True)
+        for name in ("split.csv", "labelled_train.csv", "selection_val.csv"):
+            if (out / name).is_file():
+                shutil.copy(out / name, folder / name)
+        # The member's selected weights as a single run's best.ckpt: loadable as a teacher.
+        state = module.member_state(k, module.state_dict())
+        atomic_write(folder / "checkpoints" / "best.ckpt", lambda path: torch.save(
+            {"state_dict": {key: v.cpu() for key, v in state.items()},
+             "epoch": chosen[k][0] - 1}, path))
+        # Its curves: the cohort's log columns under its name, as a single run logs them.
+        prefix = f"{member}/"
+        own = curves[[c for c in curves if c in ("epoch", "step") or c.startswith(prefix)]]
+        own = own.rename(columns=lambda c: c[len(prefix):] if c.startswith(prefix) else c)
+        (folder / "logs").mkdir(exist_ok=True)
+        atomic_write(folder / "logs" / "metrics.csv", lambda path: own.to_csv(path, index=False))
+        record = {**objective_record, "cohort_run": str(out)}
+        run.write(folder, dml_name(members, member), {s: v[k] for s, v in probs.items()},
+                  last_test[k], run.selection(*chosen[k]), sources[member], record,
+                  epoch_curves(folder), lr=module.members[k].hparams.lr, base_models=[member],
+                  log_prefix=f"{member}/")
+        member_runs[member] = str(folder)
+    mean = {s: v.mean(dim=0) for s, v in probs.items()}
+    selection = {**run.selection(None, None), "members": {m: chosen[k][0] for k, m
+                                                          in enumerate(members)}}
+    ssl_seeds = [s["ssl_seed"] for s in sources.values() if s.get("ssl_seed") is not None]
+    ensemble_source = {"model": dml_name(members), "members": sources,
+                       # what the report says its sd includes: its SSL members' pretraining
+                       "ssl_seed": ssl_seeds[0] if ssl_seeds else None,
+                       "ssl_images_seen": sum(s.get("ssl_images_seen") or 0
+                                              for s in sources.values())}
+    lrs = {m: module.members[k].hparams.lr for k, m in enumerate(members)}
+    run.write(out, dml_name(members), mean, last_test.mean(dim=0), selection, ensemble_source,
+              {**objective_record, "member_runs": member_runs, "member_lrs": lrs},
+              epoch_curves(out), lr=lrs[members[0]] if len(set(lrs.values())) == 1 else None,
+              base_models=members)
+
+
+class RunResults:
+    """What every run folder of one training writes: metrics of the predictions, the prediction
+    CSVs, metrics.json and, last, the completion marker."""
+
+    def __init__(self, cfg, table, preset, loaders, labelled, val_rows, data_info, trainer,
+                 train_loader, started: float):
+        self.cfg, self.table, self.preset, self.loaders = cfg, table, preset, loaders
+        self.labelled, self.val_rows, self.data_info = labelled, val_rows, data_info
+        self.trainer, self.train_loader, self.started = trainer, train_loader, started
+
+    def selection(self, epoch: int | None, value: float | None) -> dict:
+        cfg = self.cfg
+        return {"metric": f"val/{cfg.select}", "mode": SELECT_METRICS[cfg.select],
+                "epoch": epoch, "value": value, "val_images": len(self.val_rows),
+                "val": "full" if cfg.full_val or cfg.label_fraction >= 1 else
+                       f"fraction {cfg.label_fraction:g} of val (selection_val.csv)"}
+
+    def write(self, out: Path, name: str, probs: dict, last_test, selection: dict, source: dict,
+              objective: dict, curves, lr: float | None, base_models: list[str] | None,
+              log_prefix: str = "") -> None:
+        import torch
+
+        from medssl import __version__
+        from medssl.atomic import atomic_write
+        from medssl.training.distributed import scaled_lr, scaling_rule
+        from medssl.training.metrics import classification_metrics, metric_options
+
+        cfg, table, trainer = self.cfg, self.table, self.trainer
+        truth = {split: torch.tensor(self.loaders[split].dataset.targets) for split in probs}
+        task = metric_options(self.preset, table.classes, probs["val"], truth["val"])
+        results = {split: classification_metrics(probs[split], truth[split], table.classes,
+                                                 **task) for split in probs}
+        results["test_last"] = classification_metrics(last_test, truth["test"], table.classes,
+                                                      **task)
+        for split in ("val", "test"):
+            write_predictions(out / f"{split}_predictions.csv", self.loaders[split].dataset,
+                              table, probs[split])
+        for logger in trainer.loggers:
+            logger.log_metrics({f"selected/{log_prefix}test_{k}": results["test"][k]
+                                for k in ("acc", "balanced_acc", "macro_f1", "auroc", "loss")},
+                               step=trainer.global_step)
+            logger.save()
+        wall = time.time() - self.started
+        metrics = {
+            "dataset": cfg.dataset, "model": name, "seed": cfg.seed,
+            "label_fraction": cfg.label_fraction, "labelled_train_images": len(self.labelled),
+            "selection": selection,
+            "epochs_trained": trainer.current_epoch, "classes": table.classes,
+            "world_size": trainer.world_size, "lr": lr,
+            "lr_used": None if lr is None else scaled_lr(lr, trainer.world_size,
+                                                         cfg.lr_scaling),
+            "lr_scaling": scaling_rule(cfg.lr_scaling, "adam"), "lr_schedule": cfg.lr_schedule,
+            "train": results["train"], "val": results["val"], "test": results["test"],
+            "test_last": results["test_last"], "objective": objective,
+            # What this model is compared with as its own base: a distilled student with its
+            # prior trained alone, a cohort member likewise, a cohort's ensemble with the
+            # ensemble of its members trained alone (report.tables).
+            **({"base_models": base_models} if base_models else {}),
+            **(cfg.lr_choice or {"lr_selected": None, "lr_grid": None}),
+            "overfitting": overfitting(curves, selection["epoch"]),
+            # No batch is dropped: every epoch sees every labelled image once (or, cut short by
+            # --max-steps, its steps' batches).
+            "compute": compute_record(source, trainer, wall_time_s=wall,
+                                      images_seen=trainer.current_epoch * len(self.labelled)
+                                      if cfg.max_steps < 0 else
+                                      trainer.global_step * self.train_loader.batch_size),
+            "prior": source, "split_file": "split.csv", "data": self.data_info,
+            "medssl_version": __version__, "wall_time_s": round(wall, 1),
+            "config": {**asdict(cfg), **({"model": name} if cfg.mutual else {})},
+        }
+        atomic_write(out / "metrics.json", lambda path: path.write_text(json.dumps(metrics,
+                                                                                   indent=2)))
+        mark_finished(out, FINETUNE_OUTPUTS)
+        log.info("%s %s seed %d: selected epoch %s, test acc %.3f, balanced acc %.3f",
+                 cfg.dataset, name, cfg.seed, selection["epoch"] or "per member",
+                 results["test"]["acc"], results["test"]["balanced_acc"])
+
+
 def training_objective(cfg: FinetuneConfig, table):
-    """Plain cross-entropy, or distillation from `cfg.teachers`; and its record for metrics.json."""
+    """Plain cross-entropy, distillation from `cfg.teachers`, or mutual learning in a cohort;
+    and its record for metrics.json."""
     from medssl.training.objectives import get_objective
 
+    if cfg.mutual:
+        return get_objective("mutual")(), {"name": "mutual", "members": list(cfg.mutual)}
     if not cfg.teachers:
         return get_objective("plain")(), {"name": "plain"}
     from medssl.training.teachers import load_teacher
@@ -324,7 +542,8 @@ def training_objective(cfg: FinetuneConfig, table):
     objective = get_objective("distillation")([t for t, _ in loaded], cfg.kd_temperature,
                                               cfg.kd_alpha)
     return objective, {"name": "distillation", "temperature": cfg.kd_temperature,
-                       "alpha": cfg.kd_alpha, "teachers": [info for _, info in loaded]}
+                       "alpha": cfg.kd_alpha, "student": cfg.model,
+                       "teachers": [info for _, info in loaded]}
 
 
 def train_eval_sample(labelled, size: int, seed: int):
@@ -336,15 +555,18 @@ def train_eval_sample(labelled, size: int, seed: int):
     return labelled.sample(n=size, random_state=seed).sort_index()
 
 
-def overfitting(curves, selected_epoch: int) -> dict:
+def overfitting(curves, selected_epoch: int | None) -> dict:
     """The generalisation gap (train_eval minus val, accuracy and loss) at the selected and at
-    the last epoch, and how far val loss rose after its minimum. Epochs count from 1."""
+    the last epoch, and how far val loss rose after its minimum. Epochs count from 1. A cohort's
+    ensemble has no one selected epoch (each member has its own): its gaps at the last only."""
     needed = ["train_eval/acc", "train_eval/loss", "val/acc", "val/loss"]
     if curves.empty or any(c not in curves for c in needed):
         return {}
     last = int(curves.index.max()) + 1
 
-    def gap(epoch: int, metric: str) -> float:
+    def gap(epoch: int | None, metric: str) -> float | None:
+        if epoch is None:
+            return None
         row = curves.loc[epoch - 1]
         return float(row[f"train_eval/{metric}"] - row[f"val/{metric}"])
 

@@ -29,20 +29,39 @@ class RunClassifier(nn.Module):
         return self.head(self.backbone(x))
 
 
+FIX_RUN = "Fix: pass the folder of a finished `medssl finetune` run (e.g. runs/covid19/M3/seed0)."
+
+
+def teacher_metrics(run: str | Path) -> dict:
+    """The metrics.json of a finished finetuning run, or an error naming the folder and the fix."""
+    from medssl.runs import finetune_finished
+
+    run = Path(run)
+    if not finetune_finished(run):
+        what = "does not exist" if not run.exists() else "is not a finished finetuning run " \
+                                                         "(no completion marker with metrics.json)"
+        raise MedsslError(f"Teacher {run} {what}. {FIX_RUN}")
+    try:
+        return json.loads((run / "metrics.json").read_text())
+    except (OSError, ValueError):
+        raise MedsslError(f"Teacher {run}: its metrics.json is not readable JSON. {FIX_RUN}") \
+            from None
+
+
+def teacher_model(run: str | Path) -> str:
+    """The model a teacher run trained (its name in the table: M3, KD(M3→M1), DML(M3+M4)/M3)."""
+    return teacher_metrics(run)["model"]
+
+
 def load_teacher(run: str | Path, samples: pd.DataFrame, classes: list[str], dataset: str,
                  image_size: int) -> tuple[nn.Module, dict]:
     """The teacher of `run` and what it is (for metrics.json); `samples` is the student's split."""
     from medssl.models.backbones import empty_backbone, feature_dim
-    from medssl.models.checkpoints import load_strict
-    from medssl.runs import finetune_finished
+    from medssl.models.checkpoints import load_strict, read_state_dict
     from medssl.training.classifier import make_head
 
     run = Path(run)
-    fix_run = "Fix: pass the folder of a finished `medssl finetune` run (e.g. runs/covid19/M3/seed0)."
-    if not finetune_finished(run):
-        raise MedsslError(f"Teacher {run} is not a finished finetuning run (no completion marker "
-                          f"with metrics.json). {fix_run}")
-    metrics = json.loads((run / "metrics.json").read_text())
+    metrics = teacher_metrics(run)
     config = metrics["config"]
     problems = []
     if metrics["dataset"] != dataset:
@@ -59,8 +78,8 @@ def load_teacher(run: str | Path, samples: pd.DataFrame, classes: list[str], dat
                           "teacher on the student's split.")
     checkpoint = run / "checkpoints" / "best.ckpt"
     if not checkpoint.is_file():
-        raise MedsslError(f"Teacher {run} has no selected checkpoint ({checkpoint}). {fix_run}")
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+        raise MedsslError(f"Teacher {run} has no selected checkpoint ({checkpoint}). {FIX_RUN}")
+    state = read_state_dict(checkpoint, f"checkpoint of teacher {run}")
     # Built with its own random stream: initialising the (soon overwritten) weights must not move
     # the student's RNG, or its head would start elsewhere than without a teacher.
     with torch.random.fork_rng(devices=[]):

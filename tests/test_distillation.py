@@ -340,3 +340,14 @@ def test_with_an_lr_grid_students_and_members_train_at_the_rate_chosen_for_them_
     assert cohort["objective"]["member_lrs"] == alone
     for m in ("M1", "M3"):
         assert metrics("DML-M1+M3", "seed0", m)["lr"] == alone[m]
+
+
+@pytest.mark.parametrize("flag, value, said", [
+    ("--distill", "M3", "is not TEACHER:STUDENT"), ("--distill", "M3:M9", "Unknown model 'M9'"),
+    ("--mutual", "M3", "is a cohort of one"), ("--mutual", "M1+M1", "more than once")])
+def test_bad_grid_specs_are_refused_when_parsed(cli, capsys, tmp_path, flag, value, said):
+    with pytest.raises(SystemExit) as exit_:
+        cli("compare", "--dataset", "demo", flag, value, "--out", tmp_path / "grid")
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and said in err and flag in err
+    assert not (tmp_path / "grid").exists()

@@ -217,3 +217,20 @@ def test_moco_queue_fits_a_small_dataset_unless_the_user_set_it():
     # Methods without data-dependent defaults are unchanged.
     simclr = get_method("simclr")
     assert fitted_options(simclr, dict(simclr.defaults), {}, 100, 32) == simclr.defaults
+
+
+@pytest.mark.parametrize("name", ["swav", "dino"])
+@pytest.mark.parametrize("min_scale", [0.08, 0.25, 0.5])
+def test_multi_crop_keeps_global_crops_above_the_presets_floor_and_local_ones_below(name,
+                                                                                     min_scale):
+    method = get_method(name)
+    settings = {**simclr_settings(SIZE, "study"), "min_scale": min_scale}
+    views = method.views(SIZE, settings, **method.defaults)
+    glob, local = views[:2], views[2:]
+    border = glob[0].scale[0]
+    assert border >= min_scale and all(v.scale == (border, 1.0) for v in glob)
+    assert all(0 < v.scale[0] <= v.scale[1] == border for v in local)
+    # The crops build and draw: a range the sampler accepts, whatever the floor.
+    crops, _ = method_views(views, SIZE, settings, IMAGENET_MEAN, IMAGENET_STD)
+    drawn = crops(torch.randint(0, 256, (3, SIZE * 8 // 7, SIZE * 8 // 7), dtype=torch.uint8))
+    assert [tuple(v.shape[-2:]) for v in drawn] == [(v.size, v.size) for v in views]

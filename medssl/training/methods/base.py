@@ -56,11 +56,16 @@ def multi_crop(image_size: int, colour: dict, local_views: int, local_scale: flo
                first: dict | None = None, second: dict | None = None,
                local: dict | None = None) -> list[View]:
     """SwAV's and DINO's multi-crop: two global crops of at least `local_scale` of the picture,
-    and `local_views` small crops (96/224 of the size) of at most `local_scale`."""
+    and `local_views` small crops (96/224 of the size) of at most `local_scale`, from half the
+    preset's smallest crop up. A preset (or `--aug min_scale`) whose smallest crop is above
+    `local_scale` raises the border between the two: global crops then keep its floor, local
+    crops lie between half of it and it (a range, never an empty one)."""
     small = max(8, round(image_size * 96 / 224))
-    glob = [View(image_size, (local_scale, 1.0), dict(first or {})),
-            View(image_size, (local_scale, 1.0), dict(second or {}))]
-    return glob + [View(small, (max(0.01, colour["min_scale"] / 2), local_scale), dict(local or {}))
+    border = max(local_scale, colour["min_scale"])
+    smallest = min(max(0.01, colour["min_scale"] / 2), border)
+    glob = [View(image_size, (border, 1.0), dict(first or {})),
+            View(image_size, (border, 1.0), dict(second or {}))]
+    return glob + [View(small, (smallest, border), dict(local or {}))
                    for _ in range(local_views)]
 
 

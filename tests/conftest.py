@@ -1,4 +1,5 @@
 import json
+import signal
 
 import pytest
 
@@ -39,3 +40,10 @@ def check_json(cli):
         assert out, err
         return code, json.loads(out)
     return run
+
+
+def ctrl_c_as_usual() -> None:
+    """`preexec_fn` of a child process a test sends Ctrl-C: a shell starts background jobs
+    (`cmd &`, as a CI runner may) with SIGINT ignored, children inherit that, and Python then
+    never raises KeyboardInterrupt: the run would go on and the test would fail for nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

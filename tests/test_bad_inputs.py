@@ -22,6 +22,7 @@ from torchvision.models import resnet18
 from medssl.cli import main
 from medssl.data import fixtures as fx
 from medssl.models import build_backbone, save_backbone
+from tests.conftest import ctrl_c_as_usual
 
 FAST = ["--arch", "resnet18", "--image-size", "32", "--num-workers", "0", "--batch-size", "8",
         "--epochs", "1"]
@@ -295,6 +296,7 @@ def test_ctrl_c_exits_130_and_says_resume(tmp_path):
     cmd = [sys.executable, "-m", "medssl", "finetune", "--dataset", "covid19", "--data-root",
            str(root), "--model", "M1", *FAST[:-1], "40", "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=ctrl_c_as_usual,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     last = out / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 300

@@ -16,6 +16,7 @@ import torch
 
 from medssl.data import fixtures as fx
 from medssl.runs import finetune_finished, is_finished
+from tests.conftest import ctrl_c_as_usual
 
 FAST = ["--arch", "resnet18", "--image-size", "32", "--batch-size", "8"]
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -82,7 +83,7 @@ def comparable(out: Path, result_file: str) -> dict:
         del m["config"][key]
     del m["data"]["notes"]  # a resumed run says it read its own split.csv back
     for key in ("cohort_run", "member_runs"):  # a cohort's folders
-        m["objective"].pop(key, None)
+        m.get("objective", {}).pop(key, None)
     return m
 
 
@@ -95,7 +96,8 @@ def kill_and_resume(cmd, out: Path, duration: float, rng: random.Random, done) -
         resume = last.is_file()
         resumes += resume
         before = last.stat().st_mtime_ns if resume else None
-        proc = subprocess.Popen(cmd(resume), env=ENV, stdout=subprocess.DEVNULL,
+        proc = subprocess.Popen(cmd(resume), env=ENV, preexec_fn=ctrl_c_as_usual,
+                                stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         if attempt == 0:  # somewhere in start-up, data preparation or the first epochs
             time.sleep(rng.uniform(0.3, 0.7) * duration)

@@ -351,3 +351,49 @@ def test_bad_grid_specs_are_refused_when_parsed(cli, capsys, tmp_path, flag, val
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and said in err and flag in err
     assert not (tmp_path / "grid").exists()
+
+
+def test_a_base_of_m1_is_that_columns_test_counted_once_in_holm():
+    from medssl.report.statistics import holm
+    from medssl.report.tables import _holm_over_table
+
+    rows = [{"model": "M2", "base": None, "test_acc_vs_M1_p": 0.01, "test_acc_vs_base_p": float("nan")},
+            {"model": "KD(M3→M1)", "base": "M1", "test_acc_vs_M1_p": 0.02,
+             "test_acc_vs_base_p": 0.02},
+            {"model": "DML(M1+M3)", "base": "M1+M3 ensemble", "test_acc_vs_M1_p": 0.03,
+             "test_acc_vs_base_p": 0.04}]
+    out = _holm_over_table([dict(r) for r in rows])
+    family = holm([0.01, 0.02, 0.03, 0.04])  # four tests: the KD row's base is its M1 column
+    assert [out[0]["test_acc_vs_M1_p_holm"], out[1]["test_acc_vs_M1_p_holm"],
+            out[2]["test_acc_vs_M1_p_holm"], out[2]["test_acc_vs_base_p_holm"]] == list(family)
+    assert out[1]["test_acc_vs_base_p_holm"] == out[1]["test_acc_vs_M1_p_holm"]
+
+
+def test_figures_give_other_models_colours_the_study_models_do_not_use():
+    from medssl.report.figures import COLOURS, colours
+
+    given = colours(["M1", "M3", "KD(M3→M1)", "DML(M1+M3)", "DML(M1+M3)/M1"])
+    others = [given[m] for m in ("KD(M3→M1)", "DML(M1+M3)", "DML(M1+M3)/M1")]
+    assert len(set(others)) == 3 and not set(others) & set(COLOURS.values())
+    assert given["M1"] == COLOURS["M1"]
+
+
+def test_a_distilled_students_lr_search_is_its_own(tmp_path):
+    import json
+    from dataclasses import replace
+
+    from medssl.experiments.lr_search import finetune_with_lr_grid
+    from medssl.training.finetune import run_finetune
+    from tests.test_finetune import csv_dataset, finetune_cfg
+
+    root = csv_dataset(tmp_path / "data", False)
+    base = replace(finetune_cfg(root, tmp_path / "teacher"), epochs=1, base=str(tmp_path / "grid"))
+    teacher = run_finetune(base)
+    plain = finetune_with_lr_grid(replace(base, out=None, lr=None, lr_grid=[1e-3, 1e-4]))
+    kd = finetune_with_lr_grid(replace(base, out=None, lr=None, lr_grid=[1e-3, 1e-4],
+                                       teachers=[str(teacher)]))
+    assert kd.name == "seed0" and kd.parent.name == "KD-M1-to-M1" and plain.parent.name == "M1"
+    searched = sorted(p.parent.parent.name for p in (tmp_path / "grid" / "lr-search").rglob("seed0"))
+    assert searched == ["KD-M1-to-M1", "KD-M1-to-M1", "M1", "M1"]
+    m = json.loads((kd / "metrics.json").read_text())
+    assert m["objective"]["name"] == "distillation" and m["lr_grid"] == [1e-3, 1e-4]

@@ -204,7 +204,7 @@ def _holm_over_table(rows: list[dict]) -> list[dict]:
         rows[i][f"{k}_holm"] = value
     for row in rows:
         for k in [k for k in row if k.endswith("_p") and repeated(row, k)]:
-            row[f"{k}_holm"] = row[k.replace("_vs_base_", f"_vs_{row['base']}_")]
+            row[f"{k}_holm"] = row[k.replace("_vs_base_", f"_vs_{row['base']}_") + "_holm"]
     return rows
 
 

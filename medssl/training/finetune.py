@@ -213,8 +213,6 @@ def members_of(cfg: FinetuneConfig) -> list[str]:
 def member_folder(out: Path, member: str) -> Path:
     """A cohort member's run folder, inside the cohort's: a finished run of its own (metrics,
     predictions, its selected weights), so it can be reported, compared and used as a teacher."""
-    from medssl.runs import model_folder
-
     return Path(out) / model_folder(member)
 
 

@@ -318,7 +318,9 @@ def add_ssl_flags(g, prefix: str = "") -> None:
                    "docs/methods.md lists each method's)")
     g.add_argument(f"{f}warmup-epochs", type=non_negative_int, default=None,
                    help="linear warm-up epochs (default: the preset's, at most a tenth of the run)")
-    g.add_argument(f"{f}optimizer", choices=["adam", "lars"], default="adam")
+    g.add_argument(f"{f}optimizer", choices=["adam", "sgd", "lars"], default=None,
+                   help=f"{what}optimiser (default: Adam, the study's; simsiam: its authors' SGD, "
+                   "with their lr and weight decay; docs/methods.md)")
     g.add_argument(f"{f}exclude-bn-bias", action="store_true",
                    help="no weight decay on BatchNorm parameters and biases")
     g.add_argument(f"{f}augment", choices=["study", "xray"], default=None,
@@ -553,7 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("pretrain", parents=[data_options(), training_options()],
-                       help="SimCLR on the dataset's train split, without labels")
+                       help="self-supervised pretraining (--method, default SimCLR) on the dataset's train split")
     add_pretrain_args(p)
     p.set_defaults(func=cmd_pretrain)
 

@@ -6,4 +6,4 @@ class MedsslError(Exception):
 
 
 class Interrupted(Exception):
-    """Ctrl-C during training; the message says what was saved and how to continue. Exit 130."""
+    """Ctrl-C or SIGTERM during training; the message says what was saved and how to continue. Exit 130."""

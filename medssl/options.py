@@ -58,9 +58,11 @@ class SSLOptions:
     epochs: int | None = None  # unset values: the preset's
     batch_size: int | None = None
     lr: float | None = None
-    weight_decay: float = 1e-6
+    # Unset: the method's published optimiser with its lr and weight decay where it has one
+    # (`SSLMethod.recipe`), else the study's Adam (the preset's lr) and weight decay 1e-6.
+    weight_decay: float | None = None
     warmup_epochs: int | None = None
-    optimizer: str = "adam"
+    optimizer: str | None = None
     exclude_bn_bias: bool = False
     augment: str | None = None  # augmentation preset: study or xray (default: the dataset's)
     augment_overrides: dict = field(default_factory=dict)  # lightly SimCLRTransform knobs

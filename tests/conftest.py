@@ -1,4 +1,5 @@
 import json
+import os
 import signal
 
 import pytest
@@ -47,3 +48,10 @@ def ctrl_c_as_usual() -> None:
     (`cmd &`, as a CI runner may) with SIGINT ignored, children inherit that, and Python then
     never raises KeyboardInterrupt: the run would go on and the test would fail for nothing."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def own_group() -> None:
+    """`preexec_fn` of a child a test signals with everything it starts (`os.killpg`), as a
+    terminal's Ctrl-C or a batch system's SIGTERM reaches a run and its loader workers."""
+    ctrl_c_as_usual()
+    os.setpgrp()

@@ -22,7 +22,7 @@ from torchvision.models import resnet18
 from medssl.cli import main
 from medssl.data import fixtures as fx
 from medssl.models import build_backbone, save_backbone
-from tests.conftest import ctrl_c_as_usual
+from tests.conftest import own_group
 
 FAST = ["--arch", "resnet18", "--image-size", "32", "--num-workers", "0", "--batch-size", "8",
         "--epochs", "1"]
@@ -289,22 +289,27 @@ def test_an_os_error_during_a_command_is_a_message(monkeypatch, capsys, tmp_path
     assert "x.csv: permission denied" in err and "Fix:" in err and "Traceback" not in err
 
 
-def test_ctrl_c_exits_130_and_says_resume(tmp_path):
-    """Lightning catches Ctrl-C and exits 1; medssl turns it back into 130 and names --resume."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_exits_130_and_says_resume(sig, tmp_path):
+    """Lightning catches Ctrl-C and exits 1; medssl turns it back into 130 and names --resume.
+    SIGTERM (a job's time limit), sent to every process as `timeout` and batch systems do, ends
+    the same way, not as an internal error."""
     root = fx.make_covid19(tmp_path, per_class=6)
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "medssl", "finetune", "--dataset", "covid19", "--data-root",
-           str(root), "--model", "M1", *FAST[:-1], "40", "--out", str(out)]
+           str(root), "--model", "M1", *FAST[:-1], "40", "--out", str(out),
+           "--num-workers", "1"]  # a loader worker, which SIGTERM reaches too
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=ctrl_c_as_usual,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            preexec_fn=own_group, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     last = out / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 300
     while proc.poll() is None and not last.is_file() and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(0.3)
-    proc.send_signal(signal.SIGINT)
+    os.killpg(proc.pid, sig)  # the run and its loader workers, as a terminal or a job limit does
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
     assert "--resume" in err and str(last) in err and "Traceback" not in err
+    assert ("SIGTERM" if sig == signal.SIGTERM else "Ctrl-C") in err
+    assert "internal error" not in err
     assert last.is_file()  # what Lightning saved stays, for --resume

@@ -82,7 +82,7 @@ def test_a_few_steps_lower_the_loss_and_the_backbone_exports(name, tmp_path):
     plain.load_state_dict(torch.load(tmp_path / "backbone.pt", weights_only=True), strict=True)
 
 
-@pytest.mark.parametrize("name", ["byol", "swav", "supcon"])
+@pytest.mark.parametrize("name", ["byol", "simsiam", "swav", "supcon"])
 def test_pretrain_records_the_method_and_its_views(name, tmp_path, cli):
     root = fx.make_covid19(tmp_path, per_class=6)
     code, _, err = cli("pretrain", "--dataset", "covid19", "--data-root", root, "--method", name,
@@ -92,6 +92,10 @@ def test_pretrain_records_the_method_and_its_views(name, tmp_path, cli):
     assert code == 0, err
     meta = json.loads((tmp_path / "run" / "backbone.json").read_text())
     assert meta["method"] == name and meta["supervised"] == (name == "supcon")
+    # SimSiam trains with its authors' SGD (SimSiam.recipe); the others with the study's Adam.
+    assert (meta["optimizer"], meta["optimizer_from"]) == \
+        (("sgd", "method") if name == "simsiam" else ("adam", "study"))
+    assert meta["weight_decay"] == (1e-4 if name == "simsiam" else 1e-6)
     assert len(meta["views"]) == (4 if name == "swav" else 2)
     if name == "byol":  # asymmetric, as published
         assert meta["views"][0]["colour"]["gaussian_blur"] == 1.0
@@ -138,6 +142,28 @@ def test_warm_up_never_takes_more_than_a_tenth_of_the_run(tmp_path):
     assert short.warmup_epochs == pytest.approx(1.2)  # the preset's 10 would be most of the run
     long = resolve(PretrainConfig(dataset="covid19", epochs=500, out=str(tmp_path / "b")))
     assert long.warmup_epochs == 10
+
+
+def test_a_method_brings_its_published_optimiser_unless_one_is_set(tmp_path):
+    from medssl.presets import preset_for
+    from medssl.training.pretrain import PretrainConfig, resolve
+
+    def run(**kw):
+        return resolve(PretrainConfig(dataset="covid19", batch_size=128, epochs=30,
+                                      out=str(tmp_path / str(len(list(tmp_path.iterdir())))), **kw))
+
+    study_lr = preset_for("covid19").ssl_lr
+    own = run(method="simsiam")  # SGD at 0.05 per 256 images, weight decay 1e-4, as published
+    assert (own.optimizer, own.lr, own.weight_decay, own.optimizer_from) == \
+        ("sgd", pytest.approx(0.025), 1e-4, "method")
+    plain = run(method="simclr")  # the study's Adam
+    assert (plain.optimizer, plain.lr, plain.weight_decay, plain.optimizer_from) == \
+        ("adam", study_lr, 1e-6, "study")
+    asked = run(method="simsiam", optimizer="adam")  # a set optimiser brings the study's lr
+    assert (asked.optimizer, asked.lr, asked.weight_decay, asked.optimizer_from) == \
+        ("adam", study_lr, 1e-6, "flag")
+    lr_set = run(method="simsiam", lr=0.1)  # a set lr is kept
+    assert (lr_set.optimizer, lr_set.lr, lr_set.weight_decay) == ("sgd", 0.1, 1e-4)
 
 
 def test_compare_runs_every_method_into_one_table(tmp_path, cli):

@@ -1,1 +1,1 @@
-"""Lightning modules and the runs built from them: SimCLR pretraining (and, next, finetuning)."""
+"""Lightning modules and the runs built from them: self-supervised pretraining, finetuning and its objectives."""

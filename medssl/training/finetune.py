@@ -160,7 +160,7 @@ def check_no_ssl_leak(table, ssl_split_file: Path) -> None:
             f"val/test, or copies of them (first: {first}; the SSL split is {ssl_split_file}).\n"
             f"Fix: finetune with --split-file {ssl_split_file}, or pretrain again with this run's "
             "split and duplicate policy (--duplicates drop keeps copies of held-out images out of "
-            "SimCLR).")
+            "pretraining).")
 
 
 def check_supervised_prior(source: dict, cfg: FinetuneConfig) -> None:

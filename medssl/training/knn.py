@@ -82,7 +82,7 @@ class KNNMonitor(pl.Callback):
         self.train_loader, self.val_loader = train_loader, val_loader
         self.normalize = normalize
         self.num_classes, self.k, self.shots = num_classes, k, shots
-        self.initial: dict | None = None  # the prior's scores, before any SimCLR step
+        self.initial: dict | None = None  # the prior's scores, before any pretraining step
         self.last: dict | None = None
 
     def measure(self, backbone: torch.nn.Module, device) -> dict:
@@ -92,8 +92,9 @@ class KNNMonitor(pl.Callback):
     def on_train_start(self, trainer, pl_module):
         if self.initial is None:  # a resumed run keeps the baseline from its checkpoint
             self.initial = self.measure(pl_module.backbone, pl_module.device)
-            log.info("before SimCLR: val kNN %.3f, few-shot %.3f",
-                     self.initial["knn_acc"], self.initial["fewshot_acc"])
+            log.info("before %s: val kNN %.3f, few-shot %.3f",
+                     getattr(pl_module, "title", "pretraining"), self.initial["knn_acc"],
+                     self.initial["fewshot_acc"])
 
     def on_train_epoch_end(self, trainer, pl_module):
         self.last = self.measure(pl_module.backbone, pl_module.device)

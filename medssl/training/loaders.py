@@ -153,7 +153,7 @@ class SamplerEpochCheck(pl.Callback):
 
 
 def fit(trainer, out: Path, *args, **kwargs) -> None:
-    """`trainer.fit`, with Ctrl-C reported as what it is. Lightning catches the KeyboardInterrupt,
+    """`trainer.fit`, with Ctrl-C and SIGTERM reported as what they are. Lightning catches the KeyboardInterrupt,
     tears the run down, ignores further Ctrl-C and calls `sys.exit(1)`: without this, the user
     would get exit status 1 and no word of what was saved. Here it becomes `Interrupted` (exit
     130), which names the checkpoint to `--resume` from, if the run got as far as one."""
@@ -163,14 +163,22 @@ def fit(trainer, out: Path, *args, **kwargs) -> None:
 
     try:
         trainer.fit(*args, **kwargs)
-    except SystemExit:
-        if not trainer.interrupted:
+    except BaseException as exc:
+        # SIGTERM (a batch system's time limit, `kill`, `timeout`): Lightning stops after the
+        # batch, or the signal reaches the loader's workers first and their death surfaces as
+        # an error; either way it is a stop, not a bug, and the saved epoch can be resumed.
+        sigterm = trainer.received_sigterm and not isinstance(exc, KeyboardInterrupt)
+        if not sigterm and not (isinstance(exc, SystemExit) and trainer.interrupted):
             raise
         signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning set it to ignore
+        # The run is over: torch's SIGCHLD handler would otherwise report the workers the
+        # signal killed with a traceback while Python exits.
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        what = "stopped (SIGTERM)" if sigterm else "interrupted (Ctrl-C)"
         last = Path(out) / "checkpoints" / "last.ckpt"
         if last.is_file():
-            raise Interrupted(f"interrupted (Ctrl-C) in epoch {trainer.current_epoch + 1}. The last "
+            raise Interrupted(f"{what} in epoch {trainer.current_epoch + 1}. The last "
                               f"finished epoch is saved in {last}. Fix: run the same command "
                               "again with --resume to continue from there.") from None
-        raise Interrupted("interrupted (Ctrl-C) before the first epoch ended: there is nothing to "
+        raise Interrupted(f"{what} before the first epoch ended: there is nothing to "
                           "resume. Run the same command again to start anew.") from None

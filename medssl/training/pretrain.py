@@ -1,9 +1,9 @@
-"""A SimCLR pretraining run: data, module and Trainer in; `backbone.pt` and its JSON out.
+"""A self-supervised pretraining run (any registered method): data, module and Trainer in; `backbone.pt` and its JSON out.
 
 The output folder holds `backbone.pt` (a plain torchvision state_dict, `fc` = Identity),
 `backbone.json` (how it was made), `split.csv`, `checkpoints/last.ckpt` for `--resume`, the
-TensorBoard and CSV logs and, written last, the completion marker `finished.json`. SimCLR sees
-only the train split, never val or test images.
+TensorBoard and CSV logs and, written last, the completion marker `finished.json`. The method
+sees only the train split, never val or test images.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ class PretrainConfig(DataOptions, HardwareOptions, ModelOptions, SSLOptions):
     resume: bool = False
     force: bool = False
     extra: dict = field(default_factory=dict)
+    optimizer_from: str = ""  # resolved: flag (set), method (its published recipe) or study
 
 
 def resolve(cfg: PretrainConfig) -> PretrainConfig:
@@ -47,11 +48,13 @@ def resolve(cfg: PretrainConfig) -> PretrainConfig:
     if cfg.init not in INITS:
         raise MedsslError(f"Unknown --init '{cfg.init}'. Choose one of: {', '.join(INITS)}.")
     p = preset_for(cfg.dataset)
+    lr_asked = cfg.lr
     fill_training_defaults(cfg, p, p.ssl_epochs, p.ssl_batch_size, p.ssl_lr)
     cfg.warmup_epochs = p.ssl_warmup_epochs if cfg.warmup_epochs is None else cfg.warmup_epochs
     cfg.augment = cfg.augment or p.augment
     cfg.augment_overrides = {**dict(p.ssl_aug), **cfg.augment_overrides}
     method = get_method(cfg.method)
+    cfg.optimizer_from = optimiser_recipe(cfg, method, lr_asked)
     unknown = sorted(set(cfg.method_options) - set(method.defaults))
     if unknown:
         raise MedsslError(f"{cfg.method} has no setting {unknown[0]}. Its settings: "
@@ -75,6 +78,34 @@ def resolve(cfg: PretrainConfig) -> PretrainConfig:
     check_run(cfg)
     simclr_settings(cfg.image_size, cfg.augment, **cfg.augment_overrides)  # checks the knobs
     return cfg
+
+
+STUDY_WEIGHT_DECAY = 1e-6  # the study's Adam
+
+
+def optimiser_recipe(cfg: PretrainConfig, method, lr_asked: float | None) -> str:
+    """Fill the unset optimiser, lr and weight decay: from the method's published recipe where it
+    has one (its lr per 256 images scaled linearly to the batch, as its authors scale it), else
+    the study's Adam at the preset's lr. A value the user set is kept; the recipe's lr and weight
+    decay apply only with the recipe's optimiser. Returns where the optimiser came from."""
+    own = method.recipe
+    source = "flag" if cfg.optimizer else ("method" if own else "study")
+    cfg.optimizer = cfg.optimizer or own.get("optimizer", "adam")
+    if own and cfg.optimizer == own["optimizer"]:
+        if lr_asked is None:
+            cfg.lr = own["lr_per_256"] * cfg.batch_size / 256
+        if cfg.weight_decay is None:
+            cfg.weight_decay = own["weight_decay"]
+    if cfg.weight_decay is None:
+        cfg.weight_decay = STUDY_WEIGHT_DECAY
+    if source == "method" and lr_asked is not None:
+        log.warning("%s: lr %g as set, with its published %s (whose lr is %g per 256 images)",
+                    method.title, cfg.lr, cfg.optimizer, own["lr_per_256"])
+    elif source == "method":
+        log.info("%s: its published optimiser, %s at lr %g (%g per 256 images), weight decay %g "
+                 "(--optimizer adam: the study's)", method.title, cfg.optimizer, cfg.lr,
+                 own["lr_per_256"], cfg.weight_decay)
+    return source
 
 
 def run_pretrain(cfg: PretrainConfig) -> Path:
@@ -211,6 +242,9 @@ def _train(cfg: PretrainConfig) -> Path:
             "global_batch_size": batch_size * trainer.world_size, "lr": cfg.lr,
             "lr_used": scaled_lr(cfg.lr, trainer.world_size, cfg.lr_scaling, cfg.optimizer),
             "lr_scaling": scaling_rule(cfg.lr_scaling, cfg.optimizer),
+            "optimizer": cfg.optimizer, "weight_decay": cfg.weight_decay,
+            # flag: set by the user; method: the method's published recipe; study: Adam
+            "optimizer_from": cfg.optimizer_from,
             "augment": cfg.augment,
             "augment_overrides": cfg.augment_overrides, "augmentation": settings,
             "final_loss": float(loss) if loss is not None else None,

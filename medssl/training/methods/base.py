@@ -1,7 +1,7 @@
 """What every self-supervised method shares, so that a method's own file holds only its heads,
 its views and its loss (solo-learn's split; lightly's parts).
 
-The base owns: the backbone (channels-last, optionally compiled), the optimiser (Adam or LARS, no
+The base owns: the backbone (channels-last, optionally compiled), the optimiser (Adam, SGD or LARS, no
 weight decay on BatchNorm and biases on request) with the learning rate scaled to the global
 batch, the linear warm-up and one cosine over the true number of steps, the per-batch colour
 augmentation of each view on the accelerator (seeded by step, so a resumed run draws what an
@@ -12,7 +12,9 @@ A method subclasses `SSLMethod` and sets:
 - `build(self, feature_dim, **settings)`: its heads, losses, momentum copies;
 - `defaults`: its settings and their published values (recorded in backbone.json);
 - `views(image_size, colour, **settings)`: the crops it trains on (size, scale, colour changes);
-- `loss(self, views, labels)`: the loss of one batch of views.
+- `loss(self, views, labels)`: the loss of one batch of views;
+- optionally `recipe`: its authors' optimiser, lr per 256 images and weight decay, used where the
+  user set no optimiser, for a method the study's Adam trains badly (SimSiam).
 Momentum methods update their copies in `on_train_batch_end`, from `self.global_step`, which a
 checkpoint restores: the schedule resumes exactly.
 """
@@ -81,6 +83,9 @@ def augment_seed(seed: int, step: int) -> int:
 class SSLMethod(pl.LightningModule):
     name = ""
     uses_labels = False  # supervised pretraining (supcon): the labelled train images only
+    # The optimiser the method's authors publish, {"optimizer", "lr_per_256", "weight_decay"}:
+    # empty for a method that trains with the study's Adam (`pretrain.optimiser_recipe`).
+    recipe: dict = {}
 
     def __init__(self, backbone: nn.Module, feature_dim: int, lr: float = 1e-3,
                  weight_decay: float = 1e-6, warmup_epochs: int = 10, optimizer: str = "adam",
@@ -189,6 +194,8 @@ class SSLMethod(pl.LightningModule):
         lr = scaled_lr(hp.lr, self.trainer.world_size, hp.lr_scaling, hp.optimizer)
         if hp.optimizer == "lars":
             opt = LARS(groups, lr=lr, momentum=0.9)
+        elif hp.optimizer == "sgd":  # with momentum, as SimSiam, MoCo and SwAV publish
+            opt = torch.optim.SGD(groups, lr=lr, momentum=0.9)
         else:
             opt = torch.optim.Adam(groups, lr=lr)
         total = max(1, int(self.trainer.estimated_stepping_batches))

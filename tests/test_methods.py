@@ -83,7 +83,7 @@ def test_a_few_steps_lower_the_loss_and_the_backbone_exports(name, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["byol", "simsiam", "swav", "supcon"])
-def test_pretrain_records_the_method_and_its_views(name, tmp_path, cli):
+def test_pretrain_records_the_method_and_its_views(name, tmp_path, cli, caplog):
     root = fx.make_covid19(tmp_path, per_class=6)
     code, _, err = cli("pretrain", "--dataset", "covid19", "--data-root", root, "--method", name,
                        "--arch", "resnet18", "--image-size", "32", "--batch-size", "8", "--epochs",
@@ -96,6 +96,10 @@ def test_pretrain_records_the_method_and_its_views(name, tmp_path, cli):
     assert (meta["optimizer"], meta["optimizer_from"]) == \
         (("sgd", "method") if name == "simsiam" else ("adam", "study"))
     assert meta["weight_decay"] == (1e-4 if name == "simsiam" else 1e-6)
+    # The optimiser the run trained with (LearningRateMonitor names its column after it).
+    header = (tmp_path / "run" / "logs" / "metrics.csv").read_text().splitlines()[0]
+    assert ("lr-SGD/" if name == "simsiam" else "lr-Adam/") in header
+    assert f"before {meta['method_title']}: val kNN" in caplog.text  # the method, not "SimCLR"
     assert len(meta["views"]) == (4 if name == "swav" else 2)
     if name == "byol":  # asymmetric, as published
         assert meta["views"][0]["colour"]["gaussian_blur"] == 1.0

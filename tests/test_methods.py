@@ -87,8 +87,7 @@ def test_pretrain_records_the_method_and_its_views(name, tmp_path, cli, caplog):
     root = fx.make_covid19(tmp_path, per_class=6)
     code, _, err = cli("pretrain", "--dataset", "covid19", "--data-root", root, "--method", name,
                        "--arch", "resnet18", "--image-size", "32", "--batch-size", "8", "--epochs",
-                       "1", "--num-workers", "0", "--out", tmp_path / "run",
-                       *(["--method-opt", "local_views=2"] if name == "swav" else []))
+                       "1", "--num-workers", "0", "--out", tmp_path / "run")
     assert code == 0, err
     meta = json.loads((tmp_path / "run" / "backbone.json").read_text())
     assert meta["method"] == name and meta["supervised"] == (name == "supcon")
@@ -100,7 +99,11 @@ def test_pretrain_records_the_method_and_its_views(name, tmp_path, cli, caplog):
     header = (tmp_path / "run" / "logs" / "metrics.csv").read_text().splitlines()[0]
     assert ("lr-SGD/" if name == "simsiam" else "lr-Adam/") in header
     assert f"before {meta['method_title']}: val kNN" in caplog.text  # the method, not "SimCLR"
-    assert len(meta["views"]) == (4 if name == "swav" else 2)
+    # SwAV at 32 px: its 14-px local crops dropped (fit_local_views), and the run says so.
+    assert len(meta["views"]) == 2
+    if name == "swav":
+        assert meta["method_settings"]["local_views"] == 0
+        assert meta["method_settings_asked"]["local_views"] == 6
     if name == "byol":  # asymmetric, as published
         assert meta["views"][0]["colour"]["gaussian_blur"] == 1.0
         assert meta["views"][1]["colour"]["solarize"] == 0.2
@@ -239,14 +242,30 @@ def test_moco_queue_fits_a_small_dataset_unless_the_user_set_it():
 
     moco = get_method("moco")
     # 1221 train images (the digits set) in batches of 128: at most half of them, in whole batches.
-    assert fitted_options(moco, dict(moco.defaults), {}, 1221, 128)["queue_size"] == 512
+    assert fitted_options(moco, dict(moco.defaults), {}, 1221, 128, 32)["queue_size"] == 512
     # ImageNet-sized data keeps the published queue.
-    assert fitted_options(moco, dict(moco.defaults), {}, 1_281_167, 256)["queue_size"] == 4096
+    assert fitted_options(moco, dict(moco.defaults), {}, 1_281_167, 256, 224)["queue_size"] == 4096
     asked = {"queue_size": 4096}
-    assert fitted_options(moco, {**moco.defaults, **asked}, asked, 1221, 128)["queue_size"] == 4096
+    assert fitted_options(moco, {**moco.defaults, **asked}, asked, 1221, 128, 32)["queue_size"] == 4096
     # Methods without data-dependent defaults are unchanged.
     simclr = get_method("simclr")
-    assert fitted_options(simclr, dict(simclr.defaults), {}, 100, 32) == simclr.defaults
+    assert fitted_options(simclr, dict(simclr.defaults), {}, 100, 32, 32) == simclr.defaults
+
+
+@pytest.mark.parametrize("name", ["swav", "dino"])
+def test_multi_crop_has_no_local_crops_smaller_than_the_backbones_stride(name):
+    from medssl.training.methods.base import local_crop_size
+    from medssl.training.pretrain import fitted_options
+
+    method = get_method(name)
+    fitted = {size: fitted_options(method, dict(method.defaults), {}, 1221, 128, size)
+              for size in (32, 64, 73, 74, 224)}
+    # 14, 27 and 31 px crops: two global views only. 32 px and up: the published six.
+    assert [fitted[size]["local_views"] for size in fitted] == [0, 0, 0, 6, 6]
+    assert local_crop_size(73) == 31 and local_crop_size(224) == 96
+    asked = {"local_views": 2}  # a value the user set is kept
+    assert fitted_options(method, {**method.defaults, **asked}, asked, 1221, 128,
+                          32)["local_views"] == 2
 
 
 @pytest.mark.parametrize("name", ["swav", "dino"])

@@ -117,20 +117,22 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
         return _train(cfg)
 
 
-def fitted_options(method, options: dict, asked: dict, train_images: int, batch_size: int) -> dict:
+def fitted_options(method, options: dict, asked: dict, train_images: int, batch_size: int,
+                   image_size: int) -> dict:
     """The method's settings for this dataset: its defaults fitted to the data
     (`SSLMethod.fit_to_data`), a value the user set kept as set."""
-    fitted = method.fit_to_data(dict(options), train_images, batch_size)
+    fitted = method.fit_to_data(dict(options), train_images, batch_size, image_size)
+    data = f"{train_images} train images per process at {image_size} px"
     for key, value in fitted.items():
         if value == options[key]:
             continue
         if key in asked:
-            log.warning("%s=%s kept as set; for %d train images per process %s would use %s",
-                        key, options[key], train_images, method.title, value)
+            log.warning("%s=%s kept as set; for %s %s would use %s",
+                        key, options[key], data, method.title, value)
             fitted[key] = options[key]
         else:
-            log.info("%s: %s=%s for %d train images per process (default %s)", method.title, key,
-                     value, train_images, options[key])
+            log.info("%s: %s=%s for %s (default %s)", method.title, key, value, data,
+                     options[key])
     return fitted
 
 
@@ -191,7 +193,8 @@ def _train(cfg: PretrainConfig) -> Path:
         log.warning("--batch-size %d is above the %d train images%s: batches of %d instead",
                     cfg.batch_size, share, " of each process" if share < n_train else "", share)
         cfg.batch_size = share
-    options = fitted_options(method, options, cfg.method_options, share, cfg.batch_size)
+    options = fitted_options(method, options, cfg.method_options, share, cfg.batch_size,
+                             cfg.image_size)
     views = method.views(cfg.image_size, settings, **options)
     crops, colour = method_views(views, cfg.image_size, settings, p.mean, p.std)
     cache = open_cache(table, cfg)

@@ -6,7 +6,7 @@ from lightly.loss import DINOLoss
 from lightly.models.modules import DINOProjectionHead
 
 from medssl.training.methods import register
-from medssl.training.methods.base import SSLMethod, multi_crop
+from medssl.training.methods.base import SSLMethod, fit_local_views, multi_crop
 
 
 @register
@@ -27,6 +27,10 @@ class DINO(SSLMethod):
         # The centre is a buffer of the loss: checkpoints keep it, so resume is exact.
         self.criterion = DINOLoss(output_dim=output_dim,
                                   warmup_teacher_temp_epochs=warmup_teacher_temp_epochs)
+
+    @staticmethod
+    def fit_to_data(settings, train_images, batch_size, image_size):
+        return fit_local_views(settings, image_size)
 
     @staticmethod
     def views(image_size, colour, local_views=6, **settings):

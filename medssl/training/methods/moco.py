@@ -15,7 +15,7 @@ class MoCo(SSLMethod):
     defaults = {"temperature": 0.2, "queue_size": 4096, "momentum": 0.99, "projection_dim": 128}
 
     @staticmethod
-    def fit_to_data(settings, train_images, batch_size):
+    def fit_to_data(settings, train_images, batch_size, image_size):
         # MoCo's 4096 keys are 0.3% of ImageNet. On a small dataset a queue near its size holds
         # keys of the very images being queried, from earlier steps, as negatives (on the digits
         # set, 4096 keys of 1221 images made the backbone worse than its random init). A queue of

@@ -8,7 +8,7 @@ from lightly.loss import SwaVLoss
 from lightly.models.modules import SwaVProjectionHead, SwaVPrototypes
 
 from medssl.training.methods import register
-from medssl.training.methods.base import SSLMethod, multi_crop
+from medssl.training.methods.base import SSLMethod, fit_local_views, multi_crop
 
 
 @register
@@ -22,6 +22,10 @@ class SwAV(SSLMethod):
         self.projection_head = SwaVProjectionHead(feature_dim, feature_dim, projection_dim)
         self.prototypes = SwaVPrototypes(projection_dim, prototypes, freeze_prototypes_steps)
         self.criterion = SwaVLoss(temperature=temperature, sinkhorn_gather_distributed=True)
+
+    @staticmethod
+    def fit_to_data(settings, train_images, batch_size, image_size):
+        return fit_local_views(settings, image_size)
 
     @staticmethod
     def views(image_size, colour, local_views=6, **settings):

@@ -70,7 +70,7 @@ def fit_local_views(settings: dict, image_size: int) -> dict:
     holds too little of the picture to say anything about the whole; lightly's and solo-learn's
     CIFAR-10 recipes (32 px) train SwAV and DINO on the two global views alone, and on the digits
     set six 14-px local crops took SwAV from few-shot 0.774 to 0.567 where two views alone took
-    it to 0.89 (docs/methods.md)."""
+    it to 0.896 (docs/methods.md)."""
     if local_crop_size(image_size) < BACKBONE_STRIDE:
         return {**settings, "local_views": 0}
     return settings

@@ -40,6 +40,8 @@ from medssl.data.transforms import (Normalize, finetune_crops, lightly_transform
 from medssl.presets import IMAGENET_MEAN, IMAGENET_STD
 
 SIZE = 224
+# --quick (the GPU check's CPU dry run): every measurement once, briefly; the numbers mean nothing.
+QUICK = False
 
 
 def texture(rng: np.random.Generator, width: int, height: int) -> Image.Image:
@@ -63,6 +65,8 @@ def make_jpegs(folder: Path, n: int, width: int, height: int) -> list[str]:
 
 def rate(fn, items: int, min_seconds: float = 2.0) -> float:
     """items/s of `fn` (which handles `items` items per call), repeated for at least min_seconds."""
+    if QUICK:
+        min_seconds = 0.05
     fn()  # warm-up
     calls, start = 0, time.perf_counter()
     while time.perf_counter() - start < min_seconds:
@@ -277,7 +281,12 @@ def main() -> None:
     parser.add_argument("--gpu", action="store_true", help="ResNet-50 train steps on the GPU")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny sizes, brief timings: checks that every path runs (bench/gpu_check.py"
+                             " --dry-run); its numbers are not measurements")
     args = parser.parse_args()
+    global QUICK
+    QUICK = args.quick
     if args.gpu and not torch.cuda.is_available():
         sys.exit("--gpu: no CUDA device is visible")
     results = {"device": torch.cuda.get_device_name() if args.gpu else "cpu",
@@ -285,12 +294,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         os.environ.setdefault("MEDSSL_CACHE_DIR", str(tmp / "cache"))
-        photos = make_jpegs(tmp / "photos", 32, 600, 450)  # dermoscopy-size originals
-        fundus = make_jpegs(tmp / "fundus", 4, 4288, 2848)  # IDRiD-size originals
+        photos = make_jpegs(tmp / "photos", 8 if args.quick else 32, 600, 450)  # dermoscopy-size
+        fundus = make_jpegs(tmp / "fundus", 1 if args.quick else 4, 4288, 2848)  # IDRiD-size
         results.update(bench_loader(tmp / "photos", photos))
         results.update(bench_cache_build(tmp / "fundus", fundus))
         results.update(bench_cache_size({"600x450": (600, 450), "4288x2848": (4288, 2848)}))
-        if args.gpu:
+        if args.quick:
+            steps = bench_steps(tmp / "photos", photos, "cpu", "resnet18", 4, 1, workers=1)
+        elif args.gpu:
             steps = bench_steps(tmp / "photos", photos * 8, "cuda", "resnet50", 128, 30,
                                 workers=min(16, os.cpu_count() or 1))
         else:

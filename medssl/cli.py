@@ -72,6 +72,18 @@ positive_int = int_at_least(1)
 non_negative_int = int_at_least(0)
 
 
+def margin_points(text: str) -> float:
+    """`--equivalence-margin`: a finite number of points above 0 and below 100."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not 0 < value < 100:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"{text} must lie in (0, 100): a difference in points "
+                                         "of the primary metric, such as 2")
+    return value
+
+
 def data_options() -> argparse.ArgumentParser:
     """Flags every command that reads a dataset shares."""
     p = argparse.ArgumentParser(add_help=False)
@@ -257,8 +269,9 @@ def finetune_recipe_options() -> argparse.ArgumentParser:
     g.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant",
                    help="finetuning learning rate: constant (the study's) or cosine decay to 0")
     g.add_argument("--lr-grid", type=float, nargs="+", metavar="LR",
-                   help="choose each model's learning rate among these on val (the first seed's "
-                   "runs), then use it for every seed; replaces --lr")
+                   help="choose each model's learning rate among these on val (compare: the mean "
+                   "over all seeds; default there: the preset's grid, e.g. 1e-5 1e-4 1e-3); "
+                   "--lr fixes one rate instead")
     g.add_argument("--class-weights", action="store_true",
                    help="weight the training loss by inverse class frequency")
     g.add_argument("--balanced-sampling", action="store_true",
@@ -471,9 +484,10 @@ def add_compare_args(p: argparse.ArgumentParser) -> None:
                    help="label fractions to finetune at (default 1.0; the demo 1.0 and 0.1)")
     g.add_argument("--out", help="the grid's folder (default runs/<dataset>)")
     g.add_argument("--images-dir", help="also copy the figures here (e.g. Images/)")
-    g.add_argument("--ssl-per-seed", action="store_true",
-                   help="pretrain once per finetuning seed (seed k finetunes from pretraining k), "
-                   "so that the sd of M2/M4 includes the variance of pretraining")
+    g.add_argument("--shared-ssl", action="store_true",
+                   help="one pretraining (seed 0) for every finetuning seed; by default seed k "
+                   "finetunes from pretraining k, so that the sd and intervals of M2/M4 include "
+                   "the variance of pretraining")
     g.add_argument("--distill", nargs="+", type=distill_flag, metavar="TEACHER:STUDENT",
                    help="also distil each teacher into its student, seed by seed (e.g. M3:M1, "
                    "M4:M2, or an ensemble teacher M3+M4:M1); rows KD(M3→M1), compared with the "
@@ -484,21 +498,36 @@ def add_compare_args(p: argparse.ArgumentParser) -> None:
                    "its members trained alone")
     g.add_argument("--resume", action="store_true",
                    help="continue interrupted runs from their last checkpoint")
+    analysis_flags(p.add_argument_group("judging the results (declared before the runs)"))
     add_ssl_flags(p.add_argument_group("pretraining in the grid (every SSL method gets these; "
                                        "--epochs, --batch-size and --lr are finetuning's)"),
                   prefix="ssl-")
 
 
+def analysis_flags(g) -> None:
+    """The primary endpoint and the equivalence margin: `compare` declares them before its runs
+    (analysis.json); `report` may set them again, and results.md then says so."""
+    from medssl.options import PRIMARY_CHOICES
+
+    g.add_argument("--primary-metric", choices=PRIMARY_CHOICES,
+                   help="the metric the answer is judged by, Holm-adjusted (default: the "
+                   "preset's; QWK for graded labels, AUROC for two classes, else balanced_acc)")
+    g.add_argument("--equivalence-margin", type=margin_points, metavar="POINTS",
+                   help="call two priors equivalent only where the adjusted interval of their "
+                   "difference lies within ± this many points (default 2)")
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from medssl.experiments.compare import CompareConfig, run_compare
-    from medssl.options import RecipeOptions, SSLOptions
+    from medssl.options import AnalysisOptions, RecipeOptions, SSLOptions
 
     ssl = SSLOptions(**part_from_args(args, SSLOptions, prefix="ssl_"))
     cfg = CompareConfig(models=args.models, ssl_methods=args.ssl_methods, seeds=args.seeds,
                         label_fractions=args.label_fractions, out=args.out,
                         images_dir=args.images_dir, resume=args.resume, ssl=ssl,
-                        ssl_per_seed=args.ssl_per_seed, distill=args.distill,
+                        shared_ssl=args.shared_ssl, distill=args.distill,
                         mutual=args.mutual,
+                        analysis=AnalysisOptions(**part_from_args(args, AnalysisOptions)),
                         recipe=RecipeOptions(**part_from_args(args, RecipeOptions)), **shared(args))
     table, base = run_compare(cfg)
     if table:  # empty in the other processes of a distributed run
@@ -523,8 +552,11 @@ def cmd_report(args: argparse.Namespace) -> int:
                         "can write to (results.csv, results.md and the figures are written there)")
     if args.images_dir:
         writable_folder(args.images_dir, "--images-dir")
+    from medssl.options import AnalysisOptions
+
+    analysis = AnalysisOptions(**part_from_args(args, AnalysisOptions))
     if len(grids) == 1 and not args.out:
-        print(build_report(grids[0], images_dir=args.images_dir))
+        print(build_report(grids[0], images_dir=args.images_dir, analysis=analysis))
         return 0
     if not args.out:
         raise MedsslError(f"{len(grids)} grids: a summary across datasets needs --out DIR for "
@@ -534,7 +566,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from medssl.report.summary import write_summary
 
     writable_folder(args.out, "--out")
-    print(write_summary(grids, Path(args.out)))
+    print(write_summary(grids, Path(args.out), analysis))
     print(f"summary: {Path(args.out) / 'summary.md'}, {Path(args.out) / 'summary.csv'}")
     return 0
 
@@ -578,6 +610,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="with several grids: the folder for summary.md, summary.csv "
                    "and summary_accuracy.png")
     p.add_argument("--images-dir", help="also copy the figures here (e.g. Images/)")
+    analysis_flags(p.add_argument_group("judging the results (default: what each grid declared "
+                                        "before its runs)"))
     p.set_defaults(func=cmd_report)
     return parser
 

@@ -6,7 +6,8 @@ pretraining, finetuning and grid configurations inherit the parts they concern, 
 - HardwareOptions: the accelerator, processes, precision, loaders, cache;
 - ModelOptions: the backbone and its ImageNet weights;
 - SSLOptions: the pretraining recipe (method, optimiser, schedule, augmentation);
-- RecipeOptions: the finetuning recipe, the same for every prior.
+- RecipeOptions: the finetuning recipe, the same for every prior;
+- AnalysisOptions: how a grid's results are judged (primary endpoint, equivalence margin).
 """
 
 from __future__ import annotations
@@ -86,6 +87,18 @@ class RecipeOptions:
     # Knowledge distillation's objective, where a run has teachers (training.objectives).
     kd_temperature: float = 4.0
     kd_alpha: float = 0.9
+
+
+# What `--primary-metric` may name (higher is better for each): report.comparisons.
+PRIMARY_CHOICES = ("balanced_acc", "acc", "macro_f1", "auroc", "qwk", "sens_at_spec")
+
+
+@dataclass(kw_only=True)
+class AnalysisOptions:
+    """Declared before the runs (`compare` writes them to the grid's analysis.json) and read by
+    every report of the grid. None: the declared value, else the task's default."""
+    primary_metric: str | None = None  # one of PRIMARY_CHOICES
+    equivalence_margin: float | None = None  # in points (default 2)
 
 
 def part_of(obj, *parts) -> dict:

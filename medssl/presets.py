@@ -37,6 +37,13 @@ class Preset:
     ordinal: bool = False
     # Binary tasks: the class sensitivity is measured for (default: the last class).
     positive_class: str | None = None
+    # The finetuning learning rates `compare` chooses among on val, per prior (every prior gets
+    # the same chance: the study's Adam 1e-5 suits pretrained weights and leaves a random init
+    # undertrained). `--lr` fixes one rate instead, `--lr-grid` sets another grid.
+    lr_grid: tuple = (1e-5, 1e-4, 1e-3)
+    # The primary endpoint, when not the task's default (report.comparisons.default_primary:
+    # QWK for graded labels, AUROC for two classes, balanced accuracy otherwise).
+    primary_metric: str | None = None
 
 
 def _grey(m: float, s: float) -> dict:
@@ -66,7 +73,7 @@ PRESETS: dict[str, Preset] = {
     "demo": Preset(ssl_batch_size=32, ssl_epochs=20, mean=IMAGENET_MEAN, std=IMAGENET_STD,
                    finetune_batch_size=64, finetune_epochs=6, finetune_lr=1e-3, image_size=64,
                    arch="resnet18", ssl_warmup_epochs=2, flips="hv", ssl_aug=(("min_scale", 0.25),),
-                   label_fractions=(1.0, 0.1)),
+                   label_fractions=(1.0, 0.1), lr_grid=(1e-4, 1e-3)),
 }
 # Your own data (folder, csv): the study's recipe with ImageNet statistics.
 GENERIC = Preset(ssl_batch_size=128, ssl_epochs=200, mean=IMAGENET_MEAN, std=IMAGENET_STD,

@@ -9,6 +9,8 @@
         KD-M3-to-M1/seed0/          a student distilled from M3's run of the same seed
         DML-M3+M4/seed0/            a mutual-learning cohort (its ensemble), with its members'
             M3/ M4/                 runs inside
+        analysis.json               the primary endpoint and equivalence margin, declared
+                                    by `compare` before the runs
         results.csv results.md curves.png
 
 Every result file is written to a temporary name and renamed. Last of all a run writes its
@@ -30,6 +32,34 @@ RUNS = Path("runs")
 MARKER = "finished.json"
 SSL_OUTPUTS = ("backbone.pt", "backbone.json")
 FINETUNE_OUTPUTS = ("metrics.json", "val_predictions.csv", "test_predictions.csv")
+ANALYSIS = "analysis.json"
+DEFAULT_MARGIN = 2.0  # points: the equivalence margin where none is declared
+
+
+def declare_analysis(base: Path, analysis) -> dict:
+    """Write the grid's analysis plan (AnalysisOptions) before its first run; an existing plan
+    is kept as declared, and returned. A later flag changes what a report uses, never the record
+    of what was declared first."""
+    from medssl.atomic import atomic_write
+
+    path = Path(base) / ANALYSIS
+    if path.is_file():
+        return json.loads(path.read_text())
+    plan = {"primary_metric": analysis.primary_metric,
+            "equivalence_margin": (DEFAULT_MARGIN if analysis.equivalence_margin is None
+                                   else analysis.equivalence_margin),
+            "declared": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    atomic_write(path, lambda p: p.write_text(json.dumps(plan, indent=2)))
+    return plan
+
+
+def declared_analysis(base: Path) -> dict | None:
+    """The grid's analysis plan, or None for a grid made before plans were written."""
+    path = Path(base) / ANALYSIS
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except ValueError:
+        return None
 
 
 def dataset_dir(dataset: str) -> Path:

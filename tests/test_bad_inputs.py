@@ -87,7 +87,7 @@ M2 = ["finetune", "--dataset", "covid19", "--data-root", "{root}", "--model", "M
 PT = ["pretrain", "--dataset", "covid19", "--data-root", "{root}", *FAST]
 CHECK = ["check", "--dataset", "covid19", "--data-root", "{root}"]
 GRID = ["compare", "--dataset", "covid19", "--data-root", "{root}", "--models", "M1", "--seeds",
-        "0", *FAST]
+        "0", "--lr", "1e-3", *FAST]
 
 # (id, argv, what stderr must say, extra environment, setup of the case's folder)
 CASES = [

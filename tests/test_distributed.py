@@ -211,7 +211,8 @@ def test_two_process_compare_runs_the_grid_once(tmp_path):
     root = fx.make_covid19(tmp_path, per_class=8)
     grid = tmp_path / "grid"
     out = medssl("compare", "--dataset", "covid19", "--data-root", root, "--models", "M1", "M2",
-                 "--seeds", "0", "--epochs", "1", "--ssl-epochs", "1", "--out", grid, *DDP, *FAST)
+                 "--seeds", "0", "--epochs", "1", "--ssl-epochs", "1", "--lr", "1e-3", "--out",
+                 grid, *DDP, *FAST)
     assert out.stdout.count("results:") == 1
     assert len(list(grid.rglob("finished.json"))) == 3  # SimCLR, M1, M2
     assert sorted(pd.read_csv(grid / "results.csv")["model"]) == ["M1", "M2"]
@@ -226,8 +227,8 @@ def test_two_process_distillation_and_mutual_learning_write_one_set_of_outputs(t
     grid = tmp_path / "grid"
     out = medssl("compare", "--dataset", "covid19", "--data-root", root, "--models", "M1",
                  "--distill", "M3:M1", "--mutual", "M1+M3", "--imagenet-weights",
-                 tmp_path / "imagenet.pt", "--seeds", "0", "--epochs", "1", "--out", grid,
-                 *DDP, *FAST)
+                 tmp_path / "imagenet.pt", "--seeds", "0", "--epochs", "1", "--lr", "1e-3",
+                 "--out", grid, *DDP, *FAST)
     assert out.stdout.count("results:") == 1
     # M1, M3, the student, the cohort and its two members: each once.
     assert len(list(grid.rglob("finished.json"))) == 6

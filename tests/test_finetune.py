@@ -197,15 +197,33 @@ def test_compare_runs_the_grid_skips_imagenet_offline_reuses_and_reports(tmp_pat
     results = pd.read_csv(out / "results.csv")
     assert sorted(results["model"]) == ["M1", "M2"] and set(results["seeds"]) == {2}
     assert not np.isnan(results.set_index("model").loc["M2", "test_acc_vs_M1_diff"])
-    for metric in ("acc", "balanced_acc", "macro_f1", "auroc"):  # every headline metric, paired
-        for key in ("diff", "low", "high", "p", "p_holm"):
+    # Every metric paired with M1 and M3; the primary one (balanced accuracy: three classes)
+    # Holm-adjusted with the interval that agrees with it, the others unadjusted.
+    for metric in ("acc", "balanced_acc", "macro_f1", "auroc", "ece"):
+        for key in ("diff", "low", "high", "p", "se", "df"):
             assert f"test_{metric}_vs_M1_{key}" in results and f"test_{metric}_vs_M3_{key}" in results
+    for key in ("p_holm", "low_holm", "high_holm", "mde"):
+        assert f"test_balanced_acc_vs_M1_{key}" in results
+    assert "test_acc_vs_M1_p_holm" not in results
+    assert (results["primary_metric"] == "balanced_acc").all()
+    md = (out / "results.md").read_text()
+    assert md.startswith("## Answer") and "Primary endpoint: **balanced accuracy** (declared " \
+        "before the runs, the task's default)" in md
+    assert json.loads((out / "analysis.json").read_text())["primary_metric"] is None
+    # By default: each prior's lr chosen from the preset's grid on the mean val value of its
+    # seeds, and each seed of M2 finetuned from its own pretraining.
+    m = json.loads((out / "M2" / "seed1" / "metrics.json").read_text())
+    assert m["lr_grid"] == [1e-5, 1e-4, 1e-3] and m["lr_search"]["seeds"] == [0, 1]
+    assert m["prior"]["ssl_checkpoint"].endswith("ssl-random/seed1/backbone.pt")
+    assert results.set_index("model").at["M2", "sd_includes"] == "finetuning + pretraining"
+    assert "Learning rates chosen per model on the mean val selection value over all its " \
+        "seeds, from 1e-05 0.0001 0.001" in md
     # The second call trains nothing: every run is reused, unchanged.
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("metrics.json")}
-    assert len(stamps) == 4
+    assert len(stamps) == 4 + 12  # 2 models x 2 seeds, and their lr-search runs (3 rates)
     caplog.clear()
     code, _, err = cli(*args)
-    assert code == 0 and caplog.text.count("reusing finished") == 5  # 1 pretraining + 4 finetunes
+    assert code == 0 and caplog.text.count("reusing finished") == 6  # 2 pretrainings + 4 finetunes
     assert stamps == {p: p.stat().st_mtime_ns for p in out.rglob("metrics.json")}
     # `report` rebuilds the same table from the finished runs alone.
     before = (out / "results.md").read_text()

@@ -182,7 +182,8 @@ def test_compare_runs_every_method_into_one_table(tmp_path, cli):
                             "simclr", "byol", "swav", "--seeds", "0", "--epochs", "1",
                             "--ssl-epochs", "1", "--out", out, "--arch", "resnet18",
                             "--image-size", "32", "--batch-size", "8", "--num-workers", "0",
-                            "--ssl-batch-size", "6", "--ssl-lr", "0.002", "--freeze-epochs", "1")
+                            "--ssl-batch-size", "6", "--ssl-lr", "0.002", "--freeze-epochs", "1",
+                            "--shared-ssl", "--lr", "1e-3")
     assert code == 0, err
     # Pretraining flags reach every pretraining; finetuning flags every finetuning.
     for ssl in ("ssl-random", "ssl-byol-random", "ssl-swav-random"):
@@ -215,7 +216,8 @@ def test_compare_pretrains_supcon_on_each_runs_own_labels(tmp_path, cli):
                             "M1", "M2-supcon", "--label-fractions", "1.0", "0.5", "--seeds", "0",
                             "1", "--epochs", "1", "--ssl-epochs", "1", "--out", out, "--arch",
                             "resnet18", "--image-size", "32", "--batch-size", "4",
-                            "--ssl-batch-size", "4", "--num-workers", "0")
+                            "--ssl-batch-size", "4", "--num-workers", "0", "--shared-ssl",
+                            "--lr", "1e-3")
     assert code == 0, err
     full = out / "ssl-supcon-random"
     assert json.loads((full / "backbone.json").read_text())["label_fraction"] == 1.0

@@ -71,5 +71,27 @@ def test_sensitivity_at_95_specificity_uses_the_threshold_chosen_on_val():
     test = torch.tensor([[0.9, 0.1], [1 - threshold, threshold], [0.5, 0.5], [0.0, 1.0]])
     m = classification_metrics(test, test_labels, ["NORMAL", "PNEUMONIA"], **options)
     expected = np.mean([0.5 >= threshold, True])
-    assert m["sens_at_95spec"] == pytest.approx(expected)
+    assert m["sens_at_spec"] == pytest.approx(expected)
     assert m["operating_point"]["specificity"] == 0.5 and m["operating_point"]["chosen_on"] == "val"
+    assert m["operating_point"]["target_specificity"] == 0.95  # val has ~100 negatives
+
+
+def test_the_specificity_target_is_one_that_val_can_reach():
+    from medssl.training.metrics import reachable_specificity
+
+    # 95% needs 20 negatives for one false positive; with 8 it would demand none at all.
+    assert reachable_specificity(200) == reachable_specificity(20) == 0.95
+    assert reachable_specificity(8) == 7 / 8 and reachable_specificity(2) == 0.5
+    assert reachable_specificity(1) is None and reachable_specificity(0) is None
+    # 8 val negatives: the threshold lets one false positive through, so the sensitivity is not
+    # forced to the few positives scored above every negative.
+    val_labels = torch.tensor([0] * 8 + [1] * 8)
+    p1 = torch.tensor([.1, .2, .3, .4, .5, .6, .7, .95] + [.65, .75, .8, .85, .9, .92, .97, .99])
+    val = torch.stack([1 - p1, p1], 1)
+    options = metric_options(preset_for("chest_xray"), ["NORMAL", "PNEUMONIA"], val, val_labels)
+    assert options["target_specificity"] == 7 / 8
+    m = classification_metrics(val, val_labels, ["NORMAL", "PNEUMONIA"], **options)
+    assert m["operating_point"]["specificity"] == 7 / 8 and m["sens_at_spec"] == 7 / 8
+    # With the 95% target as such: no false positive allowed, and most positives missed.
+    strict = specificity_threshold(val, val_labels, 1, 0.95)
+    assert (p1[8:] >= strict).float().mean() == 2 / 8  # only .97 and .99 above every negative

@@ -4,6 +4,7 @@ a label fraction, the overfitting measures, compute, the cosine schedule."""
 import json
 from dataclasses import replace
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -44,8 +45,24 @@ def test_choose_lr_reads_only_the_selection_on_val(tmp_path):
         (run / "metrics.json").write_text(json.dumps({
             "selection": {"metric": "val/loss", "mode": "min", "value": val_loss},
             "test": {"acc": test_acc}}))
-        runs[lr] = run
+        runs[lr] = {0: run}
     assert choose_lr(runs)[0] == 1e-3
+
+
+def test_choose_lr_takes_the_mean_over_the_seeds(tmp_path):
+    # Seed 0 alone would pick 1e-3; the mean over the three seeds picks 1e-4.
+    values = {1e-4: (0.6, 0.5, 0.5), 1e-3: (0.4, 0.9, 0.8)}
+    runs = {}
+    for lr, per_seed in values.items():
+        for seed, val_loss in enumerate(per_seed):
+            run = tmp_path / f"lr{lr:g}" / f"seed{seed}"
+            run.mkdir(parents=True)
+            (run / "metrics.json").write_text(json.dumps({
+                "selection": {"metric": "val/loss", "mode": "min", "value": val_loss}}))
+            runs.setdefault(lr, {})[seed] = run
+    lr, record = choose_lr(runs)
+    assert lr == 1e-4 and record["values"]["0.0001"] == pytest.approx(1.6 / 3)
+    assert record["per_seed"]["0.001"] == {"0": 0.4, "1": 0.9, "2": 0.8}
 
 
 def test_lr_and_lr_grid_together_are_refused(cli, tmp_path):
@@ -56,15 +73,15 @@ def test_lr_and_lr_grid_together_are_refused(cli, tmp_path):
         run_finetune(finetune_cfg(tmp_path, tmp_path / "r", lr_grid=[1e-3]))
 
 
-def test_per_seed_pretraining_and_the_label_fraction_protocol(tmp_path, cli):
+def test_per_seed_pretraining_by_default_and_the_label_fraction_protocol(tmp_path, cli):
     root = fx.make_covid19(tmp_path, per_class=10)
     out = tmp_path / "grid"
     code, stdout, err = cli("compare", "--dataset", "covid19", "--data-root", root, "--models",
-                            "M1", "M2", "--seeds", "0", "1", "--ssl-per-seed", "--label-fractions",
+                            "M1", "M2", "--seeds", "0", "1", "--label-fractions",
                             "0.5", "--epochs", "2", "--ssl-epochs", "1", "--lr-schedule", "cosine",
-                            "--out", out, *FAST)
+                            "--lr", "1e-3", "--out", out, *FAST)
     assert code == 0, err
-    # One backbone per seed, and seed k finetunes from pretraining k.
+    # By default one backbone per seed, and seed k finetunes from pretraining k.
     for seed in (0, 1):
         meta = json.loads((out / "ssl-random" / f"seed{seed}" / "backbone.json").read_text())
         assert meta["seed"] == seed and meta["images_seen"] == meta["steps"] * meta["batch_size"]
@@ -115,22 +132,31 @@ def _config_of(metrics):
     return FinetuneConfig(**config)
 
 
-def test_compare_chooses_each_models_lr_on_the_first_seed_and_uses_it_for_every_seed(tmp_path, cli):
+def test_compare_chooses_each_models_lr_on_the_mean_over_all_seeds(tmp_path, cli):
     root = fx.make_covid19(tmp_path, per_class=6)
     out = tmp_path / "grid"
     code, stdout, err = cli("compare", "--dataset", "covid19", "--data-root", root, "--models",
                             "M1", "--seeds", "0", "1", "--epochs", "1", "--lr-grid", "1e-4", "1e-2",
                             "--out", out, *FAST)
     assert code == 0, err
-    searched = sorted(p.parent.parent.name for p in (out / "lr-search" / "M1").rglob("finished.json"))
-    assert searched == ["lr0.0001", "lr0.01"]  # the first seed's runs only
-    assert all(p.name == "seed0" for p in (out / "lr-search" / "M1").glob("*/*"))
+    searched = sorted((p.parent.parent.name, p.parent.name)
+                      for p in (out / "lr-search" / "M1").rglob("finished.json"))
+    # Every seed at every rate: no seed is the search's alone.
+    assert searched == [("lr0.0001", "seed0"), ("lr0.0001", "seed1"), ("lr0.01", "seed0"),
+                        ("lr0.01", "seed1")]
     m0, m1 = (json.loads((out / "M1" / f"seed{s}" / "metrics.json").read_text()) for s in (0, 1))
     assert m0["lr_selected"] == m1["lr_selected"] == m0["lr"] == m1["lr"]
     assert m0["lr_grid"] == m1["lr_grid"] == [1e-4, 1e-2]
-    assert m0["lr_search"] == m1["lr_search"] and m0["lr_search"]["seed"] == 0
+    record = m0["lr_search"]
+    assert record == m1["lr_search"] and record["on"] == "mean over seeds"
+    assert record["seeds"] == [0, 1]
+    # The choice is the best mean of the seeds' val values (val loss: the lowest).
+    means = {lr: np.mean(list(v.values())) for lr, v in record["per_seed"].items()}
     chosen = f"{m0['lr_selected']:g}"
-    assert m0["selection"]["value"] == m0["lr_search"]["values"][chosen]
+    assert means[chosen] == min(means.values()) and record["values"] == pytest.approx(means)
+    # Each seed's result is its own run at the chosen rate.
+    for seed, m in ((0, m0), (1, m1)):
+        assert m["selection"]["value"] == record["per_seed"][chosen][str(seed)]
     results = pd.read_csv(out / "results.csv")
     assert list(results["seeds"]) == [2]  # the search runs are not rows of the table
-    assert f"{chosen} (chosen on val)" in stdout
+    assert f"{chosen} (chosen on val)" in stdout and "mean val selection value" in stdout

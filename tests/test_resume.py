@@ -160,7 +160,8 @@ def test_compare_killed_and_resumed_reports_what_an_uninterrupted_grid_reports(t
     def grid(out, resume=False):
         return [sys.executable, "-m", "medssl", "compare", "--dataset", "covid19", "--data-root",
                 str(root), "--models", "M1", "M2", "--seeds", "0", "--epochs", "3",
-                "--ssl-epochs", "3", "--out", str(out), "--num-workers", "0", *FAST,
+                "--ssl-epochs", "3", "--lr", "1e-3", "--out", str(out), "--num-workers", "0",
+                *FAST,
                 *(["--resume"] if resume else [])]
 
     started = time.monotonic()

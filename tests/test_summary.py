@@ -32,13 +32,29 @@ def test_ranks_and_tests_match_scipy_on_a_synthetic_case():
         {"M3": 1.0, "M2": (2 * 4 + 3) / 5, "M1": (3 * 4 + 2) / 5})
     friedman = frame[(frame["kind"] == "friedman") & (frame["metric"] == "test_acc")].iloc[0]
     by_model = np.array(list(acc.values())).T
-    assert friedman["p"] == pytest.approx(stats.friedmanchisquare(*by_model).pvalue)
+    chi2 = stats.friedmanchisquare(*by_model)
+    assert friedman["p_chi2"] == pytest.approx(chi2.pvalue)
+    # Iman-Davenport, by hand: N = 5 datasets, k = 3 models.
+    n, k = 5, 3
+    f = (n - 1) * chi2.statistic / (n * (k - 1) - chi2.statistic)
+    assert friedman["p"] == pytest.approx(stats.f.sf(f, k - 1, (k - 1) * (n - 1)))
+    assert friedman["p"] < friedman["p_chi2"]  # the chi-square form is conservative here
     pairs = frame[(frame["kind"] == "wilcoxon") & (frame["metric"] == "test_acc")]
     m1_m3 = pairs[(pairs["model"] == "M1") & (pairs["other"] == "M3")].iloc[0]
     # M3 wins on all 5: the exact test's smallest possible p, 2 / 2^5.
     assert m1_m3["p"] == pytest.approx(smallest_possible_p(5)) == pytest.approx(0.0625)
     assert m1_m3["losses"] == 5 and m1_m3["p_holm"] >= m1_m3["p"]
     assert "cannot give a p-value below 0.0625" in md
+    assert "with 5 datasets no pairwise difference can reach p < 0.05" in md
+
+
+def test_the_limits_sentence_uses_the_real_number_of_datasets():
+    from medssl.report.summary import limits_statement
+
+    two, seven = limits_statement(2), limits_statement(7)
+    assert "2 in all" in two and "below 0.5 " in two and "with 2 datasets no pairwise" in two
+    # 7 datasets can reach 0.0156: the sentence must not say they cannot.
+    assert "7 in all" in seven and "below 0.0156" in seven and "no pairwise" not in seven
 
 
 def test_mean_ranks_share_ties():
@@ -53,8 +69,8 @@ def test_the_summary_is_built_from_two_grids(tmp_path, cli):
         root = make(tmp_path / name, per_class=6)
         out = tmp_path / f"grid-{name}"
         code, _, err = cli("compare", "--dataset", name, "--data-root", root, "--models", "M1",
-                           "M2", "--seeds", "0", "--epochs", "1", "--ssl-epochs", "1", "--out", out,
-                           *FAST)
+                           "M2", "--seeds", "0", "--epochs", "1", "--ssl-epochs", "1", "--lr",
+                           "1e-3", "--out", out, *FAST)
         assert code == 0, err
         grids.append(out)
     code, _, err = cli("report", *grids)

@@ -1,9 +1,12 @@
 """`medssl compare`: run what is missing of the M1-M4 grid, reuse what finished, report.
 
-Order: one split for everything (`split.csv`), the pretrainings the asked-for models need (SimCLR
-for M2 and M4; each of `--ssl-methods` for M2-<method> and M4-<method>),
-then every (label fraction, seed, model) finetuning. Without ImageNet weights M3 and M4 are
-skipped with the reason and the fix, and the rest still runs.
+Order: one split for everything (`split.csv`) and the analysis plan (`analysis.json`: the primary
+endpoint and equivalence margin, declared before any run), the pretrainings the asked-for models
+need (SimCLR for M2 and M4; each of `--ssl-methods` for M2-<method> and M4-<method>; one per seed
+unless `--shared-ssl`), then for every (label fraction, model) its seeds, each at every rate of
+the learning-rate grid with the rate chosen on the mean val value over the seeds (unless `--lr`
+fixes one). Without ImageNet weights M3 and M4 are skipped with the reason and the fix, and the
+rest still runs.
 """
 
 from __future__ import annotations
@@ -14,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medssl.errors import MedsslError
-from medssl.options import (DataOptions, HardwareOptions, ModelOptions, RecipeOptions, SSLOptions,
-                            data_config, part_of)
+from medssl.options import (AnalysisOptions, DataOptions, HardwareOptions, ModelOptions,
+                            RecipeOptions, SSLOptions, data_config, part_of)
 from medssl.atomic import atomic_write
 from medssl.models.priors import model_name, prior_of
 from medssl.runs import (cleaned_up_on_failure, dataset_dir, finetune_dir, finetune_finished,
@@ -36,10 +39,13 @@ class CompareConfig(DataOptions, HardwareOptions, ModelOptions):
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     label_fractions: list[float] | None = None  # default: the preset's (1.0; demo 1.0 and 0.1)
     ssl: SSLOptions = field(default_factory=SSLOptions)
-    ssl_per_seed: bool = False  # one pretraining per finetuning seed (its variance in the sd)
+    # One pretraining for every seed; by default each seed finetunes from its own pretraining,
+    # so that the sd and intervals of M2/M4 include the variance of pretraining.
+    shared_ssl: bool = False
     distill: list[str] | None = None  # TEACHER:STUDENT specs: KD(teacher→student) rows
     mutual: list[str] | None = None  # MODEL+MODEL cohorts: DML rows
     recipe: RecipeOptions = field(default_factory=RecipeOptions)
+    analysis: AnalysisOptions = field(default_factory=AnalysisOptions)
     out: str | None = None
     images_dir: str | None = None
     resume: bool = False
@@ -122,16 +128,19 @@ def run_compare(cfg: CompareConfig) -> tuple[str, Path]:
             log.info("%s needs %s trained alone: added to the grid", name, ", ".join(added))
             cfg.models += added
     base = Path(cfg.out) if cfg.out else dataset_dir(cfg.dataset)
+    preset = preset_for(cfg.dataset)
+    if cfg.recipe.lr is None and not cfg.recipe.lr_grid:  # the fair default: search per prior
+        cfg.recipe.lr_grid = list(preset.lr_grid)
     check_grid_flags(cfg, base)
-    arch = cfg.arch or preset_for(cfg.dataset).arch
-    fractions = cfg.label_fractions or list(preset_for(cfg.dataset).label_fractions)
+    arch = cfg.arch or preset.arch
+    fractions = cfg.label_fractions or list(preset.label_fractions)
     if not any(prior_of(m).init == "imagenet" for m in cfg.models):
         imagenet_weights_for("random", cfg.imagenet_weights, f"none of {', '.join(cfg.models)}")
     if not cfg.resume:  # as a plain rerun of one run would, refuse to restart interrupted ones
         extra = [finetune_dir(base, name, s, f) for name, _, _ in extra_runs(cfg)
                  for f in fractions for s in cfg.seeds]
         interrupted = [run for run in expected_runs(base, cfg.models, cfg.seeds, fractions,
-                                                    cfg.ssl_per_seed) + extra
+                                                    not cfg.shared_ssl) + extra
                        if is_interrupted(run)]
         if interrupted:
             raise MedsslError(f"{len(interrupted)} run(s) of this grid were interrupted (first: "
@@ -212,84 +221,147 @@ def expected_runs(base: Path, models, seeds, fractions, per_seed: bool = False) 
 
 
 def _run_grid(cfg: CompareConfig, base: Path, arch: str, fractions: list[float]) -> tuple[str, Path]:
-    from dataclasses import replace
-
-    from medssl.experiments.lr_search import adopt, lr_choice, search_lr
     from medssl.report.build import build_report
-    from medssl.training.finetune import FinetuneConfig, run_finetune
-    from medssl.training.pretrain import PretrainConfig, run_pretrain
+    from medssl.runs import declare_analysis
 
     base.mkdir(parents=True, exist_ok=True)
-    skipped: dict[str, str] = {}
-    if any(prior_of(m).init == "imagenet" for m in cfg.models):
-        reason = imagenet_unavailable(arch, cfg.imagenet_weights)
-        if reason:
-            for m in cfg.models:
-                if prior_of(m).init == "imagenet":
-                    skipped[m] = reason
-            log.warning("skipping %s: %s", ", ".join(skipped), reason)
+    skipped = imagenet_skips(cfg, arch)
     models = [m for m in cfg.models if m not in skipped]
     # Remembered for `medssl report`, which rebuilds the table without rerunning this check.
     if is_rank_zero():
         atomic_write(base / "skipped.json", lambda p: p.write_text(json.dumps(skipped, indent=2)))
     split = shared_split(cfg, base)
+    check_primary_metric(cfg, split)
+    if is_rank_zero():  # declared before any run: what the results will be judged by
+        declare_analysis(base, cfg.analysis)
     # Every run of the grid gets the grid's data, hardware and model parts whole, on its split.
     common = {**part_of(cfg, DataOptions, HardwareOptions, ModelOptions), "arch": arch,
               "split_file": str(split)}
     del common["imagenet_weights"]  # given only to the runs that start from ImageNet
+    pretrain_all(cfg, base, [(f, s, m) for f in fractions for s in cfg.seeds for m in models],
+                 common)
+    chosen: dict[tuple, tuple] = {}  # (label fraction, model) -> the lr search's choice
+    cells = [(f, m) for f in fractions for m in models]
+    for i, (frac, model) in enumerate(cells, start=1):
+        log.info("[%d/%d] %s at label fraction %g, seeds %s", i, len(cells), model, frac,
+                 " ".join(map(str, cfg.seeds)))
+        found = finetune_model(cfg, base, frac, model, common)
+        if found:
+            chosen[(frac, model)] = found
+    run_extras(cfg, base, fractions, skipped, chosen, common)
+    if is_rank_zero():  # the distilled and mutual models' reasons too
+        atomic_write(base / "skipped.json", lambda p: p.write_text(json.dumps(skipped, indent=2)))
+    if not is_rank_zero():  # one report, from rank 0
+        return "", base
+    return build_report(base, cfg.dataset, skipped, cfg.images_dir, cfg.analysis), base
 
-    def weights_of(init: str):  # only the runs that start from ImageNet get --imagenet-weights
-        return cfg.imagenet_weights if init == "imagenet" else None
 
-    grid = [(f, s, m) for f in fractions for s in cfg.seeds for m in models]
+def imagenet_skips(cfg: CompareConfig, arch: str) -> dict[str, str]:
+    """The models that start from ImageNet, with the reason, where its weights do not load."""
+    skipped: dict[str, str] = {}
+    if any(prior_of(m).init == "imagenet" for m in cfg.models):
+        reason = imagenet_unavailable(arch, cfg.imagenet_weights)
+        if reason:
+            skipped = {m: reason for m in cfg.models if prior_of(m).init == "imagenet"}
+            log.warning("skipping %s: %s", ", ".join(skipped), reason)
+    return skipped
+
+
+def check_primary_metric(cfg: CompareConfig, split: Path) -> None:
+    """A --primary-metric the task has, refused before any run rather than at the report."""
+    import pandas as pd
+
+    from medssl.presets import preset_for
+    from medssl.report.statistics import task_metrics
+
+    primary = cfg.analysis.primary_metric
+    if primary is None:
+        return
+    n_classes = pd.read_csv(split, usecols=["label"], dtype=str)["label"].nunique()
+    metrics = task_metrics(preset_for(cfg.dataset).ordinal, n_classes == 2)
+    if primary not in metrics:
+        raise MedsslError(f"--primary-metric {primary} does not apply to {cfg.dataset} "
+                          f"({n_classes} classes{', graded' if preset_for(cfg.dataset).ordinal else ''}"
+                          f"). Fix: choose one of {', '.join(m for m in metrics if m != 'ece')}.")
+
+
+def weights_of(cfg: CompareConfig, init: str):
+    """Only the runs that start from ImageNet get --imagenet-weights."""
+    return cfg.imagenet_weights if init == "imagenet" else None
+
+
+def pretrain_all(cfg: CompareConfig, base: Path, grid: list[tuple], common: dict) -> None:
+    """Every pretraining the grid's (label fraction, seed, model) finetunings start from."""
+    from medssl.training.pretrain import PretrainConfig, run_pretrain
+
     pretrainings: dict[Path, tuple] = {}
     for frac, seed, model in grid:
-        found = pretraining_of(base, model, frac, seed, cfg.ssl_per_seed)
+        found = pretraining_of(base, model, frac, seed, not cfg.shared_ssl)
         if found is not None and found[0] not in pretrainings:
             pretrainings[found[0]] = (prior_of(model), *found[1:])
     for run, (prior, ssl_frac, ssl_seed) in pretrainings.items():
         if ssl_finished(run):
             log.info("reusing finished pretraining %s", run)
             continue
-        log.info("%s pretraining from %s init -> %s", prior.method, prior.init, run)
+        log.info("%s pretraining from %s init, seed %d -> %s", prior.method, prior.init,
+                 ssl_seed, run)
         resume = cfg.resume and (run / "checkpoints" / "last.ckpt").is_file()
         ssl = {**part_of(cfg.ssl, SSLOptions), "method": prior.method}
         run_pretrain(PretrainConfig(init=prior.init, out=str(run), resume=resume, force=True,
                                     **ssl,
                                     # supcon at a fraction: that run's labels
                                     label_fraction=ssl_frac, seed=ssl_seed,
-                                    imagenet_weights=weights_of(prior.init), **common))
+                                    imagenet_weights=weights_of(cfg, prior.init), **common))
 
-    chosen: dict[tuple, tuple] = {}  # (label fraction, model) -> the lr search's choice
-    for i, (frac, seed, model) in enumerate(grid, start=1):
-        run = finetune_dir(base, model, seed, frac)
+
+def finetune_model(cfg: CompareConfig, base: Path, frac: float, model: str,
+                   common: dict) -> tuple | None:
+    """Every seed of one model at one label fraction: at the given --lr, or at the rate of the
+    grid with the best mean val value over the seeds. Returns the search's (lr, record, runs)
+    where one ran, else None (fixed rate, or every seed already finished)."""
+    from medssl.experiments.lr_search import adopt, search_lr
+    from medssl.training.finetune import FinetuneConfig, run_finetune
+
+    runs = {seed: finetune_dir(base, model, seed, frac) for seed in cfg.seeds}
+    cfgs = {seed: FinetuneConfig(
+        model=model, seed=seed, label_fraction=frac, **part_of(cfg.recipe, RecipeOptions),
+        ssl_checkpoint=str(pretraining_dir(base, model, frac, seed, not cfg.shared_ssl) or "")
+        or None, base=str(base), out=str(run), force=True,
+        resume=cfg.resume and (run / "checkpoints" / "last.ckpt").is_file(),
+        imagenet_weights=weights_of(cfg, prior_of(model).init), **common)
+        for seed, run in runs.items()}
+    if all(finetune_finished(run) for run in runs.values()):
+        for run in runs.values():
+            log.info("reusing finished %s", run)
+        return None
+    if not cfg.recipe.lr_grid:
+        for seed, run in runs.items():
+            if finetune_finished(run):
+                log.info("reusing finished %s", run)
+            else:
+                run_finetune(cfgs[seed])
+        return None
+    lr, record, search = search_lr(cfgs, base)
+    for seed, run in runs.items():
         if finetune_finished(run):
-            log.info("[%d/%d] reusing finished %s", i, len(grid), run)
-            continue
-        log.info("[%d/%d] finetuning %s seed %d label fraction %g -> %s", i, len(grid), model,
-                 seed, frac, run)
-        resume = cfg.resume and (run / "checkpoints" / "last.ckpt").is_file()
-        run_cfg = FinetuneConfig(
-            model=model, seed=seed, label_fraction=frac, **part_of(cfg.recipe, RecipeOptions),
-            ssl_checkpoint=str(pretraining_dir(base, model, frac, seed, cfg.ssl_per_seed) or "")
-            or None, base=str(base), out=str(run), resume=resume, force=True,
-            imagenet_weights=weights_of(prior_of(model).init), **common)
-        if not cfg.recipe.lr_grid:
-            run_finetune(run_cfg)
-            continue
-        # The learning rate is chosen on the first seed's val, then every seed uses it.
-        first = cfg.seeds[0]
-        if (frac, model) not in chosen:
-            searched = replace(run_cfg, seed=first, ssl_checkpoint=str(
-                pretraining_dir(base, model, frac, first, cfg.ssl_per_seed) or "") or None,
-                resume=cfg.resume)
-            chosen[(frac, model)] = search_lr(searched, base)
-        lr, record, runs = chosen[(frac, model)]
-        if seed == first:
-            adopt(runs[lr], run, cfg.recipe.lr_grid, lr, record)
+            log.info("reusing finished %s", run)
         else:
-            run_finetune(replace(run_cfg, lr=lr, lr_grid=None,
-                                 lr_choice=lr_choice(cfg.recipe.lr_grid, lr, record)))
+            adopt(search[lr][seed], run, cfg.recipe.lr_grid, lr, record)
+    return lr, record, search
+
+
+def run_extras(cfg: CompareConfig, base: Path, fractions: list[float], skipped: dict,
+               chosen: dict, common: dict) -> None:
+    """The distilled and mutual models, seed by seed, once the models they need are trained."""
+    from medssl.experiments.lr_search import lr_choice
+    from medssl.training.finetune import FinetuneConfig, run_finetune
+
+    def choice(model, frac):  # the lr search's choice for that model trained alone
+        if (frac, model) not in chosen:  # made by an earlier call: in its seeds' runs
+            m = json.loads((finetune_dir(base, model, cfg.seeds[0], frac)
+                            / "metrics.json").read_text())
+            chosen[(frac, model)] = (m["lr_selected"], m["lr_search"], None)
+        return chosen[(frac, model)]
 
     for name, needed, student in extra_runs(cfg):
         missing = [m for m in needed if m in skipped]
@@ -305,23 +377,13 @@ def _run_grid(cfg: CompareConfig, base: Path, arch: str, fractions: list[float])
             log.info("%s seed %d label fraction %g -> %s", name, seed, frac, run)
 
             def ssl_of(model):
-                found = pretraining_dir(base, model, frac, seed, cfg.ssl_per_seed)
+                found = pretraining_dir(base, model, frac, seed, not cfg.shared_ssl)
                 return str(found) if found else None
-
-            def choice(model):  # the lr search's choice for that model trained alone
-                if (frac, model) not in chosen:  # made by an earlier call: in its first seed's run
-                    m = json.loads((finetune_dir(base, model, cfg.seeds[0], frac)
-                                    / "metrics.json").read_text())
-                    chosen[(frac, model)] = (m["lr_selected"], m["lr_search"], None)
-                return chosen[(frac, model)]
-
-            def lr_of(model):
-                return choice(model)[0] if cfg.recipe.lr_grid else cfg.recipe.lr
 
             recipe = part_of(cfg.recipe, RecipeOptions)
             own = {}
             if cfg.recipe.lr_grid:  # the student's (or first member's) choice, recorded
-                lr, record, _ = choice(student or needed[0])
+                lr, record, _ = choice(student or needed[0], frac)
                 recipe.update(lr=lr, lr_grid=None)
                 own["lr_choice"] = lr_choice(cfg.recipe.lr_grid, lr, record)
             if student:  # distillation: the teachers are this seed's runs trained alone
@@ -331,18 +393,11 @@ def _run_grid(cfg: CompareConfig, base: Path, arch: str, fractions: list[float])
             else:
                 own.update(mutual=needed,
                            member_checkpoints={m: ssl_of(m) for m in needed if ssl_of(m)},
-                           member_lrs={m: lr_of(m) for m in needed}
+                           member_lrs={m: choice(m, frac)[0] for m in needed}
                            if cfg.recipe.lr_grid else None)
             inits = {prior_of(m).init for m in needed}
             run_finetune(FinetuneConfig(
                 **own, seed=seed, label_fraction=frac, **recipe, base=str(base), out=str(run),
                 force=True, resume=cfg.resume and (run / "checkpoints" / "last.ckpt").is_file(),
-                imagenet_weights=weights_of("imagenet" if "imagenet" in inits else "random"),
+                imagenet_weights=weights_of(cfg, "imagenet" if "imagenet" in inits else "random"),
                 **common))
-    if is_rank_zero():  # the distilled and mutual models' reasons too
-        atomic_write(base / "skipped.json", lambda p: p.write_text(json.dumps(skipped, indent=2)))
-
-    if not is_rank_zero():  # one report, from rank 0
-        return "", base
-    return build_report(base, cfg.dataset, skipped, cfg.images_dir), base
-

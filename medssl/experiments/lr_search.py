@@ -1,13 +1,16 @@
-"""`--lr-grid`: each model's finetuning learning rate chosen on val, then used for every seed.
+"""The learning-rate search: each model's finetuning learning rate chosen on val.
 
-The choice is made on the first seed's runs only: one run per learning rate, scored by the run's
-own selection value (the val metric of `--select` at its selected checkpoint). Choosing on all
-seeds would cost (grid size x seeds) runs for little: the seeds then reuse one learning rate, so
-their spread stays the spread of the training, not of the search. The test split plays no part:
-a search run's test metrics are written (every run writes them) but never read here.
+`compare` searches by default, over the preset's grid (`--lr-grid` sets another, `--lr` fixes one
+rate and searches nothing): every seed is finetuned at every rate, each run scored by its own
+selection value (the val metric of `--select` at its selected checkpoint), and the rate with the
+best **mean over the seeds** is chosen. Each seed's run at that rate then is that seed's result:
+no seed is favoured (choosing on seed 0 alone and keeping its winning run made seed 0 a
+selected best-of-grid and the others not). The test split plays no part: a search run's test
+metrics are written (every run writes them) but never read here. `medssl finetune --lr-grid`
+searches its one seed.
 
 Search runs live under `<base>/lr-search/<model>/[frac<f>/]lr<lr>/seed<seed>`, out of the table;
-the chosen one is copied to the model's own folder for that seed, so it is not trained twice.
+the chosen ones are copied to the model's own folders, so none is trained twice.
 """
 
 from __future__ import annotations
@@ -43,45 +46,53 @@ def check_grid(grid: list[float], lr: float | None) -> list[float]:
     return list(grid)
 
 
-def choose_lr(runs: dict[float, Path]) -> tuple[float, dict]:
-    """The learning rate whose run has the best selection value on val (the first of the grid
-    on a tie), and the record of the search."""
-    values, mode, metric = {}, None, None
-    for lr, run in runs.items():
-        selection = json.loads((Path(run) / "metrics.json").read_text())["selection"]
-        values[lr], mode, metric = selection["value"], selection["mode"], selection["metric"]
+def choose_lr(runs: dict[float, dict[int, Path]]) -> tuple[float, dict]:
+    """The learning rate whose runs have the best mean selection value on val over the seeds
+    (the first of the grid on a tie), and the record of the search."""
+    values, per_seed, mode, metric = {}, {}, None, None
+    for lr, seeds in runs.items():
+        scores = {}
+        for seed, run in seeds.items():
+            selection = json.loads((Path(run) / "metrics.json").read_text())["selection"]
+            scores[seed], mode, metric = selection["value"], selection["mode"], selection["metric"]
+        values[lr], per_seed[lr] = sum(scores.values()) / len(scores), scores
     best = (min if mode == "min" else max)(values.values())
     chosen = next(lr for lr, v in values.items() if v == best)
-    return chosen, {"metric": metric, "mode": mode,
-                    "values": {f"{lr:g}": v for lr, v in values.items()}}
+    return chosen, {"metric": metric, "mode": mode, "on": "mean over seeds",
+                    "seeds": sorted(next(iter(per_seed.values()))),
+                    "values": {f"{lr:g}": v for lr, v in values.items()},
+                    "per_seed": {f"{lr:g}": {str(k): v for k, v in scores.items()}
+                                 for lr, scores in per_seed.items()}}
 
 
-def search_lr(cfg, base: Path) -> tuple[float, dict, dict[float, Path]]:
-    """Run (or reuse) one finetuning per learning rate of `cfg.lr_grid` for `cfg`'s model, seed
-    and label fraction; return the chosen rate, the search record and the runs."""
+def search_lr(cfgs: dict, base: Path) -> tuple[float, dict, dict[float, dict[int, Path]]]:
+    """Run (or reuse) one finetuning per learning rate of the grid and per seed (`cfgs`: seed ->
+    that seed's run config, all of one model and label fraction); return the chosen rate, the
+    search record and the runs."""
     from medssl.runs import model_folder
     from medssl.training.finetune import run_finetune, run_name
 
-    if cfg.mutual:  # one rate per member: compare chooses each on that member trained alone
+    first = next(iter(cfgs.values()))
+    if first.mutual:  # one rate per member: compare chooses each on that member trained alone
         raise MedsslError("--lr-grid with --mutual: a cohort has one learning rate per member. "
                           "Fix: pass --lr, or run `medssl compare --lr-grid ... --mutual ...`, "
                           "which gives each member the rate chosen for it trained alone.")
-    name = run_name(cfg)  # a distilled student searches apart from its prior trained alone
-    runs = {}
-    for lr in cfg.lr_grid:
-        run = search_dir(base, model_folder(name), cfg.label_fraction, lr, cfg.seed)
-        if finetune_finished(run):
-            log.info("reusing finished lr-search run %s", run)
-        else:
-            log.info("lr search: %s at lr %g -> %s", name, lr, run)
-            resume = cfg.resume and (run / "checkpoints" / "last.ckpt").is_file()
-            run_finetune(replace(cfg, lr=lr, lr_grid=None, lr_choice=None, out=str(run),
-                                 resume=resume, force=True))
-        runs[lr] = run
+    name = run_name(first)  # a distilled student searches apart from its prior trained alone
+    runs: dict[float, dict[int, Path]] = {}
+    for lr in first.lr_grid:
+        for seed, cfg in cfgs.items():
+            run = search_dir(base, model_folder(name), cfg.label_fraction, lr, seed)
+            if finetune_finished(run):
+                log.info("reusing finished lr-search run %s", run)
+            else:
+                log.info("lr search: %s seed %d at lr %g -> %s", name, seed, lr, run)
+                resume = cfg.resume and (run / "checkpoints" / "last.ckpt").is_file()
+                run_finetune(replace(cfg, lr=lr, lr_grid=None, lr_choice=None, out=str(run),
+                                     resume=resume, force=True))
+            runs.setdefault(lr, {})[seed] = run
     lr, record = choose_lr(runs)
-    record["seed"] = cfg.seed
-    log.info("lr search for %s: %g chosen on val (%s)", name, lr,
-             ", ".join(f"{k}: {v:.4f}" for k, v in record["values"].items()))
+    log.info("lr search for %s: %g chosen on the mean val value over %d seed(s) (%s)", name, lr,
+             len(cfgs), ", ".join(f"{k}: {v:.4f}" for k, v in record["values"].items()))
     return lr, record, runs
 
 
@@ -119,5 +130,5 @@ def finetune_with_lr_grid(cfg) -> Path:
     if finetune_finished(out) and not cfg.force:
         raise MedsslError(f"{out} already holds a finished run (finished.json). "
                           "Fix: pass --force to run it again, or --out another folder.")
-    lr, record, runs = search_lr(cfg, base)
-    return adopt(runs[lr], out, grid, lr, record)
+    lr, record, runs = search_lr({cfg.seed: cfg}, base)
+    return adopt(runs[lr][cfg.seed], out, grid, lr, record)

@@ -73,12 +73,12 @@ def reliability_figure(runs: pd.DataFrame, path: Path, title: str) -> Path:
     edges = np.linspace(0, 1, RELIABILITY_BINS + 1)
     colour = colours(models)
     for ax, model in zip(axes.flat, models):
-        from medssl.report.tables import _test_predictions
+        from medssl.report.comparisons import test_predictions
 
         confidence, right = [], []
-        for _, labels, probs in _test_predictions(runs[runs["model"] == model]).values():
-            confidence.append(probs.max(1))
-            right.append(probs.argmax(1) == labels)
+        for pred in test_predictions(runs[runs["model"] == model]).values():
+            confidence.append(pred.probs.max(1))
+            right.append(pred.probs.argmax(1) == pred.labels)
         confidence, right = np.concatenate(confidence), np.concatenate(right)
         which = np.clip(np.digitize(confidence, edges[1:-1]), 0, RELIABILITY_BINS - 1)
         count = np.bincount(which, minlength=RELIABILITY_BINS)

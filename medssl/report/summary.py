@@ -3,8 +3,10 @@
 Each grid's own table says how the models compare on one dataset, with intervals over seeds and
 test images. Whether a ranking holds across datasets is another question, asked of the datasets
 themselves (each one observation): each model's mean rank per metric, a Friedman test over the
-datasets, and pairwise Wilcoxon signed-rank tests, Holm-adjusted (Demšar 2006). With five
-datasets these tests have little power, and summary.md says so in numbers.
+datasets with Iman and Davenport's F form of its p (the chi-square approximation is too
+conservative for few datasets, Demšar 2006), and pairwise Wilcoxon signed-rank tests (exact),
+Holm-adjusted. With five datasets these tests have little power, and summary.md says so in
+numbers.
 """
 
 from __future__ import annotations
@@ -42,15 +44,26 @@ def mean_ranks(scores: pd.DataFrame) -> pd.Series:
 
 
 def friedman(scores: pd.DataFrame) -> dict:
-    """Friedman's test that all models rank alike over the datasets (scipy), or why it was not run."""
+    """Friedman's test that all models rank alike over the datasets, or why it was not run. The
+    statistic is scipy's (ties corrected); its p comes from Iman and Davenport's F form,
+    F = (N - 1) chi2 / (N (k - 1) - chi2) on (k - 1, (k - 1)(N - 1)) degrees of freedom, which
+    holds its level on few datasets where the chi-square approximation is conservative
+    (`p_chi2` is kept beside it)."""
     n_datasets, n_models = scores.shape
     if n_models < 3 or n_datasets < 2:
-        return {"statistic": math.nan, "p": math.nan,
+        return {"statistic": math.nan, "p": math.nan, "p_chi2": math.nan,
                 "note": f"not run: needs at least 3 models and 2 datasets ({n_models} and "
                         f"{n_datasets} here)"}
     result = stats.friedmanchisquare(*[scores[m].to_numpy() for m in scores.columns])
-    return {"statistic": float(result.statistic), "p": float(result.pvalue),
-            "note": f"{n_datasets} datasets, {n_models} models; chi-square approximation"}
+    chi2, k, n = float(result.statistic), n_models, n_datasets
+    denominator = n * (k - 1) - chi2
+    if denominator <= 0:  # every dataset ranks the models alike: F is infinite
+        p = 0.0
+    else:
+        p = float(stats.f.sf((n - 1) * chi2 / denominator, k - 1, (k - 1) * (n - 1)))
+    return {"statistic": chi2, "p": p, "p_chi2": float(result.pvalue),
+            "note": f"{n} datasets, {k} models; Iman-Davenport F (chi-square approximation: "
+                    f"p = {float(result.pvalue):.3g})"}
 
 
 def pairwise_wilcoxon(scores: pd.DataFrame) -> pd.DataFrame:
@@ -106,7 +119,8 @@ def summarise_grids(tables: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, str]
                              "model": model, "mean_rank": ranks[model],
                              **{f"{d}": scores.at[d, model] for d in scores.index}})
             rows.append({"kind": "friedman", "label_fraction": frac, "metric": metric,
-                         "statistic": test["statistic"], "p": test["p"], "note": test["note"]})
+                         "statistic": test["statistic"], "p": test["p"],
+                         "p_chi2": test["p_chi2"], "note": test["note"]})
             for _, pair in pairs.iterrows():
                 rows.append({"kind": "wilcoxon", "label_fraction": frac, "metric": metric,
                              **pair.to_dict()})
@@ -142,15 +156,19 @@ def _p(value: float) -> str:
 
 
 def limits_statement(n: int) -> str:
+    smallest = smallest_possible_p(n)
+    reach = (f"so with {n} datasets no pairwise difference can reach p < 0.05 across datasets, "
+             "before any correction" if smallest >= 0.05 else
+             f"so a pair can reach p < 0.05 only by winning on (nearly) every one of the {n} "
+             "datasets, before the correction over pairs")
     return (
         "## What this can and cannot show\n\n"
         f"Each dataset is one observation here: {n} in all. A Wilcoxon signed-rank test on {n} "
-        f"datasets cannot give a p-value below {smallest_possible_p(n):.3g} even when one model "
-        "wins on every dataset, so with 5 datasets (smallest p 0.0625) no pairwise difference can "
-        "reach p < 0.05 across datasets, before any correction. Mean ranks and win counts describe "
+        f"datasets cannot give a p-value below {smallest:.3g} even when one model wins on every "
+        f"dataset, {reach}. Mean ranks and win counts describe "
         "these datasets; they do not generalise to other medical datasets, which differ in "
         "modality, size and label noise. Within one dataset, the intervals of its own results.md "
-        "(seeds and test images resampled) are the evidence; a consistent sign across datasets "
+        "(over seeds and test groups) are the evidence; a consistent sign across datasets "
         "is supporting evidence, not a test. Scores are means over each grid's seeds; the "
         "datasets' grids must have been run with the same recipe to be compared at all.\n")
 
@@ -183,20 +201,20 @@ def figure(tables: dict[str, pd.DataFrame], frac: float, path: Path) -> Path:
     return path
 
 
-def write_summary(grids: list[Path], out: Path) -> str:
+def write_summary(grids: list[Path], out: Path, analysis=None) -> str:
     """Rebuild each grid's table, then summary.md, summary.csv and summary_accuracy.png in `out`."""
     from medssl.report.build import build_report
-    from medssl.report.tables import collect_runs, summarise
+    from medssl.report.tables import collect_runs, judged_by, summarise
 
     tables = {}
     for grid in grids:
-        build_report(grid)  # each grid's own table and figures, refreshed (and checked)
+        build_report(grid, analysis=analysis)  # each grid's own table and figures, refreshed
         runs, _ = collect_runs(grid)
         dataset = runs["dataset"].iloc[0]
         if dataset in tables:
             raise MedsslError(f"Two grids hold {dataset} ({grid} and another): one grid per "
                               "dataset. Fix: pass each dataset's grid folder once.")
-        tables[dataset] = summarise(runs)
+        tables[dataset] = summarise(runs, judged_by(runs, grid, analysis)[0])
     if len(tables) < 2:
         raise MedsslError("A summary across datasets needs at least two grids. Fix: pass two or "
                           "more grid folders (runs/ham10000 runs/isic ...).")

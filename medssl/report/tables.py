@@ -1,6 +1,7 @@
 """The results table: one row per model and label fraction, mean ± sd over seeds; for every
-model its paired differences to M1 and to M3 in test accuracy, balanced accuracy, macro-F1 and
-AUROC, with two-level bootstrap 95% intervals and Holm-adjusted p-values (report.statistics).
+model its paired differences to M1 and to M3 (and to its own base) on the task's metrics, with
+intervals for the crossed design of seeds and test groups (report.statistics), Holm-adjusted
+over the primary endpoint (report.comparisons); and the answer in words on top (report.answer).
 
 Only finished runs (with their completion marker) are read; unfinished folders are listed as skipped.
 """
@@ -34,10 +35,10 @@ EXTRA_COLUMNS = {
     "finetune_images_seen": ("compute", "finetune_images_seen"),
     "pretrain_gpu_hours": ("compute", "pretrain_gpu_hours"),
     "finetune_gpu_hours": ("compute", "finetune_gpu_hours"),
+    # The task's own metrics: graded labels (QWK), binary tasks (sensitivity at the specificity
+    # target chosen on val, and the specificity that threshold reached on test).
+    "test_qwk": ("test", "qwk"), "test_sens_at_spec": ("test", "sens_at_spec"),
 }
-REFERENCES = ("M1", "M3")
-PAIRED_METRICS = ("acc", "balanced_acc", "macro_f1", "auroc")
-BOOTSTRAP_RESAMPLES = 2000
 
 
 def collect_runs(base: Path) -> tuple[pd.DataFrame, list[str]]:
@@ -73,8 +74,11 @@ def collect_runs(base: Path) -> tuple[pd.DataFrame, list[str]]:
                         for col, (part, key) in EXTRA_COLUMNS.items()})
             row["lr"] = m.get("lr", m["config"].get("lr"))
             # Distilled and mutual models: the model(s) trained alone they are compared with.
+            row.update(task_columns(m))
             row["base_models"] = "+".join(m.get("base_models") or []) or None
             row["lr_searched"] = bool(m.get("lr_grid"))
+            row["lr_grid"] = " ".join(f"{v:g}" for v in m.get("lr_grid") or []) or None
+            row["test_n"] = m["test"].get("n", float("nan"))
             row["ssl_seed"] = m["prior"].get("ssl_seed")
             # Runs before the duplicate search have no record: None, never a guess.
             duplicates = m.get("data", {}).get("duplicates") or {}
@@ -88,53 +92,17 @@ def _number(value) -> float:
     return float("nan") if value is None else float(value)
 
 
-def _test_predictions(runs: pd.DataFrame) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """seed -> (test image paths, labels, probabilities), rows in path order."""
-    out = {}
-    for _, r in runs.iterrows():
-        pred = pd.read_csv(Path(r["run"]) / "test_predictions.csv").sort_values("path")
-        probs = pred.filter(like="prob_")
-        classes = [c[len("prob_"):] for c in probs.columns]
-        labels = pred["label"].astype(str).map({c: i for i, c in enumerate(classes)}).to_numpy()
-        out[int(r["seed"])] = (pred["path"].to_numpy(), labels, probs.to_numpy())
-    return out
-
-
-def _ensemble_predictions(members: list[pd.DataFrame]) -> dict:
-    """seed -> (paths, labels, mean probabilities) of several models trained alone, over the
-    seeds all of them have: the reference of a mutual-learning cohort's ensemble, so that what
-    ensembling alone brings is not credited to mutual learning."""
-    each = [_test_predictions(runs) for runs in members]
-    seeds = set.intersection(*(set(e) for e in each))
-    out = {}
-    for s in sorted(seeds):
-        paths, labels = each[0][s][0], each[0][s][1]
-        if any(not np.array_equal(e[s][0], paths) for e in each):
-            continue  # tested on different images: no ensemble image by image
-        out[s] = (paths, labels, np.mean([e[s][2] for e in each], axis=0))
-    return out
-
-
-def paired_bootstrap(model_runs: pd.DataFrame, ref_runs: pd.DataFrame | list[pd.DataFrame],
-                     seed: int = 0) -> dict | None:
-    """Each headline metric of a model minus a reference over the seeds both have, with a 95%
-    interval and p-value from the two-level bootstrap (report.statistics); None when they share
-    no seed or were tested on different images. A list of references is their ensemble (the
-    mean of their probabilities, seed by seed)."""
-    from medssl.report.statistics import paired_difference
-
-    a = _test_predictions(model_runs)
-    b = (_ensemble_predictions(ref_runs) if isinstance(ref_runs, list)
-         else _test_predictions(ref_runs))
-    seeds = sorted(set(a) & set(b))
-    if not seeds:
-        return None
-    paths, labels = a[seeds[0]][0], a[seeds[0]][1]
-    if any(not np.array_equal(x[s][0], paths) or not np.array_equal(x[s][1], labels)
-           for s in seeds for x in (a, b)):
-        return None  # different test sets: not comparable image by image
-    return paired_difference(labels, [a[s][2] for s in seeds], [b[s][2] for s in seeds],
-                             BOOTSTRAP_RESAMPLES, seed)
+def task_columns(m: dict) -> dict:
+    """What a run says of its task: graded labels, the number of classes, and for a binary task
+    the positive class, the val-chosen threshold and target, and the specificity reached on test."""
+    point = m["test"].get("operating_point") or {}
+    classes = m.get("classes") or []
+    return {"ordinal": "qwk" in m["test"], "n_classes": len(classes),
+            "positive_index": (classes.index(point["positive_class"])
+                               if point.get("positive_class") in classes else float("nan")),
+            "threshold": _number(point.get("threshold")),
+            "target_specificity": _number(point.get("target_specificity")),
+            "test_spec_reached": _number(point.get("specificity"))}
 
 
 def sd_includes(group: pd.DataFrame) -> str:
@@ -148,64 +116,31 @@ def sd_includes(group: pd.DataFrame) -> str:
     return "finetuning (one pretraining)"
 
 
-def summarise(runs: pd.DataFrame) -> pd.DataFrame:
-    """Mean and sd over seeds per model and label fraction, plus paired differences."""
+def summarise(runs: pd.DataFrame, task=None) -> pd.DataFrame:
+    """Mean and sd over seeds per model and label fraction, plus the paired comparisons
+    (report.comparisons), Holm-adjusted over the task's primary metric."""
+    from medssl.report.comparisons import Task, adjust, comparisons, store
+
+    task = task or Task.of(runs)
     rows = []
     for (frac, model), group in runs.groupby(["label_fraction", "model"], sort=True):
         row = {"label_fraction": frac, "model": model, "seeds": len(group)}
-        for col in [c for c, _, _ in COLUMNS] + list(EXTRA_COLUMNS):
+        for col in [c for c, _, _ in COLUMNS] + list(EXTRA_COLUMNS) + ["test_spec_reached"]:
             row[f"{col}_mean"] = group[col].mean()
             row[f"{col}_sd"] = group[col].std(ddof=1) if len(group) > 1 else float("nan")
+        row["target_specificity"] = group["target_specificity"].min()
         row["lr"] = " ".join(f"{v:g}" for v in sorted(group["lr"].dropna().unique()))
         row["lr_searched"] = bool(group["lr_searched"].all())
         row["sd_includes"] = sd_includes(group)
-        at_frac = runs[runs["label_fraction"] == frac]
-        results = {}
-        for ref in REFERENCES:
-            ref_runs = at_frac[at_frac["model"] == ref]
-            results[ref] = (None if ref == model or ref_runs.empty
-                            else paired_bootstrap(group, ref_runs))
-        # A distilled or mutual model against its own base trained alone: does KD or DML help?
-        bases = group["base_models"].dropna().unique()
-        row["base"] = None
-        results["base"] = None
-        if len(bases) == 1:
-            names = bases[0].split("+")
-            refs = [at_frac[at_frac["model"] == name] for name in names]
-            if all(not r.empty for r in refs):
-                row["base"] = names[0] if len(names) == 1 else f"{bases[0]} ensemble"
-                # Against M1 or M3 it is that column's comparison: one test, counted once.
-                results["base"] = (results[names[0]] if row["base"] in REFERENCES else
-                                   paired_bootstrap(group, refs[0] if len(refs) == 1 else refs))
-        for ref, result in results.items():
-            for metric in PAIRED_METRICS:
-                for key in ("diff", "low", "high", "p"):
-                    row[f"test_{metric}_vs_{ref}_{key}"] = (result[metric][key] if result
-                                                            else float("nan"))
+        results = comparisons(row, group, runs[runs["label_fraction"] == frac], task)
+        store(row, results, task)
         rows.append(row)
-    rows = _holm_over_table(rows)
+    rows = adjust(rows, task.primary)
+    frame = pd.DataFrame(rows)
+    frame["primary_metric"] = task.primary
     # Full labels first, as in the study's tables; then the smaller fractions.
-    return (pd.DataFrame(rows).sort_values(["label_fraction", "model"], ascending=[False, True])
+    return (frame.sort_values(["label_fraction", "model"], ascending=[False, True])
             .reset_index(drop=True))
-
-
-def _holm_over_table(rows: list[dict]) -> list[dict]:
-    """`_p_holm` beside every `_p`: Holm-adjusted over all the comparisons of the table (every
-    model, reference, metric and label fraction), so that the family-wise error stays at 5%."""
-    from medssl.report.statistics import holm
-
-    def repeated(row: dict, key: str) -> bool:  # "vs own base" where the base is M1 or M3
-        return "_vs_base_" in key and row.get("base") in REFERENCES
-
-    keys = [(i, k) for i, row in enumerate(rows) for k in row
-            if k.endswith("_p") and not repeated(row, k)]
-    adjusted = holm([rows[i][k] for i, k in keys])
-    for (i, k), value in zip(keys, adjusted):
-        rows[i][f"{k}_holm"] = value
-    for row in rows:
-        for k in [k for k in row if k.endswith("_p") and repeated(row, k)]:
-            row[f"{k}_holm"] = row[k.replace("_vs_base_", f"_vs_{row['base']}_") + "_holm"]
-    return rows
 
 
 def _pm(mean: float, sd: float, percent: bool) -> str:
@@ -216,39 +151,66 @@ def _pm(mean: float, sd: float, percent: bool) -> str:
     return text
 
 
-def _diff(row: pd.Series, ref: str) -> str:
-    d = row[f"test_acc_vs_{ref}_diff"]
-    if np.isnan(d):
+def _points(value: float) -> str:
+    return f"{value * 100:+.2f}"
+
+
+def _primary_cell(row: pd.Series, ref: str) -> str:
+    """The primary metric's difference with its Holm-adjusted interval (as in the differences
+    table, beside its adjusted p)."""
+    key = f"test_{row['primary_metric']}_vs_{ref}"
+    if np.isnan(row.get(f"{key}_diff", np.nan)):
         return "—"
-    return f"{d * 100:+.2f} [{row[f'test_acc_vs_{ref}_low'] * 100:+.2f}, {row[f'test_acc_vs_{ref}_high'] * 100:+.2f}]"
+    return (f"{_points(row[f'{key}_diff'])} [{_points(row[f'{key}_low_holm'])}, "
+            f"{_points(row[f'{key}_high_holm'])}]")
+
+
+def task_head(summary: pd.DataFrame) -> list[tuple[str, str, bool]]:
+    """(header, column, percent) of the task's own columns: QWK for graded labels; for a binary
+    task the sensitivity at the specificity target and the specificity reached on test."""
+    out = []
+    if summary["test_qwk_mean"].notna().any():
+        out.append(("QWK", "test_qwk", False))
+    if summary["test_sens_at_spec_mean"].notna().any():
+        target = summary["target_specificity"].min()
+        out.append((f"sensitivity % at {target * 100:.3g}% val specificity", "test_sens_at_spec",
+                    True))
+        out.append(("specificity % reached on test", "test_spec_reached", True))
+    return out
 
 
 def markdown_table(summary: pd.DataFrame, skipped_models: dict[str, str] | None = None) -> str:
-    """The table as Markdown: accuracies in %, losses as is, differences in points with 95% CI."""
+    """The table as Markdown: accuracies in %, losses as is, the primary metric's differences
+    in points with their Holm-adjusted intervals."""
+    from medssl.report.comparisons import METRIC_TITLES
+
+    primary = summary["primary_metric"].iloc[0]
+    extra = task_head(summary)
     head = ["label fraction", "model", "seeds", "train acc %", "train loss", "test acc %",
-            "test loss", "balanced acc %", "macro-F1 %", "AUROC %", "Δ test acc vs M1",
-            "Δ test acc vs M3"]
+            "test loss", "balanced acc %", "macro-F1 %", "AUROC %", *(h for h, _, _ in extra),
+            f"Δ {METRIC_TITLES[primary]} vs M1", f"Δ {METRIC_TITLES[primary]} vs M3"]
     with_base = "base" in summary and summary["base"].notna().any()
     if with_base:
-        head.append("Δ test acc vs own base")
+        head.append(f"Δ {METRIC_TITLES[primary]} vs own base")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in summary.iterrows():
         cells = [f"{r['label_fraction']:g}", r["model"], str(r["seeds"])]
         for col, _, metric in COLUMNS:
             cells.append(_pm(r[f"{col}_mean"], r[f"{col}_sd"], metric != "loss"))
-        cells += [_diff(r, "M1"), _diff(r, "M3")]
+        cells += [_pm(r[f"{col}_mean"], r[f"{col}_sd"], pct) for _, col, pct in extra]
+        cells += [_primary_cell(r, "M1"), _primary_cell(r, "M3")]
         if with_base:
             own = isinstance(r["base"], str)
-            cells.append(f"{_diff(r, 'base')} vs {r['base']}" if own else "—")
+            cells.append(f"{_primary_cell(r, 'base')} vs {r['base']}" if own else "—")
         lines.append("| " + " | ".join(cells) + " |")
     by_reason: dict[str, list[str]] = {}
     for model, reason in (skipped_models or {}).items():
         by_reason.setdefault(reason, []).append(model)
     for reason, models in by_reason.items():
         lines.append(f"\n{' and '.join(models)} skipped: {reason}")
-    lines.append("\nmean ± sd over seeds; Δ: test accuracy difference in points, averaged over "
-                 "seeds, with a 95% interval from a paired two-level bootstrap (seeds, then test "
-                 "images).")
+    lines.append(f"\nmean ± sd over seeds; Δ: {METRIC_TITLES[primary]} (the primary endpoint) "
+                 "difference in points, averaged over seeds, with its interval adjusted by Holm "
+                 "over the table's primary comparisons (the differences table below).")
     if with_base:
         lines.append("Own base: a distilled student (KD) against its prior trained alone; a "
                      "mutual-learning member (DML(...)/M) against that model trained alone; a "
@@ -292,33 +254,48 @@ def recipe_table(summary: pd.DataFrame) -> str:
 
 
 def differences_table(summary: pd.DataFrame) -> str:
-    """Every paired difference of the table: points, 95% interval, Holm-adjusted p-value."""
-    names = {"acc": "accuracy", "balanced_acc": "balanced accuracy", "macro_f1": "macro-F1",
-             "auroc": "AUROC"}
-    head = ["label fraction", "model", "vs"] + [f"Δ {names[m]}" for m in PAIRED_METRICS]
+    """Every paired comparison: the primary metric with its Holm-adjusted interval and p, then
+    the secondary metrics with unadjusted 95% intervals and p-values, said to be so."""
+    from medssl.report.comparisons import METRIC_TITLES, REFERENCES
+
+    primary = summary["primary_metric"].iloc[0]
+    secondary = [m for m in METRIC_TITLES if m != primary and any(
+        f"test_{m}_vs_{ref}_diff" in summary and summary[f"test_{m}_vs_{ref}_diff"].notna().any()
+        for ref in (*REFERENCES, "base"))]
+    head = (["label fraction", "model", "vs", f"Δ {METRIC_TITLES[primary]} (primary, adjusted)"]
+            + [f"Δ {METRIC_TITLES[m]} (unadjusted)" for m in secondary])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in summary.iterrows():
         base = r["base"] if isinstance(r.get("base"), str) else None
         for ref in (*REFERENCES, "base"):
-            if np.isnan(r.get(f"test_acc_vs_{ref}_diff", np.nan)) or (ref == "base" and
-                                                                      base in REFERENCES):
+            if np.isnan(r.get(f"test_{primary}_vs_{ref}_diff", np.nan)) or (
+                    ref == "base" and base in REFERENCES):
                 continue  # a base of M1 or M3 is marked on that line, not repeated
             cells = [f"{r['label_fraction']:g}", r["model"],
-                     f"{base} (own base)" if ref in ("base", base) else ref]
-            for m in PAIRED_METRICS:
-                key = f"test_{m}_vs_{ref}"
-                if np.isnan(r[f"{key}_diff"]):
-                    cells.append("—")
-                    continue
-                cells.append(f"{r[f'{key}_diff'] * 100:+.2f} [{r[f'{key}_low'] * 100:+.2f}, "
-                             f"{r[f'{key}_high'] * 100:+.2f}] p={r[f'{key}_p_holm']:.3g}")
+                     f"{base} (own base)" if ref in ("base", base) else ref,
+                     _with_p(r, f"test_{primary}_vs_{ref}", "_holm")]
+            cells += [_with_p(r, f"test_{m}_vs_{ref}", "") for m in secondary]
             lines.append("| " + " | ".join(cells) + " |")
     if len(lines) == 2:
         return ""
-    return ("\nPaired differences on the test split, in points: model minus reference, averaged "
-            "over the seeds both have, with a 95% two-level bootstrap interval and a p-value "
-            "Holm-adjusted over every comparison of this table (docs/statistics.md).\n\n"
-            + "\n".join(lines) + "\n")
+    family = int(summary["primary_family"].iloc[0])
+    return (f"\nPaired differences on the test split, in points: model minus reference, averaged "
+            f"over the seeds both have. Primary endpoint, {METRIC_TITLES[primary]}: interval and "
+            f"p adjusted by Holm over the table's {family} primary comparison(s); the interval "
+            "excludes 0 exactly when the adjusted p is below 0.05. Secondary metrics: 95% "
+            "intervals and p-values for each comparison alone, unadjusted: read them as "
+            "description, not as findings. Intervals cover seeds and test images (resampled by "
+            "patient, lesion or copy group; docs/statistics.md)."
+            + (" ECE: lower is better." if "ece" in secondary else "")
+            + "\n\n" + "\n".join(lines) + "\n")
+
+
+def _with_p(row: pd.Series, key: str, adjusted: str) -> str:
+    if np.isnan(row.get(f"{key}_diff", np.nan)):
+        return "—"
+    p = row[f"{key}_p{adjusted}"]
+    return (f"{_points(row[f'{key}_diff'])} [{_points(row[f'{key}_low{adjusted}'])}, "
+            f"{_points(row[f'{key}_high{adjusted}'])}] p={p:.3g}")
 
 
 def duplicates_line(runs: pd.DataFrame) -> str:
@@ -344,18 +321,77 @@ def duplicates_line(runs: pd.DataFrame) -> str:
     return f"Duplicates (--duplicates drop): {groups}{left}."
 
 
-def write_results(base: Path, skipped_models: dict[str, str] | None = None) -> tuple[pd.DataFrame, str, list[str]]:
-    """results.csv and results.md in `base`, from its finished runs; returns (summary, md, skipped)."""
+def judged_by(runs: pd.DataFrame, base: Path, analysis=None):
+    """The Task to judge the runs by, the equivalence margin (a fraction) and how the primary
+    endpoint came to be: declared before the runs (the grid's analysis.json), set now by a flag,
+    or the task's default."""
+    from medssl.report.comparisons import METRIC_TITLES, Task, default_primary
+    from medssl.runs import DEFAULT_MARGIN, declared_analysis
+
+    plan = declared_analysis(base)
+    flag = analysis.primary_metric if analysis else None
+    declared = plan.get("primary_metric") if plan else None
+    task = Task.of(runs, flag or declared)
+    margin = (analysis.equivalence_margin if analysis and analysis.equivalence_margin is not None
+              else (plan or {}).get("equivalence_margin", DEFAULT_MARGIN)) / 100
+    default = default_primary(bool(runs["ordinal"].any()), int(runs["n_classes"].max()))
+    if plan is None:
+        how = "set by --primary-metric" if flag else "the task's default"
+        how += "; this grid declared no plan before its runs"
+    elif flag and flag != (declared or default):
+        how = (f"chosen after the runs with --primary-metric: the grid declared "
+               f"{METRIC_TITLES[declared or default]} before them")
+    else:
+        how = "declared before the runs" + ("" if declared else ", the task's default")
+    return task, margin, how
+
+
+def recipe_notes(runs: pd.DataFrame, summary: pd.DataFrame) -> str:
+    """How each model's learning rate and pretraining came to be, in words."""
+    lines = []
+    searched = summary[summary["lr_searched"]]
+    if not searched.empty:
+        grid = runs.loc[runs["lr_searched"], "lr_grid"].dropna().iloc[0]
+        chosen = "; ".join(f"{r['model']} {r['lr']}" + ("" if r["label_fraction"] == 1 else
+                                                         f" (fraction {r['label_fraction']:g})")
+                           for _, r in searched.iterrows())
+        lines.append(f"Learning rates chosen per model on the mean val selection value over "
+                     f"all its seeds, from {grid} (never on test): {chosen}. The other rates' "
+                     "runs are kept under lr-search/.")
+    fixed = summary[~summary["lr_searched"]]
+    if not fixed.empty:
+        lines.append(f"Learning rate not searched (one rate given) for "
+                     f"{', '.join(sorted(set(fixed['model'])))}: "
+                     f"{' '.join(sorted(set(fixed['lr'])))}. One rate can suit pretrained weights "
+                     "and leave a random init undertrained (or the reverse).")
+    kinds = summary.drop_duplicates("model").set_index("model")["sd_includes"]
+    per_seed = [m for m, k in kinds.items() if k == "finetuning + pretraining"]
+    shared = [m for m, k in kinds.items() if k == "finetuning (one pretraining)"]
+    if per_seed:
+        lines.append(f"{', '.join(per_seed)}: each seed finetuned from its own pretraining, so "
+                     "their sd and intervals include the variance of pretraining.")
+    if shared:
+        lines.append(f"{', '.join(shared)}: one pretraining served every seed (--shared-ssl), so "
+                     "their sd and intervals leave the variance of pretraining out.")
+    return "\n".join(f"\n{line}" for line in lines) + ("\n" if lines else "")
+
+
+def write_results(base: Path, skipped_models: dict[str, str] | None = None,
+                  analysis=None) -> tuple[pd.DataFrame, str, list[str]]:
+    """results.csv and results.md in `base`, from its finished runs; returns (summary, md,
+    skipped). `analysis` (AnalysisOptions): a primary metric or margin set now, over the plan
+    the grid declared."""
+    from medssl.report.answer import answer
+
     runs, skipped = collect_runs(base)
     if runs.empty:
         return pd.DataFrame(), "", skipped
-    summary = summarise(runs)
+    task, margin, how = judged_by(runs, base, analysis)
+    summary = summarise(runs, task)
     summary["duplicate_policy"] = runs["duplicate_policy"].iloc[0]
-    md = markdown_table(summary, skipped_models) + "\n" + duplicates_line(runs) + "\n"
-    if not runs["lr_searched"].any() and runs["lr"].nunique() == 1:
-        md += (f"\nEvery model finetuned at lr {runs['lr'].iloc[0]:g}, not searched: one rate "
-               "can suit pretrained weights and leave a random init undertrained (or the "
-               "reverse). `--lr-grid` chooses each model's rate on val.\n")
+    md = (answer(summary, runs, margin, how) + "\n## Results\n\n"
+          + markdown_table(summary, skipped_models) + "\n" + duplicates_line(runs) + "\n"
+          + recipe_notes(runs, summary))
     supervised = sorted(runs.loc[runs["supervised_prior"], "model"].unique())
     if supervised:  # not self-supervised: a fair reader must know which priors saw labels
         md += (f"\n{', '.join(supervised)}: a supervised prior (its pretraining learned from the "

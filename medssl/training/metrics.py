@@ -5,7 +5,8 @@ way: accuracy, balanced accuracy (mean per-class recall), macro-F1, AUROC (one-v
 over the classes present), cross-entropy loss, calibration (ECE over 15 bins, Brier score),
 per-class recall and the confusion matrix (rows: true class); quadratic weighted kappa for graded
 labels (IDRiD); for binary tasks, the sensitivity at the threshold that gives 95% specificity on
-val (chosen on val, never on test).
+val (chosen on val, never on test; a lower target where val has too few negatives to reach 95%
+with one false positive, see `reachable_specificity`).
 """
 
 from __future__ import annotations
@@ -36,15 +37,28 @@ def brier_score(probs: torch.Tensor, labels: torch.Tensor) -> float:
     return ((probs - onehot) ** 2).sum(dim=1).mean().item()
 
 
+def reachable_specificity(negatives: int, target: float = TARGET_SPECIFICITY) -> float | None:
+    """The specificity an operating point chosen on `negatives` val negatives can aim at: the
+    target where val holds enough negatives for one of them to be a false positive (20 for 95%),
+    else (n - 1) / n, one false positive allowed. With fewer than 2 negatives there is no
+    operating point to choose (None). Demanding 95% of 8 negatives would demand 100%: zero
+    false positives, a threshold above every negative and a sensitivity near 0."""
+    if negatives < 2:
+        return None
+    return min(target, (negatives - 1) / negatives)
+
+
 def specificity_threshold(probs: torch.Tensor, labels: torch.Tensor, positive: int,
-                          specificity: float = TARGET_SPECIFICITY) -> float | None:
+                          specificity: float | None = None) -> float | None:
     """The lowest threshold on P(positive) whose specificity on these images is at least
-    `specificity`: the operating point, chosen on val."""
+    `specificity` (default: `reachable_specificity` of these images' negatives): the operating
+    point, chosen on val."""
     negatives = probs[labels != positive, positive]
-    if len(negatives) == 0 or (labels == positive).sum() == 0:
+    specificity = specificity or reachable_specificity(len(negatives))
+    if specificity is None or (labels == positive).sum() == 0:
         return None
     fpr, _, thresholds = binary_roc(probs[:, positive], (labels == positive).long())
-    ok = (1 - fpr) >= specificity
+    ok = (1 - fpr) >= specificity - 1e-9  # (n - 1) / n and 1 - fpr may differ in the last bit
     return float(thresholds[ok].min()) if ok.any() else float(thresholds.max())
 
 
@@ -60,10 +74,12 @@ def operating_point(probs: torch.Tensor, labels: torch.Tensor, positive: int,
 
 def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, classes: list[str],
                            ordinal: bool = False, positive: int | None = None,
-                           threshold: float | None = None) -> dict:
+                           threshold: float | None = None,
+                           target_specificity: float | None = None) -> dict:
     """Every metric of one split. `ordinal`: the class order is a grade order (adds `qwk`).
     `positive` and `threshold` (binary tasks): the positive class and the threshold chosen on
-    val (`specificity_threshold`), giving `sens_at_95spec` and the specificity it reaches."""
+    val (`specificity_threshold`) for `target_specificity`, giving `sens_at_spec` and the
+    specificity it reaches on this split (`operating_point`)."""
     n = len(classes)
     probs, labels = probs.float(), labels.long()
     recall = multiclass_recall(probs, labels, n, average="none")
@@ -91,19 +107,24 @@ def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, classes: l
         out["qwk"] = multiclass_cohen_kappa(probs.argmax(1), labels, n, weights="quadratic").item()
     if positive is not None and threshold is not None:
         point = operating_point(probs, labels, positive, threshold)
-        out["sens_at_95spec"] = point["sensitivity"]
+        out["sens_at_spec"] = point["sensitivity"]
         out["operating_point"] = {**point, "positive_class": classes[positive],
-                                  "chosen_on": "val", "target_specificity": TARGET_SPECIFICITY}
+                                  "chosen_on": "val", "target_specificity": target_specificity,
+                                  "target_asked": TARGET_SPECIFICITY}
     return out
 
 
 def metric_options(preset, classes: list[str], val_probs: torch.Tensor,
                    val_labels: torch.Tensor) -> dict:
     """The task's extra metrics (`classification_metrics` keywords): kappa for graded labels;
-    for two classes, the positive class and its 95%-specificity threshold, chosen on val."""
+    for two classes, the positive class and its specificity threshold, chosen on val for the
+    specificity val's negatives can reach (`reachable_specificity`)."""
     options = {"ordinal": bool(preset.ordinal)}
     if len(classes) == 2:
         positive = classes.index(preset.positive_class) if preset.positive_class in classes else 1
+        target = reachable_specificity(int((val_labels != positive).sum()))
         options["positive"] = positive
-        options["threshold"] = specificity_threshold(val_probs.float(), val_labels.long(), positive)
+        options["target_specificity"] = target
+        options["threshold"] = (specificity_threshold(val_probs.float(), val_labels.long(),
+                                                      positive, target) if target else None)
     return options

@@ -72,6 +72,17 @@ positive_int = int_at_least(1)
 non_negative_int = int_at_least(0)
 
 
+def seconds(text: str) -> float:
+    """A finite number of seconds, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not 0 <= value < float("inf"):  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text} must be 0 or more seconds, such as 60")
+    return value
+
+
 def margin_points(text: str) -> float:
     """`--equivalence-margin`: a finite number of points above 0 and below 100."""
     try:
@@ -241,7 +252,8 @@ def training_options() -> argparse.ArgumentParser:
                    help="one of " + ", ".join(PRECISIONS[:6]) + " (default: bf16-mixed on a GPU, "
                    "else 32-true)")
     g.add_argument("--num-workers", type=non_negative_int, default=None,
-                   help="DataLoader workers (default: CPU count, at most 8)")
+                   help="DataLoader workers (default: the CPU count, at most 8; none when "
+                   "training on the CPU from the image cache, where they only slow it)")
     g.add_argument("--skip-bad-images", action="store_true",
                    help="leave unreadable images out instead of stopping")
     g.add_argument("--no-cache", dest="cache", action="store_false",
@@ -250,6 +262,10 @@ def training_options() -> argparse.ArgumentParser:
     g.add_argument("--compile", action="store_true", help="torch.compile the backbone")
     g.add_argument("--deterministic", action="store_true",
                    help="deterministic algorithms only: identical reruns on GPUs too, but slower")
+    g.add_argument("--checkpoint-interval", type=seconds, default=60.0, metavar="SECONDS",
+                   help="save checkpoints/last.ckpt (for --resume) at the end of an epoch once "
+                   "this many seconds have passed since the last save, and after the last epoch "
+                   "(default 60; 0: every epoch). A resumed run is exact either way")
     g.add_argument("--max-steps", type=int, default=-1, help=argparse.SUPPRESS)
     return p
 

@@ -41,6 +41,7 @@ class HardwareOptions:
     cache: bool = True  # the preprocessed image cache; False decodes the originals every time
     compile: bool = False  # torch.compile the backbone
     deterministic: bool = False  # deterministic algorithms only (slower on GPUs)
+    checkpoint_interval: float = 60.0  # seconds between last.ckpt saves (0: every epoch)
     max_steps: int = -1  # stop after this many optimiser steps (tests); -1: the epochs decide
     progress: bool = True
 

@@ -298,7 +298,8 @@ def test_ctrl_c_or_sigterm_exits_130_and_says_resume(sig, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "medssl", "finetune", "--dataset", "covid19", "--data-root",
            str(root), "--model", "M1", *FAST[:-1], "40", "--out", str(out),
-           "--num-workers", "1"]  # a loader worker, which SIGTERM reaches too
+           "--num-workers", "1",  # a loader worker, which SIGTERM reaches too
+           "--checkpoint-interval", "0"]  # a checkpoint after the first epoch, to wait for
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             preexec_fn=own_group, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     last = out / "checkpoints" / "last.ckpt"
@@ -310,6 +311,7 @@ def test_ctrl_c_or_sigterm_exits_130_and_says_resume(sig, tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
     assert "--resume" in err and str(last) in err and "Traceback" not in err
+    assert "saved as of the end of epoch" in err
     assert ("SIGTERM" if sig == signal.SIGTERM else "Ctrl-C") in err
     assert "internal error" not in err
     assert last.is_file()  # what Lightning saved stays, for --resume

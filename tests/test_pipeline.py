@@ -238,3 +238,65 @@ def test_views_come_from_the_whole_picture_and_evaluation_is_resize_then_centre_
     expected = v2.CenterCrop(size)(v2.Resize(cache_side(size), antialias=True)(original))
     assert (eval_crop(size)(image).int() - expected.int()).abs().max() <= 2  # resize rounding
     assert eval_crop(size)(image).shape == (3, size, size)
+
+
+# A loader worker forked while an earlier loader's iterator awaits the garbage collector: run as
+# a script, since the collector must be off in the parent for the garbage to be inherited.
+INHERITED_ITERATOR = """
+import gc, sys
+import torch
+from torch.utils.data import DataLoader, Dataset
+from medssl.training.loaders import init_worker
+
+class Collecting(Dataset):  # each item runs the worker's collector, as its allocations would
+    def __len__(self): return 4
+    def __getitem__(self, i):
+        gc.collect()
+        return torch.zeros(1)
+
+gc.disable()
+earlier = DataLoader(Collecting(), num_workers=1, persistent_workers=True)
+it = iter(earlier); next(it)
+cycle = [it]; cycle.append(cycle)  # the iterator, alive only through a reference cycle
+del it, cycle, earlier
+later = DataLoader(Collecting(), num_workers=1,
+                   worker_init_fn=init_worker if sys.argv[1] == "medssl" else None)
+print(len(list(later)))
+"""
+
+
+def test_loader_workers_never_print_the_tracebacks_of_inherited_iterators(tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "inherited.py"
+    script.write_text(INHERITED_ITERATOR)
+    said = {}
+    for init in ("none", "medssl"):
+        done = subprocess.run([sys.executable, str(script), init], capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0 and done.stdout.strip() == "4", done.stderr[-2000:]
+        said[init] = done.stderr
+    # Without the init function the worker's collector frees the inherited iterator and its
+    # __del__ prints a traceback (the quick start printed 8-16); medssl's loaders print none.
+    assert "can only test a child process" in said["none"]
+    assert "can only test a child process" not in said["medssl"] and "Traceback" not in said["medssl"]
+    # The loaders medssl makes carry it.
+    from types import SimpleNamespace
+
+    from medssl.data import fixtures as fx
+    from medssl.data import DataConfig, open_dataset
+    from medssl.training.loaders import init_worker, make_loader
+
+    root = fx.make_covid19(tmp_path, per_class=2)
+    table = open_dataset(DataConfig(dataset="covid19", data_root=str(root)))
+    cfg = SimpleNamespace(image_size=32, seed=0, batch_size=2, num_workers=1)
+    assert make_loader(table, table.samples, None, cfg).worker_init_fn is init_worker
+
+
+def test_loader_workers_default_to_none_on_the_cpu_with_the_cache_only():
+    from medssl.training.loaders import default_workers
+
+    assert default_workers("cpu", True, 16) == 0
+    assert default_workers("cpu", False, 16) == 8  # decoding originals: workers pay off
+    assert default_workers("gpu", True, 16) == 8 and default_workers("gpu", True, 2) == 2

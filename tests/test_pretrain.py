@@ -194,3 +194,26 @@ def test_a_state_dict_with_its_classifier_head_loads_without_the_head(tmp_path, 
     assert "left out its classifier head (fc.bias, fc.weight)" in caplog.text
     with pytest.raises(MedsslError, match="They are resnet18 weights. Fix: pass --arch resnet18"):
         load_backbone_file(build_backbone("resnet34"), tmp_path / "with_fc.pt")
+
+
+def test_a_finished_run_leaves_no_loader_workers_behind(tmp_path, cli):
+    """Runs in one process (`compare`) must not leave loader workers for the garbage collector:
+    there torch's shutdown waits 5 s per worker, and the demo's grid stalled 25-42 s at a time
+    on the kNN monitor's workers of earlier pretrainings."""
+    import gc
+    import multiprocessing
+    import time
+
+    root = fx.make_covid19(tmp_path, per_class=6)
+    common = ["--dataset", "covid19", "--data-root", root, "--arch", "resnet18", "--image-size",
+              "32", "--batch-size", "8", "--epochs", "1", "--num-workers", "2"]
+    code, _, err = cli("pretrain", *common, "--out", tmp_path / "ssl")
+    assert code == 0, err
+    assert multiprocessing.active_children() == []
+    code, _, err = cli("finetune", *common, "--model", "M2", "--ssl-checkpoint", tmp_path / "ssl",
+                       "--out", tmp_path / "ft")
+    assert code == 0, err
+    assert multiprocessing.active_children() == []
+    started = time.monotonic()
+    gc.collect()
+    assert time.monotonic() - started < 2  # nothing left that waits on its workers

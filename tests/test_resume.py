@@ -18,7 +18,8 @@ from medssl.data import fixtures as fx
 from medssl.runs import finetune_finished, is_finished
 from tests.conftest import ctrl_c_as_usual
 
-FAST = ["--arch", "resnet18", "--image-size", "32", "--batch-size", "8"]
+# Every epoch checkpointed: kills land between checkpoints of runs that last seconds.
+FAST = ["--arch", "resnet18", "--image-size", "32", "--batch-size", "8", "--checkpoint-interval", "0"]
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 # What each command writes last, and the weights to compare: finetune's last checkpoint (the

@@ -102,13 +102,28 @@ def adopt(search_run: Path, out: Path, grid: list[float], lr: float, record: dic
     out = Path(out)
     if out.exists():
         shutil.rmtree(out)
-    shutil.copytree(search_run, out)
+    shutil.copytree(search_run, out, copy_function=link_checkpoints)
     metrics = json.loads((out / "metrics.json").read_text())
     metrics.update(lr_choice(grid, lr, record))
     metrics["config"]["out"] = str(out)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     mark_finished(out, FINETUNE_OUTPUTS)
     return out
+
+
+def link_checkpoints(src: str, dst: str) -> None:
+    """copytree's copy: the checkpoints (hundreds of MB, never written again) as hard links
+    where the file system allows, every other file copied (metrics.json is rewritten here, and
+    a link would rewrite the search run's too)."""
+    import os
+
+    if Path(src).parent.name == "checkpoints":
+        try:
+            os.link(src, dst)
+            return
+        except OSError:  # another file system, or none that links: copy
+            pass
+    shutil.copy2(src, dst)
 
 
 def lr_choice(grid: list[float], lr: float, record: dict) -> dict:

@@ -115,7 +115,7 @@ def answer(summary: pd.DataFrame, runs: pd.DataFrame, margin: float, declared: s
                 found = verdict(r, ref, margin)
                 if found:
                     verdicts[(r["model"], r["base"] if ref == "base" else ref)] = found
-        what = "all the labels" if frac == 1 else f"{frac:g} of the labels"
+        what = "all the labels" if frac == 1 else f"{frac * 100:g}% of the labels"
         lines.append(f"**With {what}:** " + best_line(rows, primary, verdicts) + "\n")
         for kind in ("supported", "equivalent", "inconclusive"):
             lines += [f"- {text}" for k, _, text in verdicts.values() if k == kind]

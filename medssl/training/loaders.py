@@ -28,12 +28,24 @@ def fill_training_defaults(cfg, preset, epochs: int, batch_size: int, lr: float)
     cfg.batch_size = batch_size if cfg.batch_size is None else cfg.batch_size
     cfg.lr = lr if cfg.lr is None else cfg.lr  # an lr of 0 given is refused, never replaced
     if cfg.num_workers is None:
-        cfg.num_workers = min(8, os.cpu_count() or 1)
+        cfg.num_workers = default_workers(cfg.accelerator, cfg.cache, os.cpu_count() or 1)
     if cfg.epochs < 1:
         raise MedsslError(f"--epochs must be at least 1, got {cfg.epochs}.")
     if cfg.batch_size < 1:
         raise MedsslError(f"--batch-size must be at least 1, got {cfg.batch_size}.")
     return cfg
+
+
+def default_workers(accelerator: str, cache: bool, cpus: int) -> int:
+    """Loader workers when `--num-workers` is not given. Training on the CPU from the image
+    cache: none. The model's threads already use every core there, a worker only reads a row
+    and crops it, and each worker is a fork of the training process: on the 2-core machine the
+    demo's grid took 311 s with none against 378 s with two (kernel time 53 s against 193 s),
+    to the same results. With an accelerator, or decoding originals (`--no-cache`): the CPU
+    count, at most 8."""
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available()
+                                      and not torch.backends.mps.is_available())
+    return 0 if on_cpu and cache else min(8, cpus)
 
 
 def default_precision() -> str:
@@ -56,20 +68,50 @@ def open_cache(table, cfg):
                             progress=cfg.progress)
 
 
-def every_epoch_checkpoint(out: Path):
-    """`<out>/checkpoints/last.ckpt`, rewritten at the end of every epoch, for `--resume`.
+def every_epoch_checkpoint(out: Path, interval_s: float = 0.0):
+    """`<out>/checkpoints/last.ckpt` for `--resume`: at the end of an epoch once `interval_s`
+    seconds have passed since the last save (0: every epoch), and always after the last epoch.
 
     Not Lightning's `save_last`: that copies only when another checkpoint is saved (with
     `save_top_k=0`, only when training ends), so a run cut off later would repeat epochs. Saved
-    at the very end of the train epoch, after validation and after `run_logs.log_now`."""
+    at the very end of the train epoch, after validation and after `run_logs.log_now`. Not every
+    epoch by default: a ResNet-50 with Adam's state is 300 MB, and saved after each of 200 short
+    epochs it made the disk the bottleneck (the demo's quick start spent a third of its time in
+    the kernel writing checkpoints). A resumed run replays from the saved epoch exactly as an
+    uninterrupted one, so the interval bounds the work a kill loses, never the result."""
     import warnings
-
-    from pytorch_lightning.callbacks import ModelCheckpoint
 
     # A resumed run finds its own checkpoints there: expected, not worth a warning.
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
-    return ModelCheckpoint(dirpath=str(Path(out) / "checkpoints"), filename="last", save_top_k=1,
-                           enable_version_counter=False, save_on_train_epoch_end=True)
+    return IntervalCheckpoint(interval_s, dirpath=str(Path(out) / "checkpoints"),
+                              filename="last", save_top_k=1, enable_version_counter=False,
+                              save_on_train_epoch_end=True)
+
+
+class IntervalCheckpoint(pl.callbacks.ModelCheckpoint):
+    """A ModelCheckpoint that skips epoch ends until `interval_s` seconds have passed since its
+    last save (or the run's start), except the last epoch's."""
+
+    def __init__(self, interval_s: float, **kwargs):
+        super().__init__(**kwargs)
+        self.interval_s = interval_s
+        self._saved_at = 0.0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        import time
+
+        self._saved_at = time.monotonic()
+        super().on_train_start(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        import time
+
+        last = (trainer.current_epoch + 1 >= (trainer.max_epochs or 0) or trainer.should_stop
+                or 0 < trainer.max_steps <= trainer.global_step)
+        if not last and time.monotonic() - self._saved_at < self.interval_s:
+            return
+        super().on_train_epoch_end(trainer, pl_module)
+        self._saved_at = time.monotonic()
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -107,10 +149,15 @@ def resume_point(checkpoint: Path | None) -> tuple[int, int] | None:
 
 def make_loader(table, rows, transform, cfg, cache=None, train: bool = False,
                 balanced: bool = False, drop_last: bool = False,
-                start_epoch: int = 0, shard: bool = False) -> DataLoader:
+                start_epoch: int = 0, shard: bool = False, persistent: bool = True) -> DataLoader:
     """A loader over `rows` of `table`; shuffled (or class-balanced) when `train`, starting at
     `start_epoch`'s order (see `SamplerEpochCheck` for why a resumed run must say it). Training
-    loaders, and `shard` ones, give each process of a distributed run its own share."""
+    loaders, and `shard` ones, give each process of a distributed run its own share.
+    `persistent` keeps the workers between passes: only for loaders that Lightning iterates,
+    whose workers it stops when its loop ends. A persistent loader iterated by medssl itself
+    keeps its workers until the garbage collector finds it, and there its shutdown waits 5 s per
+    worker (torch joins workers whose queues the collector already closed): the quick start
+    stalled 25-42 s at a time on the kNN monitor's loaders of earlier pretrainings."""
     from medssl.data.cache import cache_side
 
     dataset = ImageDataset(table, rows, transform, cache_side(cfg.image_size), cache,
@@ -130,8 +177,30 @@ def make_loader(table, rows, transform, cfg, cache=None, train: bool = False,
                     cfg.batch_size, len(dataset), batch_size)
     return DataLoader(dataset, batch_size=batch_size,
                       sampler=sampler, drop_last=drop_last,
-                      num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0,
-                      pin_memory=torch.cuda.is_available())
+                      num_workers=cfg.num_workers,
+                      persistent_workers=persistent and cfg.num_workers > 0,
+                      pin_memory=torch.cuda.is_available(), worker_init_fn=init_worker)
+
+
+def init_worker(worker_id: int) -> None:
+    """A loader worker's first act: leave the objects it inherited by fork to its parent.
+
+    A worker forked while earlier loaders' iterators still await the garbage collector (an
+    earlier run's in the same process, fit's before predict) inherits them; when its own
+    collector frees one, the iterator's `__del__` tries to stop workers that are not its
+    children, and each such worker printed an "AssertionError: can only test a child process"
+    traceback (eight to sixteen of them in the demo's quick start). `gc.freeze()` puts every
+    inherited object out of the worker's collections (it is the documented use after fork).
+    Then the seeding Lightning adds to workers without an init function of their own, so that
+    runs stay exactly what they were."""
+    import gc
+    import os
+
+    gc.freeze()
+    if int(os.environ.get("PL_SEED_WORKERS", 0)):
+        from lightning_fabric.utilities.seed import pl_worker_init_function
+
+        pl_worker_init_function(worker_id)
 
 
 class SamplerEpochCheck(pl.Callback):
@@ -177,8 +246,9 @@ def fit(trainer, out: Path, *args, **kwargs) -> None:
         what = "stopped (SIGTERM)" if sigterm else "interrupted (Ctrl-C)"
         last = Path(out) / "checkpoints" / "last.ckpt"
         if last.is_file():
-            raise Interrupted(f"{what} in epoch {trainer.current_epoch + 1}. The last "
-                              f"finished epoch is saved in {last}. Fix: run the same command "
-                              "again with --resume to continue from there.") from None
+            saved = resume_point(last)[0]
+            raise Interrupted(f"{what} in epoch {trainer.current_epoch + 1}. The run is saved "
+                              f"as of the end of epoch {saved} in {last}. Fix: run the same "
+                              "command again with --resume to continue from there.") from None
         raise Interrupted(f"{what} before the first epoch ended: there is nothing to "
                           "resume. Run the same command again to start anew.") from None

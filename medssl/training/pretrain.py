@@ -202,8 +202,9 @@ def _train(cfg: PretrainConfig) -> Path:
                                train=True, drop_last=True, start_epoch=resume_at[0] if resume_at else 0)
     plain = eval_crop(cfg.image_size)
     # Each process embeds a share; every process then holds all the features (knn.embed).
-    knn = KNNMonitor(make_loader(table, "train", plain, cfg, cache, shard=True),
-                     make_loader(table, "val", plain, cfg, cache, shard=True),
+    # Iterated by the monitor, not by Lightning: workers that end with each pass (make_loader).
+    knn = KNNMonitor(make_loader(table, "train", plain, cfg, cache, shard=True, persistent=False),
+                     make_loader(table, "val", plain, cfg, cache, shard=True, persistent=False),
                      num_classes=len(table.classes),
                      normalize=Normalize(p.mean, p.std))
     batch_size = cfg.batch_size
@@ -219,7 +220,7 @@ def _train(cfg: PretrainConfig) -> Path:
         precision=precision, default_root_dir=str(out), **trainer_options(cfg),
         deterministic=cfg.deterministic or None,
         logger=run_loggers(out, resume_at),
-        callbacks=[every_epoch_checkpoint(out), knn, LearningRateMonitor("step"),
+        callbacks=[every_epoch_checkpoint(out, cfg.checkpoint_interval), knn, LearningRateMonitor("step"),
                    SamplerEpochCheck()],
         plugins=[AtomicCheckpointIO()],
         enable_progress_bar=cfg.progress, log_every_n_steps=1, enable_model_summary=False)

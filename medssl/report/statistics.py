@@ -28,6 +28,8 @@ matrix product scores all replicates at once.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 # The metrics every table pairs; `qwk` (graded labels), `sens_at_spec` (binary tasks, at each
@@ -162,7 +164,9 @@ def paired_difference(labels: np.ndarray, probs_a: list[np.ndarray], probs_b: li
     replicates = {m: [] for m in metrics}
     for start in range(0, resamples, CHUNK):
         weights = group_weights(groups, rng, min(CHUNK, resamples - start))  # one for all seeds
-        with np.errstate(invalid="ignore"):
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            # a replicate where no seed has the metric (no positive image drawn) is NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
             for m, d in diffs(weights).items():
                 replicates[m].append(np.nanmean(d, axis=0) if n_seeds > 1 else d[0])
     out = {m: combine(whole[m], np.concatenate(replicates[m])) for m in metrics}

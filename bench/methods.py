@@ -59,7 +59,7 @@ def one_speed(name: str, size: int, batch: int, steps: int) -> dict:
 
 
 def speed(args) -> None:
-    from medssl.training.methods import method_names
+    from medssl.names import method_names
 
     print("| method | views | ms / image (train step) | peak memory (MB) |\n|---|---|---|---|")
     for name in method_names():
@@ -74,7 +74,7 @@ def speed(args) -> None:
 
 
 def readouts(args, extra: list[str]) -> None:
-    from medssl.training.methods import method_names
+    from medssl.names import method_names
 
     out = Path(args.out)
     print("| method | kNN before → after | few-shot before → after | balanced kNN | "

@@ -10,8 +10,12 @@ import sys
 
 from medssl import __version__
 from medssl.errors import Interrupted, MedsslError
-from medssl.training.checks import ACCELERATORS, PRECISIONS, lr_problem
-from medssl.training.distributed import LR_SCALING, STRATEGIES, is_rank_zero
+from medssl.names import (ACCELERATORS, ARCHS, AUGMENT_PRESETS, DUPLICATE_POLICIES, HEADS, INITS,
+                          LR_SCALING, LR_SCHEDULES, OPTIMIZERS, PRECISIONS, PRIMARY_CHOICES,
+                          SELECT_METRICS, STRATEGIES, method_names, parse_cohort, parse_distill,
+                          prior_of)
+from medssl.training.checks import lr_problem
+from medssl.training.distributed import is_rank_zero
 
 
 def fraction(text: str) -> float:
@@ -109,7 +113,7 @@ def data_options() -> argparse.ArgumentParser:
     g.add_argument("--test-fraction", type=fraction, default=None,
                    help="share carved out for test where the download has no test split (default 0.2)")
     g.add_argument("--split-file", help="reuse the split.csv of an earlier run exactly")
-    g.add_argument("--duplicates", choices=["drop", "keep"], default="drop",
+    g.add_argument("--duplicates", choices=DUPLICATE_POLICIES, default="drop",
                    help="copies of one picture: drop (default) keeps the official test split as "
                    "published and leaves copies of test images, extra copies and copies under "
                    "different labels out of training; keep reproduces the published, leaky "
@@ -228,7 +232,7 @@ def training_options() -> argparse.ArgumentParser:
     """Flags every command that trains shares (unset values come from the dataset's preset)."""
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("model and hardware (unset values come from the dataset's preset)")
-    g.add_argument("--arch", choices=["resnet18", "resnet34", "resnet50"], default=None)
+    g.add_argument("--arch", choices=ARCHS, default=None)
     g.add_argument("--image-size", type=positive_int, default=None)
     g.add_argument("--epochs", type=positive_int, default=None)
     g.add_argument("--batch-size", type=positive_int, default=None)
@@ -274,15 +278,15 @@ def finetune_recipe_options() -> argparse.ArgumentParser:
     """The finetuning recipe, the same for M1-M4; shared by `finetune` and `compare`."""
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("finetuning recipe (the same for every model)")
-    g.add_argument("--head", choices=["linear", "mlp"], default="linear",
+    g.add_argument("--head", choices=HEADS, default="linear",
                    help="linear (default) or mlp, the study's 3-layer head")
-    g.add_argument("--select", choices=["loss", "acc", "balanced_acc", "macro_f1", "auroc"],
-                   default="loss", help="val metric that selects the checkpoint (default loss)")
+    g.add_argument("--select", choices=list(SELECT_METRICS), default="loss",
+                   help="val metric that selects the checkpoint (default loss)")
     g.add_argument("--full-val", action="store_true",
                    help="at a label fraction below 1, select on the whole val split (default: a "
                    "val split subsampled with the same fraction, stratified, at least one image "
                    "per class, as a user with that few labels would have)")
-    g.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant",
+    g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
                    help="finetuning learning rate: constant (the study's) or cosine decay to 0")
     g.add_argument("--lr-grid", type=float, nargs="+", metavar="LR",
                    help="choose each model's learning rate among these on val (compare: the mean "
@@ -327,8 +331,6 @@ def method_option(text: str) -> tuple[str, float]:
 def add_ssl_flags(g, prefix: str = "") -> None:
     """The pretraining recipe (options.SSLOptions), defined once: plain in `pretrain`, with the
     `ssl-` prefix in `compare` (where --epochs, --batch-size and --lr are finetuning's)."""
-    from medssl.training.methods import method_names
-
     f, what = f"--{prefix}", "pretraining " if prefix else ""
     if prefix:  # `pretrain` takes these three from the shared training flags
         g.add_argument(f"{f}epochs", type=positive_int, default=None,
@@ -347,12 +349,12 @@ def add_ssl_flags(g, prefix: str = "") -> None:
                    "docs/methods.md lists each method's)")
     g.add_argument(f"{f}warmup-epochs", type=non_negative_int, default=None,
                    help="linear warm-up epochs (default: the preset's, at most a tenth of the run)")
-    g.add_argument(f"{f}optimizer", choices=["adam", "sgd", "lars"], default=None,
+    g.add_argument(f"{f}optimizer", choices=OPTIMIZERS, default=None,
                    help=f"{what}optimiser (default: Adam, the study's; simsiam: its authors' SGD, "
                    "with their lr and weight decay; docs/methods.md)")
     g.add_argument(f"{f}exclude-bn-bias", action="store_true",
                    help="no weight decay on BatchNorm parameters and biases")
-    g.add_argument(f"{f}augment", choices=["study", "xray"], default=None,
+    g.add_argument(f"{f}augment", choices=AUGMENT_PRESETS, default=None,
                    help=f"{what}augmentation preset (default: the dataset's)")
     g.add_argument(f"{f}aug", type=augment_override, action="append", default=[],
                    metavar="KEY=VALUE", dest=f"{prefix.replace('-', '_')}augment_overrides",
@@ -365,7 +367,7 @@ def add_pretrain_args(p: argparse.ArgumentParser) -> None:
     add_ssl_flags(g)
     g.add_argument("--label-fraction", type=label_fraction, default=1.0,
                    help="supcon only: learn from this seeded, stratified share of the labels")
-    g.add_argument("--init", choices=["random", "imagenet"], default="random",
+    g.add_argument("--init", choices=INITS, default="random",
                    help="initial weights before pretraining: random (for M2) or imagenet (for M4)")
     g.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     run_folder_flags(g, "output folder (default runs/<dataset>/ssl-<init> for simclr, "
@@ -424,23 +426,17 @@ def checked_by(check):
 
 
 def model_flag(text: str) -> str:
-    """`--model`: M1-M4, or M2-<method> / M4-<method> (priors.prior_of)."""
-    from medssl.models.priors import prior_of
-
+    """`--model`: M1-M4, or M2-<method> / M4-<method> (names.prior_of)."""
     return checked_by(prior_of)(text)
 
 
 def distill_flag(text: str) -> str:
     """`--distill`: TEACHER:STUDENT, e.g. M3:M1 or M3+M4:M1."""
-    from medssl.experiments.compare import parse_distill
-
     return checked_by(parse_distill)(text)
 
 
 def cohort_flag(text: str) -> str:
     """`--mutual` of compare: MODEL+MODEL[+...], e.g. M3+M4."""
-    from medssl.experiments.compare import parse_cohort
-
     return checked_by(parse_cohort)(text)
 
 
@@ -523,8 +519,6 @@ def add_compare_args(p: argparse.ArgumentParser) -> None:
 def analysis_flags(g) -> None:
     """The primary endpoint and the equivalence margin: `compare` declares them before its runs
     (analysis.json); `report` may set them again, and results.md then says so."""
-    from medssl.options import PRIMARY_CHOICES
-
     g.add_argument("--primary-metric", choices=PRIMARY_CHOICES,
                    help="the metric the answer is judged by, Holm-adjusted (default: the "
                    "preset's; QWK for graded labels, AUROC for two classes, else balanced_acc)")

@@ -90,15 +90,11 @@ class RecipeOptions:
     kd_alpha: float = 0.9
 
 
-# What `--primary-metric` may name (higher is better for each): report.comparisons.
-PRIMARY_CHOICES = ("balanced_acc", "acc", "macro_f1", "auroc", "qwk", "sens_at_spec")
-
-
 @dataclass(kw_only=True)
 class AnalysisOptions:
     """Declared before the runs (`compare` writes them to the grid's analysis.json) and read by
     every report of the grid. None: the declared value, else the task's default."""
-    primary_metric: str | None = None  # one of PRIMARY_CHOICES
+    primary_metric: str | None = None  # one of names.PRIMARY_CHOICES
     equivalence_margin: float | None = None  # in points (default 2)
 
 

@@ -27,6 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from medssl.errors import MedsslError
+from medssl.names import model_folder
 
 RUNS = Path("runs")
 MARKER = "finished.json"
@@ -77,25 +78,10 @@ def finetune_dir(base: Path, model: str, seed: int, label_fraction: float = 1.0)
     return Path(base) / model_folder(model) / frac / f"seed{seed}"
 
 
-def kd_name(teachers: list[str], student: str) -> str:
-    """The table's name of a distilled model: KD(M3→M1), KD(M3+M4→M1) for an ensemble teacher."""
-    return f"KD({'+'.join(teachers)}→{student})"
 
 
-def dml_name(members: list[str], member: str | None = None) -> str:
-    """A mutual-learning cohort's name, DML(M3+M4) (its ensemble), or one member's, DML(M3+M4)/M3."""
-    cohort = f"DML({'+'.join(members)})"
-    return f"{cohort}/{member}" if member else cohort
 
 
-def model_folder(model: str) -> str:
-    """A model's folder name, safe on any file system and in a shell: the table's name with its
-    brackets, slash and arrow spelled out (KD(M3→M1) -> KD-M3-to-M1, DML(M3+M4) -> DML-M3+M4,
-    a cohort member as a teacher: KD(DML(M3+M4)/M3→M1) -> KD-DML-M3+M4-M3-to-M1); M1-M4 and
-    M2-<method> are their own folders. (A cohort's members live inside the cohort's run folder,
-    training.finetune.member_folder.)"""
-    return (model.replace("→", "-to-").replace("(", "-").replace(")", "")
-            .replace("/", "-").replace("--", "-"))
 
 
 def mark_finished(run: Path, outputs: tuple[str, ...]) -> None:

@@ -68,6 +68,10 @@ def test_binary_tasks_report_the_sensitivity_and_the_specificity_reached(tmp_pat
     assert code == 0, err
     assert "chosen after the runs with --primary-metric: the grid declared AUROC" in stdout
     assert (pd.read_csv(out / "results.csv")["primary_metric"] == "sens_at_spec").all()
+    # One the task lacks is refused with the ones it has, not an internal error.
+    code, _, err = cli("report", out, "--primary-metric", "qwk")
+    assert code == 2 and "--primary-metric qwk does not apply to this task" in err
+    assert "auroc" in err and "sens_at_spec" in err
 
 
 def row_with(diff, low, high, p, mde=0.1, model="M2"):
@@ -92,13 +96,44 @@ def test_each_sentence_claims_what_its_interval_allows(diff, low, high, p, kind,
     assert sign == (1 if diff > 0 else -1)
 
 
-def test_the_answer_opens_results_md_and_names_the_best_only_when_shown(tmp_path):
+def test_the_best_is_shown_ahead_only_of_the_models_it_was_compared_with():
     from medssl.report.answer import best_line
 
     rows = pd.DataFrame([{"model": "M1", "test_balanced_acc_mean": 0.60},
-                         {"model": "M2", "test_balanced_acc_mean": 0.65}])
+                         {"model": "M2", "test_balanced_acc_mean": 0.65},
+                         {"model": "M4", "test_balanced_acc_mean": 0.64}])
     ahead = {("M2", "M1"): ("supported", 1, "")}
+    said = best_line(rows, "balanced_acc", ahead)
+    # Ahead of M1, and M4 named as not compared: never "the best" of all.
+    assert "is shown ahead of M1" in said and "not compared with M4" in said
+    assert "every" not in said
     unclear = {("M2", "M1"): ("inconclusive", 1, "")}
-    assert "is shown ahead of every model it was compared with" in best_line(
-        rows, "balanced_acc", ahead)
     assert "no difference from it is supported" in best_line(rows, "balanced_acc", unclear)
+    # The top model as the reference of another row: its sign is turned.
+    behind = {("M4", "M2"): ("supported", -1, "")}
+    assert "is shown ahead of M4" in best_line(rows, "balanced_acc", behind)
+    # Nothing compared: nothing claimed; no mean at all: said.
+    assert "nothing is shown either way" in best_line(rows, "balanced_acc", {})
+    empty = rows.assign(test_balanced_acc_mean=np.nan)
+    assert "no answer" in best_line(empty, "balanced_acc", {})
+
+
+def test_one_seed_claims_no_difference():
+    # An interval far from 0, but over one seed: the test images' variance alone.
+    row = row_with(0.2, 0.1, 0.3, 0.001)
+    row["vs_M1_seeds"] = 1
+    kind, _, text = verdict(row, "M1", margin=0.02)
+    assert kind == "inconclusive" and "no difference is claimed" in text and "ahead" not in text
+
+
+def test_a_margin_set_after_the_runs_is_said_to_be(tmp_path):
+    from medssl.options import AnalysisOptions
+    from medssl.report.tables import judged_by
+    from medssl.runs import declare_analysis
+
+    runs = pd.DataFrame({"ordinal": [False], "n_classes": [3], "positive_index": [np.nan]})
+    declare_analysis(tmp_path, AnalysisOptions())
+    _, margin, _, how = judged_by(runs, tmp_path, AnalysisOptions(equivalence_margin=50))
+    assert margin == 0.5 and "chosen after the runs with --equivalence-margin" in how
+    _, margin, _, how = judged_by(runs, tmp_path, AnalysisOptions())
+    assert margin == 0.02 and how == "declared before the runs"

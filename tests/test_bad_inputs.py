@@ -243,7 +243,7 @@ def test_the_precisions_offered_are_lightnings():
     from lightning_fabric.plugins.precision.precision import (_PRECISION_INPUT_STR,
                                                               _PRECISION_INPUT_STR_ALIAS)
 
-    from medssl.training.checks import PRECISIONS
+    from medssl.names import PRECISIONS
 
     accepted = set(typing.get_args(_PRECISION_INPUT_STR)) | set(
         typing.get_args(_PRECISION_INPUT_STR_ALIAS))

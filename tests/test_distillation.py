@@ -144,7 +144,8 @@ def test_mutual_loss_equals_a_hand_computed_value_with_peers_detached():
 
 
 def test_distilled_and_mutual_models_have_explicit_names_and_safe_folders(tmp_path):
-    from medssl.runs import dml_name, finetune_dir, kd_name, model_folder
+    from medssl.names import dml_name, kd_name, model_folder
+    from medssl.runs import finetune_dir
 
     assert kd_name(["M3"], "M1") == "KD(M3→M1)" and model_folder("KD(M3→M1)") == "KD-M3-to-M1"
     assert model_folder(kd_name(["M3", "M4"], "M1")) == "KD-M3+M4-to-M1"
@@ -385,3 +386,24 @@ def test_a_distilled_students_lr_search_is_its_own(tmp_path):
     assert searched == ["KD-M1-to-M1", "KD-M1-to-M1", "M1", "M1"]
     m = json.loads((kd / "metrics.json").read_text())
     assert m["objective"]["name"] == "distillation" and m["lr_grid"] == [1e-3, 1e-4]
+
+
+def test_a_student_added_later_trains_at_the_fixed_rate_its_base_had(tmp_path, cli):
+    """M1 trained at a fixed --lr, then a distillation row added with the default search: the
+    student takes M1's rate, and records no search it did not have."""
+    import json
+
+    from medssl.data import fixtures as fx
+
+    root = fx.make_covid19(tmp_path, per_class=6)
+    out = tmp_path / "grid"
+    common = ["compare", "--dataset", "covid19", "--data-root", root, "--seeds", "0", "--epochs",
+              "1", "--out", out, "--arch", "resnet18", "--image-size", "32", "--num-workers",
+              "0", "--batch-size", "16", "--label-fractions", "1"]
+    code, _, err = cli(*common, "--models", "M1", "--lr", "1e-3")
+    assert code == 0, err
+    code, _, err = cli(*common, "--models", "M1", "--distill", "M3:M1", "--imagenet-weights",
+                       imagenet_file(tmp_path), "--lr-grid", "1e-3", "1e-4")
+    assert code == 0, err
+    kd = json.loads((out / "KD-M3-to-M1" / "seed0" / "metrics.json").read_text())
+    assert kd["lr"] == 1e-3 and kd["lr_selected"] is None and kd["lr_grid"] is None

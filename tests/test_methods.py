@@ -15,7 +15,8 @@ from medssl.data import fixtures as fx
 from medssl.data.transforms import method_views, simclr_settings
 from medssl.models import build_backbone, feature_dim, save_backbone
 from medssl.presets import IMAGENET_MEAN, IMAGENET_STD
-from medssl.training.methods import get_method, method_names
+from medssl.names import method_names
+from medssl.training.methods import get_method
 
 SIZE = 32
 

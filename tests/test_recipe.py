@@ -3,6 +3,7 @@ a label fraction, the overfitting measures, compute, the cosine schedule."""
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -160,3 +161,66 @@ def test_compare_chooses_each_models_lr_on_the_mean_over_all_seeds(tmp_path, cli
     results = pd.read_csv(out / "results.csv")
     assert list(results["seeds"]) == [2]  # the search runs are not rows of the table
     assert f"{chosen} (chosen on val)" in stdout and "mean val selection value" in stdout
+
+
+def test_adding_seeds_never_leaves_a_row_at_two_rates(tmp_path, cli):
+    root = fx.make_covid19(tmp_path, per_class=6)
+    out = tmp_path / "grid"
+    args = ["compare", "--dataset", "covid19", "--data-root", root, "--models", "M1", "--epochs",
+            "1", "--lr-grid", "1e-4", "1e-2", "--out", out, *FAST]
+    code, _, err = cli(*args, "--seeds", "0")
+    assert code == 0, err
+    code, _, err = cli(*args, "--seeds", "0", "1")
+    assert code == 0, err
+    m0, m1 = (json.loads((out / "M1" / f"seed{s}" / "metrics.json").read_text()) for s in (0, 1))
+    # Both seeds carry the choice made over both, whatever seed 0 alone had chosen.
+    assert m0["lr_search"]["seeds"] == m1["lr_search"]["seeds"] == [0, 1]
+    assert m0["lr"] == m1["lr"] == m0["lr_selected"]
+
+
+def test_a_grid_made_with_one_pretraining_mode_is_not_mixed_with_the_other(tmp_path, cli):
+    root = fx.make_covid19(tmp_path, per_class=6)
+    out = tmp_path / "grid"
+    args = ["compare", "--dataset", "covid19", "--data-root", root, "--models", "M2", "--seeds",
+            "0", "1", "--epochs", "1", "--ssl-epochs", "1", "--lr", "1e-3", "--out", out, *FAST]
+    code, _, err = cli(*args, "--shared-ssl")
+    assert code == 0, err
+    code, _, err = cli(*args)  # now per seed: seed 1 would start from another pretraining
+    assert code == 2 and "--shared-ssl" in err and "Fix" in err
+    assert not (out / "ssl-random" / "seed1").exists()  # nothing trained for it
+    code, _, err = cli(*args, "--shared-ssl")  # the mode it was made with: all reused
+    assert code == 0, err
+
+
+def test_compare_resume_continues_an_interrupted_search_run(tmp_path, monkeypatch):
+    """A search run with a checkpoint of its own resumes under --resume (the model's own folder
+    has none before the search adopts a run)."""
+    from types import SimpleNamespace
+
+    import medssl.experiments.compare as compare
+    import medssl.training.finetune as finetune
+    from medssl.experiments.lr_search import search_dir
+
+    base = tmp_path / "grid"
+    started = search_dir(base, "M1", 1.0, 1e-3, 0)
+    (started / "checkpoints").mkdir(parents=True)
+    (started / "checkpoints" / "last.ckpt").write_bytes(b"")
+    seen = {}
+
+    def fake_run(cfg):  # records how each run was started, and writes what a run would
+        seen[cfg.out] = cfg.resume
+        Path(cfg.out).mkdir(parents=True, exist_ok=True)
+        (Path(cfg.out) / "metrics.json").write_text(json.dumps(
+            {"selection": {"metric": "val/loss", "mode": "min", "value": cfg.lr}, "config": {}}))
+        for name in ("val_predictions.csv", "test_predictions.csv"):
+            (Path(cfg.out) / name).write_text("x")
+        from medssl.runs import FINETUNE_OUTPUTS, mark_finished
+        mark_finished(Path(cfg.out), FINETUNE_OUTPUTS)
+        return Path(cfg.out)
+
+    monkeypatch.setattr(finetune, "run_finetune", fake_run)
+    cfg = SimpleNamespace(seeds=[0], shared_ssl=False, resume=True, imagenet_weights=None,
+                          recipe=compare.RecipeOptions(lr_grid=[1e-3, 1e-4]))
+    compare.finetune_model(cfg, base, 1.0, "M1", {"dataset": "covid19", "arch": "resnet18"})
+    assert seen[str(started)] is True  # its checkpoint: resumed
+    assert seen[str(search_dir(base, "M1", 1.0, 1e-4, 0))] is False  # none: started

@@ -27,10 +27,10 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from medssl.data.registry import COLUMNS, SPLITS, SampleTable
 from medssl.errors import MedsslError
+from medssl.names import DUPLICATE_POLICIES
 
 DEFAULT_VAL_FRACTION = 0.15  # of the training pool
 DEFAULT_TEST_FRACTION = 0.2  # of all images, only where the download has no official test split
-DUPLICATE_POLICIES = ("drop", "keep")
 EXCLUDED = "excluded"
 # split.csv: the sample columns, why a row is left out, and the duplicate policy that made it.
 SPLIT_FILE_COLUMNS = [*COLUMNS, "reason", "duplicate_policy"]

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from medssl.errors import MedsslError
 from medssl.options import (AnalysisOptions, DataOptions, HardwareOptions, ModelOptions,
                             RecipeOptions, SSLOptions, data_config, part_of)
 from medssl.atomic import atomic_write
-from medssl.models.priors import model_name, prior_of
+from medssl.names import dml_name, kd_name, method_names, model_name, parse_cohort, parse_distill, prior_of
 from medssl.runs import (cleaned_up_on_failure, dataset_dir, finetune_dir, finetune_finished,
                          is_interrupted, ssl_dir, ssl_finished)
 from medssl.training.checks import imagenet_weights_for
@@ -51,38 +51,13 @@ class CompareConfig(DataOptions, HardwareOptions, ModelOptions):
     resume: bool = False
 
 
-def parse_cohort(spec: str) -> list[str]:
-    """'M3+M4' -> ['M3', 'M4']: two or more different models."""
-    members = [m.strip() for m in spec.split("+")]
-    for m in members:
-        prior_of(m)
-    if len(members) < 2:
-        raise MedsslError(f"'{spec}' is a cohort of one; deep mutual learning trains two or more "
-                          "models together. Fix: name them joined by '+', e.g. M3+M4.")
-    if len(set(members)) < len(members):
-        raise MedsslError(f"'{spec}' names a model more than once; each member of a cohort is a "
-                          "different prior.")
-    return members
 
 
-def parse_distill(spec: str) -> tuple[list[str], str]:
-    """'M3:M1' -> (['M3'], 'M1'); 'M3+M4:M1' -> (['M3', 'M4'], 'M1'): the teachers (their
-    probabilities averaged) and the student."""
-    teachers, colon, student = spec.partition(":")
-    if not colon or not teachers or not student:
-        raise MedsslError(f"'{spec}' is not TEACHER:STUDENT. Fix: e.g. M3:M1, or M3+M4:M1 for "
-                          "an ensemble teacher.")
-    names = [t.strip() for t in teachers.split("+")]
-    for m in (*names, student):
-        prior_of(m)
-    return names, student.strip()
 
 
 def extra_runs(cfg) -> list[tuple[str, list[str], str | None]]:
     """The grid's distilled and mutual models: (name, models they need trained alone first,
     student or None for a cohort)."""
-    from medssl.runs import dml_name, kd_name
-
     out = []
     for spec in cfg.distill or []:
         teachers, student = parse_distill(spec)
@@ -174,8 +149,6 @@ def check_grid_flags(cfg: CompareConfig, base: Path) -> None:
 def grid_models(models: list[str], methods: list[str] | None) -> list[str]:
     """The models of the grid: M2 and M4 once per SSL method (M2 for SimCLR, M2-byol for BYOL,
     ...), every other model as named; each once, in the order asked."""
-    from medssl.training.methods import method_names
-
     unknown = [m for m in methods or [] if m not in method_names()]
     if unknown:
         raise MedsslError(f"Unknown --ssl-methods {', '.join(unknown)}. Choose from: "
@@ -291,11 +264,16 @@ def weights_of(cfg: CompareConfig, init: str):
 
 
 def pretrain_all(cfg: CompareConfig, base: Path, grid: list[tuple], common: dict) -> None:
-    """Every pretraining the grid's (label fraction, seed, model) finetunings start from."""
+    """Every pretraining that an unfinished finetuning of the grid (label fraction, seed, model;
+    or a distilled or mutual run it takes part in) starts from."""
     from medssl.training.pretrain import PretrainConfig, run_pretrain
 
     pretrainings: dict[Path, tuple] = {}
     for frac, seed, model in grid:
+        if finetune_finished(finetune_dir(base, model, seed, frac)) and not any(
+                model in needed and not finetune_finished(finetune_dir(base, name, seed, frac))
+                for name, needed, _ in extra_runs(cfg)):
+            continue  # nothing left to train from it
         found = pretraining_of(base, model, frac, seed, not cfg.shared_ssl)
         if found is not None and found[0] not in pretrainings:
             pretrainings[found[0]] = (prior_of(model), *found[1:])
@@ -319,17 +297,20 @@ def finetune_model(cfg: CompareConfig, base: Path, frac: float, model: str,
     """Every seed of one model at one label fraction: at the given --lr, or at the rate of the
     grid with the best mean val value over the seeds. Returns the search's (lr, record, runs)
     where one ran, else None (fixed rate, or every seed already finished)."""
-    from medssl.experiments.lr_search import adopt, search_lr
+    from medssl.experiments.lr_search import adopt, same_choice, search_lr
     from medssl.training.finetune import FinetuneConfig, run_finetune
 
     runs = {seed: finetune_dir(base, model, seed, frac) for seed in cfg.seeds}
+    # `resume` is the flag as given: each run (a search run too) resumes where it has a
+    # checkpoint of its own.
     cfgs = {seed: FinetuneConfig(
         model=model, seed=seed, label_fraction=frac, **part_of(cfg.recipe, RecipeOptions),
         ssl_checkpoint=str(pretraining_dir(base, model, frac, seed, not cfg.shared_ssl) or "")
-        or None, base=str(base), out=str(run), force=True,
-        resume=cfg.resume and (run / "checkpoints" / "last.ckpt").is_file(),
+        or None, base=str(base), out=str(run), force=True, resume=cfg.resume,
         imagenet_weights=weights_of(cfg, prior_of(model).init), **common)
         for seed, run in runs.items()}
+    for run, run_cfg in zip(runs.values(), cfgs.values()):
+        check_same_prior(run, base, run_cfg.ssl_checkpoint)
     if all(finetune_finished(run) for run in runs.values()):
         for run in runs.values():
             log.info("reusing finished %s", run)
@@ -339,15 +320,41 @@ def finetune_model(cfg: CompareConfig, base: Path, frac: float, model: str,
             if finetune_finished(run):
                 log.info("reusing finished %s", run)
             else:
-                run_finetune(cfgs[seed])
+                run_finetune(replace(cfgs[seed], resume=cfg.resume and last_checkpoint(run)))
         return None
     lr, record, search = search_lr(cfgs, base)
     for seed, run in runs.items():
-        if finetune_finished(run):
+        # A seed finished by an earlier call reuses its run only where the choice over the
+        # seeds now is the one it was made at: a row never mixes two rates.
+        if finetune_finished(run) and same_choice(run, lr, record):
             log.info("reusing finished %s", run)
         else:
             adopt(search[lr][seed], run, cfg.recipe.lr_grid, lr, record)
     return lr, record, search
+
+
+def last_checkpoint(run: Path) -> bool:
+    return (Path(run) / "checkpoints" / "last.ckpt").is_file()
+
+
+def check_same_prior(run: Path, base: Path, ssl_checkpoint: str | None) -> None:
+    """A finished run of the grid must have started from the pretraining this call would give
+    it: a grid made with --shared-ssl and rerun without it (or the reverse) is refused, never
+    mixed. Paths are compared within the grid (ssl-random/seed1/backbone.pt), so a grid folder
+    that was moved still matches."""
+    if not finetune_finished(run) or not ssl_checkpoint:
+        return
+    try:
+        used = json.loads((Path(run) / "metrics.json").read_text())["prior"].get("ssl_checkpoint")
+    except (OSError, ValueError, KeyError):
+        return
+    expected = Path(ssl_checkpoint) / "backbone.pt"
+    tail = len(expected.relative_to(base).parts)
+    if used and Path(used).parts[-tail:] != expected.parts[-tail:]:
+        raise MedsslError(
+            f"{run} finetuned from {used}, and this call would use {expected}: the grid was made "
+            "with the other pretraining mode (one per seed, or --shared-ssl for one). Fix: pass "
+            "the flag it was made with, or --out another folder.")
 
 
 def run_extras(cfg: CompareConfig, base: Path, fractions: list[float], skipped: dict,
@@ -356,11 +363,13 @@ def run_extras(cfg: CompareConfig, base: Path, fractions: list[float], skipped: 
     from medssl.experiments.lr_search import lr_choice
     from medssl.training.finetune import FinetuneConfig, run_finetune
 
-    def choice(model, frac):  # the lr search's choice for that model trained alone
+    def choice(model, frac):  # the rate of that model trained alone, and its search if any
         if (frac, model) not in chosen:  # made by an earlier call: in its seeds' runs
             m = json.loads((finetune_dir(base, model, cfg.seeds[0], frac)
                             / "metrics.json").read_text())
-            chosen[(frac, model)] = (m["lr_selected"], m["lr_search"], None)
+            searched = m.get("lr_selected") is not None  # else it ran at a fixed --lr
+            chosen[(frac, model)] = ((m["lr_selected"], m["lr_search"], None) if searched
+                                     else (m["lr"], None, None))
         return chosen[(frac, model)]
 
     for name, needed, student in extra_runs(cfg):
@@ -382,10 +391,11 @@ def run_extras(cfg: CompareConfig, base: Path, fractions: list[float], skipped: 
 
             recipe = part_of(cfg.recipe, RecipeOptions)
             own = {}
-            if cfg.recipe.lr_grid:  # the student's (or first member's) choice, recorded
+            if cfg.recipe.lr_grid:  # the student's (or first member's) rate, and its search
                 lr, record, _ = choice(student or needed[0], frac)
                 recipe.update(lr=lr, lr_grid=None)
-                own["lr_choice"] = lr_choice(cfg.recipe.lr_grid, lr, record)
+                if record is not None:
+                    own["lr_choice"] = lr_choice(cfg.recipe.lr_grid, lr, record)
             if student:  # distillation: the teachers are this seed's runs trained alone
                 own.update(model=student, ssl_checkpoint=ssl_of(student),
                            teachers=[str(finetune_dir(base, t, seed, frac))
@@ -398,6 +408,6 @@ def run_extras(cfg: CompareConfig, base: Path, fractions: list[float], skipped: 
             inits = {prior_of(m).init for m in needed}
             run_finetune(FinetuneConfig(
                 **own, seed=seed, label_fraction=frac, **recipe, base=str(base), out=str(run),
-                force=True, resume=cfg.resume and (run / "checkpoints" / "last.ckpt").is_file(),
+                force=True, resume=cfg.resume and last_checkpoint(run),
                 imagenet_weights=weights_of(cfg, "imagenet" if "imagenet" in inits else "random"),
                 **common))

@@ -22,6 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from medssl.errors import MedsslError
+from medssl.names import model_folder
 from medssl.runs import FINETUNE_OUTPUTS, finetune_finished, mark_finished
 
 log = logging.getLogger("medssl")
@@ -49,6 +50,8 @@ def check_grid(grid: list[float], lr: float | None) -> list[float]:
 def choose_lr(runs: dict[float, dict[int, Path]]) -> tuple[float, dict]:
     """The learning rate whose runs have the best mean selection value on val over the seeds
     (the first of the grid on a tie), and the record of the search."""
+    import math
+
     values, per_seed, mode, metric = {}, {}, None, None
     for lr, seeds in runs.items():
         scores = {}
@@ -56,8 +59,14 @@ def choose_lr(runs: dict[float, dict[int, Path]]) -> tuple[float, dict]:
             selection = json.loads((Path(run) / "metrics.json").read_text())["selection"]
             scores[seed], mode, metric = selection["value"], selection["mode"], selection["metric"]
         values[lr], per_seed[lr] = sum(scores.values()) / len(scores), scores
-    best = (min if mode == "min" else max)(values.values())
-    chosen = next(lr for lr, v in values.items() if v == best)
+    # A rate whose runs diverged (a NaN val value) cannot be chosen.
+    usable = {lr: v for lr, v in values.items() if v is not None and math.isfinite(v)}
+    if not usable:
+        raise MedsslError(f"Every learning rate of the search diverged (val {metric} not a "
+                          f"number at {', '.join(f'{lr:g}' for lr in values)}). Fix: search "
+                          "smaller rates with --lr-grid.")
+    best = (min if mode == "min" else max)(usable.values())
+    chosen = next(lr for lr, v in usable.items() if v == best)
     return chosen, {"metric": metric, "mode": mode, "on": "mean over seeds",
                     "seeds": sorted(next(iter(per_seed.values()))),
                     "values": {f"{lr:g}": v for lr, v in values.items()},
@@ -69,7 +78,6 @@ def search_lr(cfgs: dict, base: Path) -> tuple[float, dict, dict[float, dict[int
     """Run (or reuse) one finetuning per learning rate of the grid and per seed (`cfgs`: seed ->
     that seed's run config, all of one model and label fraction); return the chosen rate, the
     search record and the runs."""
-    from medssl.runs import model_folder
     from medssl.training.finetune import run_finetune, run_name
 
     first = next(iter(cfgs.values()))
@@ -94,6 +102,15 @@ def search_lr(cfgs: dict, base: Path) -> tuple[float, dict, dict[float, dict[int
     log.info("lr search for %s: %g chosen on the mean val value over %d seed(s) (%s)", name, lr,
              len(cfgs), ", ".join(f"{k}: {v:.4f}" for k, v in record["values"].items()))
     return lr, record, runs
+
+
+def same_choice(run: Path, lr: float, record: dict) -> bool:
+    """Whether a finished run was adopted at this rate by a search over these seeds."""
+    try:
+        m = json.loads((Path(run) / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return m.get("lr_selected") == lr and (m.get("lr_search") or {}).get("seeds") == record["seeds"]
 
 
 def adopt(search_run: Path, out: Path, grid: list[float], lr: float, record: dict) -> Path:

@@ -9,61 +9,15 @@ file and the mismatch (`allow_other_dataset` permits a backbone from another dat
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
 
 from medssl.errors import MedsslError
+from medssl.names import prior_of
 from medssl.models.backbones import DEFAULT_IMAGENET, build_backbone, empty_backbone
 from medssl.models.checkpoints import load_strict, read_meta, read_state_dict
 from medssl.runs import dataset_dir, ssl_dir
-
-
-@dataclass(frozen=True)
-class Prior:
-    init: str  # the weights before any SSL: random or imagenet
-    method: str | None  # the self-supervised method on the target dataset next, or None
-    title: str
-
-    @property
-    def ssl(self) -> bool:
-        return self.method is not None
-
-
-# The study's four models. Its SSL method is SimCLR: M2 and M4 keep their names for it, and
-# another method X makes M2-X and M4-X (`prior_of`).
-STUDY_MODELS = {"M1": ("random", False), "M2": ("random", True), "M3": ("imagenet", False),
-                "M4": ("imagenet", True)}
-INIT_TITLES = {"random": "random init", "imagenet": "ImageNet init"}
-
-
-def prior_of(model: str) -> Prior:
-    """What a model name means: M1-M4, or M2-<method> / M4-<method> for another SSL method."""
-    from medssl.training.methods import method_names
-
-    base, dash, method = model.partition("-")
-    if base not in STUDY_MODELS or (dash and (not STUDY_MODELS[base][1] or not method)):
-        raise MedsslError(f"Unknown model '{model}'. Choose M1, M2, M3, M4, or M2-<method> / "
-                          f"M4-<method> with a method from: {', '.join(method_names())}.")
-    if method == "simclr":
-        raise MedsslError(f"'{model}' is called {base}: SimCLR is the study's method, and its "
-                          "models keep the study's names.")
-    init, ssl = STUDY_MODELS[base]
-    if not ssl:
-        return Prior(init, None, INIT_TITLES[init])
-    method = method or "simclr"
-    if method not in method_names():
-        raise MedsslError(f"Unknown method '{method}' in model '{model}'. Choose one of: "
-                          f"{', '.join(method_names())}.")
-    from medssl.training.methods import TITLES
-
-    return Prior(init, method, f"{INIT_TITLES[init]} + {TITLES[method]}")
-
-
-def model_name(base: str, method: str | None) -> str:
-    """M2 + simclr -> M2 (the study's name); M2 + byol -> M2-byol."""
-    return base if method in (None, "simclr") else f"{base}-{method}"
 
 
 def ssl_backbone_path(model: str, dataset: str, ssl_checkpoint: str | os.PathLike | None,

@@ -32,11 +32,15 @@ def verdict(row: pd.Series, ref: str, margin: float) -> tuple[str, int, str] | N
     low, high, p = row[f"{key}_low_holm"], row[f"{key}_high_holm"], row[f"{key}_p_holm"]
     other = f"{row['base']} trained alone" if ref == "base" else ref
     span = f"{pts(diff)} points [{pts(low)}, {pts(high)}]"
+    sign = 1 if diff > 0 else -1
+    if row.get(f"vs_{ref}_seeds", 2) < 2:  # the interval holds the test images' variance only
+        return "inconclusive", sign, (f"{row['model']} vs {other}: {span} over the test images "
+                                      "alone; with one seed the seed-to-seed variance is not "
+                                      "estimated, so no difference is claimed.")
     if low > 0 or high < 0:
         word = "ahead of" if low > 0 else "behind"
         return "supported", 1 if low > 0 else -1, (f"**{row['model']} is {word} {other}**: "
                                                      f"{span}, adjusted p = {p:.2g}.")
-    sign = 1 if diff > 0 else -1
     if -margin < low and high < margin:
         return "equivalent", sign, (f"{row['model']} and {other} are equivalent within "
                                     f"±{margin * 100:g} points: {span}.")
@@ -49,25 +53,36 @@ def verdict(row: pd.Series, ref: str, margin: float) -> tuple[str, int, str] | N
 
 def best_line(rows: pd.DataFrame, primary: str, verdicts: dict) -> str:
     """Which prior has the highest mean on the primary endpoint, and what the comparisons say
-    about it: the best only where it is shown ahead of every model it was compared with."""
-    top = rows.sort_values(f"test_{primary}_mean", ascending=False).iloc[0]
+    about it: shown ahead only of the models it was compared with, which are named, as are the
+    ones it was not compared with."""
     title = METRIC_TITLES[primary]
+    scored = rows.dropna(subset=[f"test_{primary}_mean"])
+    if scored.empty:
+        return f"No model has a {title} on this test split, so there is no answer on it."
+    top = scored.sort_values(f"test_{primary}_mean", ascending=False).iloc[0]
     value = top[f"test_{primary}_mean"]
     mean = f"{value:.3f}" if primary == "qwk" else f"{value * 100:.1f}%"
     name = top["model"]
     # Where `name` is the row's model, ahead means sign +1; where it is the reference, -1.
-    own = [(kind, sign if model == name else -sign)
-           for (model, ref), (kind, sign, _) in verdicts.items() if name in (model, ref)]
-    ahead = [kind for kind, sign in own if kind == "supported" and sign > 0]
-    if own and len(ahead) == len(own):
-        return (f"**{top['model']}** has the highest mean {title} ({mean}) and is shown ahead "
-                "of every model it was compared with.")
+    own = {(ref if model == name else model): (kind, sign if model == name else -sign)
+           for (model, ref), (kind, sign, _) in verdicts.items() if name in (model, ref)}
+    ahead = sorted(other for other, (kind, sign) in own.items() if kind == "supported" and sign > 0)
+    others = [m for m in scored["model"] if m != name]
+    unpaired = [m for m in others if m not in own]
+    said = f"{name} has the highest mean {title} ({mean})"
+    if not own:
+        return (f"{said}; it was not compared with any other model here (comparisons are with "
+                "M1, M3 and a model's own base), so nothing is shown either way.")
+    not_compared = (f" It was not compared with {', '.join(unpaired)}, so it is not shown ahead "
+                    "of them." if unpaired else "")
+    if len(ahead) == len(own):
+        return f"{said} and is shown ahead of {', '.join(ahead)}.{not_compared}"
     if ahead:
-        return (f"{top['model']} has the highest mean {title} ({mean}); it is shown ahead of some "
-                "models it was compared with, not of all (below).")
-    return (f"{top['model']} has the highest mean {title} ({mean}), but no difference from it "
-            "is supported: these data do not pick a winner, and give no reason to pay for a "
-            "costlier prior.")
+        return (f"{said}; it is shown ahead of {', '.join(ahead)}, not of "
+                f"{', '.join(sorted(set(own) - set(ahead)))}.{not_compared}")
+    return (f"{said}, but no difference from it is supported: these data do not pick a winner "
+            f"among the models compared with it, and give no reason to pay for a costlier "
+            f"prior.{not_compared}")
 
 
 def cost_line(rows: pd.DataFrame, primary: str, grid_size: int) -> str:
@@ -91,7 +106,8 @@ def cost_line(rows: pd.DataFrame, primary: str, grid_size: int) -> str:
             "ImageNet's own pretraining not counted): " + "; ".join(parts) + ".")
 
 
-def answer(summary: pd.DataFrame, runs: pd.DataFrame, margin: float, declared: str) -> str:
+def answer(summary: pd.DataFrame, runs: pd.DataFrame, margin: float, declared: str,
+           margin_how: str = "declared before the runs") -> str:
     """The `## Answer` section of results.md."""
     primary = summary["primary_metric"].iloc[0]
     grids = runs["lr_grid"].dropna()
@@ -105,7 +121,7 @@ def answer(summary: pd.DataFrame, runs: pd.DataFrame, margin: float, declared: s
                           "picture, resampled together)" if groups < test_n else "")
              + f"; {seeds} seed(s) per model at least. Differences in points, with intervals "
              f"Holm-adjusted over the table's {int(summary['primary_family'].iloc[0])} primary "
-             "comparison(s).\n"]
+             f"comparison(s). Equivalence margin: ±{margin * 100:g} points ({margin_how}).\n"]
     for frac, rows in summary.groupby("label_fraction", sort=False):
         verdicts = {}
         for _, r in rows.iterrows():
@@ -120,7 +136,11 @@ def answer(summary: pd.DataFrame, runs: pd.DataFrame, margin: float, declared: s
         for kind in ("supported", "equivalent", "inconclusive"):
             lines += [f"- {text}" for k, _, text in verdicts.values() if k == kind]
         lines.append("\n" + cost_line(rows, primary, grid_size) + "\n")
-    if seeds < FEW_SEEDS:
+    if seeds < 2:
+        lines.append("With one seed the seed-to-seed variance is not estimated at all: the "
+                     "intervals cover the test images only and understate the uncertainty, so "
+                     "no difference is claimed. Run three or more seeds (`--seeds 0 1 2`).\n")
+    elif seeds < FEW_SEEDS:
         lines.append(f"With {seeds} seed(s) per model the seed-to-seed variance is poorly "
                      f"estimated ({max(seeds - 1, 0)} degree(s) of freedom): the intervals use a "
                      "t quantile for it, which widens them where seeds disagree. Five or more "

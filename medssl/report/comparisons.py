@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from medssl.names import PRIMARY_CHOICES
+
 REFERENCES = ("M1", "M3")
 ALPHA = 0.05
 RESULT_KEYS = ("diff", "low", "high", "p", "se", "df")
@@ -179,6 +181,7 @@ def store(row: dict, results: dict, task: Task) -> None:
                 row[f"test_{metric}_vs_{ref}_{key}"] = (result[metric][key] if result
                                                         else float("nan"))
         row[f"vs_{ref}_groups"] = result["groups"] if result else float("nan")
+        row[f"vs_{ref}_seeds"] = result["seeds"] if result else float("nan")
 
 
 def adjust(rows: list[dict], primary: str) -> list[dict]:

@@ -14,7 +14,8 @@ The interval is the difference ± t x sqrt(image part + seed part), with Sattert
 freedom (the seed part has seeds - 1 of them, the image part plenty), so that three seeds get
 the wide t(2) quantile when their spread dominates, and a large test set the normal one when the
 images do. p-values come from the same t, so an interval at level 1 - a excludes 0 exactly when
-p < a, at any level (how an adjusted p gets the interval that agrees with it: report.tables).
+p < a, at any level (how an adjusted p gets the interval that agrees with it:
+report.comparisons).
 
 Why not a bootstrap of the seeds too. Drawing a fresh image sample per seed (the nested design
 this replaced) divides the image variance by the number of seeds: five copies of one seed

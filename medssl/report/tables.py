@@ -76,7 +76,10 @@ def collect_runs(base: Path) -> tuple[pd.DataFrame, list[str]]:
             # Distilled and mutual models: the model(s) trained alone they are compared with.
             row.update(task_columns(m))
             row["base_models"] = "+".join(m.get("base_models") or []) or None
-            row["lr_searched"] = bool(m.get("lr_grid"))
+            # A distilled or mutual model trains at its base's rate, searched for the base alone:
+            # its own runs are one per seed.
+            row["lr_searched"] = bool(m.get("lr_grid")) and not m.get("base_models")
+            row["lr_borrowed"] = bool(m.get("lr_grid")) and bool(m.get("base_models"))
             row["lr_grid"] = " ".join(f"{v:g}" for v in m.get("lr_grid") or []) or None
             row["test_n"] = m["test"].get("n", float("nan"))
             row["ssl_seed"] = m["prior"].get("ssl_seed")
@@ -106,8 +109,10 @@ def task_columns(m: dict) -> dict:
 
 
 def sd_includes(group: pd.DataFrame) -> str:
-    """Which variance a model's sd over seeds contains: finetuning's always; pretraining's only
-    when each seed finetuned from its own pretraining (--ssl-per-seed)."""
+    """Which variance a model's sd over seeds contains: finetuning's always; pretraining's where
+    each seed finetuned from its own pretraining (compare's default; --shared-ssl: one)."""
+    if len(group) < 2:
+        return "one seed: no sd"
     ssl_seeds = group["ssl_seed"].dropna()
     if ssl_seeds.empty:
         return "finetuning"
@@ -131,6 +136,7 @@ def summarise(runs: pd.DataFrame, task=None) -> pd.DataFrame:
         row["target_specificity"] = group["target_specificity"].min()
         row["lr"] = " ".join(f"{v:g}" for v in sorted(group["lr"].dropna().unique()))
         row["lr_searched"] = bool(group["lr_searched"].all())
+        row["lr_borrowed"] = bool(group["lr_borrowed"].all())
         row["sd_includes"] = sd_includes(group)
         results = comparisons(row, group, runs[runs["label_fraction"] == frac], task)
         store(row, results, task)
@@ -240,7 +246,8 @@ def recipe_table(summary: pd.DataFrame) -> str:
         gpu = np.nansum(hours) if not np.isnan(hours).all() else np.nan
         lines.append("| " + " | ".join([
             f"{r['label_fraction']:g}", r["model"],
-            r["lr"] + (" (chosen on val)" if r["lr_searched"] else ""), r["sd_includes"],
+            r["lr"] + (" (chosen on val)" if r["lr_searched"] else
+                       " (its base's, chosen on val)" if r["lr_borrowed"] else ""), r["sd_includes"],
             _pm(r["test_ece_mean"], r["test_ece_sd"], False),
             _pm(r["test_brier_mean"], r["test_brier_sd"], False),
             _pm(r["test_last_acc_mean"], r["test_last_acc_sd"], True), gaps,
@@ -279,6 +286,8 @@ def differences_table(summary: pd.DataFrame) -> str:
     if len(lines) == 2:
         return ""
     family = int(summary["primary_family"].iloc[0])
+    one_seed = any((summary[c] < 2).any() for c in summary if c.startswith("vs_")
+                   and c.endswith("_seeds"))
     return (f"\nPaired differences on the test split, in points: model minus reference, averaged "
             f"over the seeds both have. Primary endpoint, {METRIC_TITLES[primary]}: interval and "
             f"p adjusted by Holm over the table's {family} primary comparison(s); the interval "
@@ -287,6 +296,9 @@ def differences_table(summary: pd.DataFrame) -> str:
             "description, not as findings. Intervals cover seeds and test images (resampled by "
             "patient, lesion or copy group; docs/statistics.md)."
             + (" ECE: lower is better." if "ece" in secondary else "")
+            + (" Comparisons over one seed: the interval covers the test images only, as the "
+               "seed-to-seed variance cannot be estimated; the answer claims nothing from them."
+               if one_seed else "")
             + "\n\n" + "\n".join(lines) + "\n")
 
 
@@ -322,9 +334,9 @@ def duplicates_line(runs: pd.DataFrame) -> str:
 
 
 def judged_by(runs: pd.DataFrame, base: Path, analysis=None):
-    """The Task to judge the runs by, the equivalence margin (a fraction) and how the primary
-    endpoint came to be: declared before the runs (the grid's analysis.json), set now by a flag,
-    or the task's default."""
+    """The Task to judge the runs by, the equivalence margin (a fraction), and how each came to
+    be: declared before the runs (the grid's analysis.json), set now by a flag (said to be chosen
+    after the runs where it differs from the declaration), or the default."""
     from medssl.report.comparisons import METRIC_TITLES, Task, default_primary
     from medssl.runs import DEFAULT_MARGIN, declared_analysis
 
@@ -332,8 +344,14 @@ def judged_by(runs: pd.DataFrame, base: Path, analysis=None):
     flag = analysis.primary_metric if analysis else None
     declared = plan.get("primary_metric") if plan else None
     task = Task.of(runs, flag or declared)
-    margin = (analysis.equivalence_margin if analysis and analysis.equivalence_margin is not None
-              else (plan or {}).get("equivalence_margin", DEFAULT_MARGIN)) / 100
+    declared_margin = (plan or {}).get("equivalence_margin", DEFAULT_MARGIN)
+    margin_flag = analysis.equivalence_margin if analysis else None
+    margin = (declared_margin if margin_flag is None else margin_flag) / 100
+    if margin_flag is not None and margin_flag != declared_margin:
+        margin_how = (f"chosen after the runs with --equivalence-margin: the grid declared "
+                      f"±{declared_margin:g}" if plan else "set by --equivalence-margin")
+    else:
+        margin_how = "declared before the runs" if plan else "the default"
     default = default_primary(bool(runs["ordinal"].any()), int(runs["n_classes"].max()))
     if plan is None:
         how = "set by --primary-metric" if flag else "the task's default"
@@ -343,7 +361,7 @@ def judged_by(runs: pd.DataFrame, base: Path, analysis=None):
                f"{METRIC_TITLES[declared or default]} before them")
     else:
         how = "declared before the runs" + ("" if declared else ", the task's default")
-    return task, margin, how
+    return task, margin, how, margin_how
 
 
 def recipe_notes(runs: pd.DataFrame, summary: pd.DataFrame) -> str:
@@ -358,7 +376,7 @@ def recipe_notes(runs: pd.DataFrame, summary: pd.DataFrame) -> str:
         lines.append(f"Learning rates chosen per model on the mean val selection value over "
                      f"all its seeds, from {grid} (never on test): {chosen}. The other rates' "
                      "runs are kept under lr-search/.")
-    fixed = summary[~summary["lr_searched"]]
+    fixed = summary[~summary["lr_searched"] & ~summary["lr_borrowed"]]
     if not fixed.empty:
         lines.append(f"Learning rate not searched (one rate given) for "
                      f"{', '.join(sorted(set(fixed['model'])))}: "
@@ -386,10 +404,10 @@ def write_results(base: Path, skipped_models: dict[str, str] | None = None,
     runs, skipped = collect_runs(base)
     if runs.empty:
         return pd.DataFrame(), "", skipped
-    task, margin, how = judged_by(runs, base, analysis)
+    task, margin, how, margin_how = judged_by(runs, base, analysis)
     summary = summarise(runs, task)
     summary["duplicate_policy"] = runs["duplicate_policy"].iloc[0]
-    md = (answer(summary, runs, margin, how) + "\n## Results\n\n"
+    md = (answer(summary, runs, margin, how, margin_how) + "\n## Results\n\n"
           + markdown_table(summary, skipped_models) + "\n" + duplicates_line(runs) + "\n"
           + recipe_notes(runs, summary))
     supervised = sorted(runs.loc[runs["supervised_prior"], "model"].unique())

@@ -12,14 +12,10 @@ import logging
 import math
 
 from medssl.errors import MedsslError
+from medssl.names import ACCELERATORS, PRECISIONS
 
 log = logging.getLogger("medssl")
 
-# What Lightning's Trainer accepts for `precision` (tests/test_bad_inputs.py checks the list
-# against Lightning's own), less transformer-engine, which needs a library medssl does not install.
-PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true",
-              "32", "16", "bf16", "64")
-ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 
 
 def lr_problem(value: float) -> str | None:

@@ -24,9 +24,9 @@ from torchmetrics.classification import (MulticlassAccuracy, MulticlassAUROC, Mu
 from medssl.data.sampling import shard, stream_seed
 from medssl.training.distributed import scaled_lr
 from medssl.training.run_logs import log_now
+from medssl.names import HEADS
 
 log = logging.getLogger("medssl")
-HEADS = ("linear", "mlp")
 # train_eval: a clean pass (eval mode, no augmentation) over a fixed sample of the labelled train
 # images, beside val each epoch, so that the gap between them measures overfitting.
 STAGES = ("train", "val", "train_eval", "test")

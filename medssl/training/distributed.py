@@ -13,11 +13,11 @@ import math
 import os
 from typing import TYPE_CHECKING
 
+from medssl.names import LR_SCALING
+
 if TYPE_CHECKING:  # torch is imported where it is used: the CLI starts without it
     import torch
 
-LR_SCALING = ("auto", "linear", "sqrt", "none")
-STRATEGIES = ("auto", "ddp")
 
 
 def is_rank_zero() -> bool:

@@ -19,13 +19,11 @@ from pathlib import Path
 from medssl.errors import MedsslError
 from medssl.options import (DataOptions, HardwareOptions, ModelOptions, RecipeOptions,
                             data_config)
-from medssl.runs import (FINETUNE_OUTPUTS, dataset_dir, finetune_dir, mark_finished, model_folder,
-                         open_run_folder)
+from medssl.names import SELECT_METRICS, dml_name, kd_name, member_folder, model_folder, prior_of
+from medssl.runs import FINETUNE_OUTPUTS, dataset_dir, finetune_dir, mark_finished, open_run_folder
 from medssl.training.run_logs import epoch_curves
 
 log = logging.getLogger("medssl")
-SELECT_METRICS = {"loss": "min", "acc": "max", "balanced_acc": "max", "macro_f1": "max",
-                  "auroc": "max"}
 
 
 @dataclass(kw_only=True)
@@ -55,7 +53,6 @@ class FinetuneConfig(DataOptions, HardwareOptions, ModelOptions, RecipeOptions):
 
 def resolve(cfg: FinetuneConfig) -> FinetuneConfig:
     """Fill every unset value from the dataset's preset; check the ranges flags cannot."""
-    from medssl.models.priors import prior_of
     from medssl.presets import preset_for
     from medssl.training.checks import check_run, imagenet_weights_for
     from medssl.training.loaders import fill_training_defaults
@@ -95,8 +92,6 @@ def check_distillation(recipe) -> None:
 
 def check_members(cfg: FinetuneConfig) -> None:
     """One model (`--model`), or a cohort of two or more different ones (`--mutual`)."""
-    from medssl.models.priors import prior_of
-
     if cfg.mutual is None:
         if not cfg.model:
             raise MedsslError("Which model? Fix: pass --model (M1-M4, M2-<method>), or --mutual "
@@ -194,8 +189,6 @@ def run_finetune(cfg: FinetuneConfig) -> Path:
 def run_name(cfg: FinetuneConfig) -> str:
     """The model's name in the table: its prior (M1, M2-byol), a distilled student
     (KD(M3→M1)) or a mutual-learning cohort's ensemble (DML(M3+M4))."""
-    from medssl.runs import dml_name, kd_name
-
     if cfg.mutual:
         return dml_name(cfg.mutual)
     if cfg.teachers:
@@ -209,11 +202,6 @@ def members_of(cfg: FinetuneConfig) -> list[str]:
     """The networks a run trains: the cohort's members, or its one model."""
     return list(cfg.mutual) if cfg.mutual else [cfg.model]
 
-
-def member_folder(out: Path, member: str) -> Path:
-    """A cohort member's run folder, inside the cohort's: a finished run of its own (metrics,
-    predictions, its selected weights), so it can be reported, compared and used as a teacher."""
-    return Path(out) / model_folder(member)
 
 
 def _train(cfg: FinetuneConfig) -> Path:
@@ -403,7 +391,6 @@ def _write_cohort(run: RunResults, module, out: Path, members: list[str], source
     import torch
 
     from medssl.atomic import atomic_write
-    from medssl.runs import dml_name
 
     import pandas as pd
 

@@ -10,15 +10,13 @@ import importlib
 from typing import TYPE_CHECKING
 
 from medssl.errors import MedsslError
+from medssl.names import METHOD_TITLES
 
 if TYPE_CHECKING:  # the CLI lists the names without importing torch
     from medssl.training.methods.base import SSLMethod
 
 METHODS: dict[str, type[SSLMethod]] = {}
-# name -> title, known without importing torch (the CLI and model names use them).
-TITLES = {"simclr": "SimCLR", "moco": "MoCo v2", "byol": "BYOL", "simsiam": "SimSiam",
-          "barlowtwins": "Barlow Twins", "vicreg": "VICReg", "swav": "SwAV", "dino": "DINO",
-          "supcon": "SupCon (supervised)"}
+TITLES = METHOD_TITLES  # name -> title (medssl.names)
 _MODULES = tuple(TITLES)
 
 
@@ -28,11 +26,6 @@ def register(cls: type[SSLMethod]) -> type[SSLMethod]:
     return cls
 
 
-def method_names() -> tuple[str, ...]:
-    """Every method, in the order the docs list them (known without importing torch code)."""
-    return _MODULES
-
-
 def get_method(name: str) -> type[SSLMethod]:
     if name not in _MODULES:
         raise MedsslError(f"Unknown --method '{name}'. Choose one of: {', '.join(_MODULES)}.")
@@ -40,4 +33,4 @@ def get_method(name: str) -> type[SSLMethod]:
     return METHODS[name]
 
 
-__all__ = ["METHODS", "TITLES", "get_method", "method_names", "register"]
+__all__ = ["METHODS", "TITLES", "get_method", "register"]

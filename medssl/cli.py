@@ -539,9 +539,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
                         mutual=args.mutual,
                         analysis=AnalysisOptions(**part_from_args(args, AnalysisOptions)),
                         recipe=RecipeOptions(**part_from_args(args, RecipeOptions)), **shared(args))
-    table, base = run_compare(cfg)
-    if table:  # empty in the other processes of a distributed run
-        print(table)
+    base, skipped = run_compare(cfg)
+    if is_rank_zero():  # one report, from rank 0 of a distributed run
+        from medssl.report.build import build_report
+
+        print(build_report(base, cfg.dataset, skipped, cfg.images_dir, cfg.analysis))
         print(f"results: {base / 'results.md'}, {base / 'results.csv'}, {base / 'curves.png'}")
     return 0
 

@@ -38,6 +38,13 @@ LR_SCALING = ("auto", "linear", "sqrt", "none")
 PRIMARY_CHOICES = ("balanced_acc", "acc", "macro_f1", "auroc", "qwk", "sens_at_spec")
 
 
+def task_metrics(ordinal: bool = False, binary: bool = False) -> tuple[str, ...]:
+    """The metrics a task's comparisons pair: the four headline ones, QWK for graded labels or
+    the sensitivity at the val-chosen specificity threshold for binary tasks, and ECE."""
+    return ("acc", "balanced_acc", "macro_f1", "auroc", *(("qwk",) if ordinal else ()),
+            *(("sens_at_spec",) if binary else ()), "ece")
+
+
 def method_names() -> tuple[str, ...]:
     """Every SSL method, in the order the docs list them."""
     return tuple(METHOD_TITLES)

@@ -102,12 +102,3 @@ def part_of(obj, *parts) -> dict:
     """The values of `obj` for every field of `parts`, as keyword arguments for another config."""
     return {f.name: getattr(obj, f.name) for part in parts for f in fields(part)}
 
-
-def data_config(cfg):
-    """The data layer's DataConfig from a configuration's DataOptions."""
-    from medssl.data import DataConfig
-
-    return DataConfig(dataset=cfg.dataset, data_root=cfg.data_root, seed=cfg.split_seed,
-                      val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
-                      split_file=cfg.split_file, read_options=cfg.read_options,
-                      duplicates=cfg.duplicates)

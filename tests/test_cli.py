@@ -161,3 +161,29 @@ def test_no_flag_is_accepted_and_then_ignored():
         args = build_parser().parse_args([command, "--dataset", "demo", *extra])
         ignored = sorted(set(vars(args)) - known - elsewhere)
         assert not ignored, f"{command} accepts {ignored} and no configuration reads them"
+
+
+def test_the_choices_the_cli_offers_are_the_ones_the_code_acts_on():
+    """names.py holds every choice list; the modules that act on a choice agree with it."""
+    from medssl import names
+    from medssl.data.transforms import AUGMENT_PRESETS
+    from medssl.models.backbones import ARCHS
+
+    assert names.ARCHS == tuple(ARCHS)
+    assert names.AUGMENT_PRESETS == tuple(AUGMENT_PRESETS)
+
+
+def test_help_and_datasets_start_without_torch():
+    """`medssl --help` and `medssl datasets` answer at once: no torch, pandas or numpy import."""
+    import subprocess
+    import sys
+
+    for args in (["--help"], ["datasets"]):
+        done = subprocess.run([sys.executable, "-X", "importtime", "-m", "medssl", *args],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0
+        imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()}
+        assert "torch" not in imported, args
+    assert "numpy" not in {line.rsplit("|", 1)[-1].strip() for line in subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "medssl", "--help"], capture_output=True,
+        text=True, timeout=120).stderr.splitlines()}

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from medssl.data.duplicates import SMALL, Fingerprint, fingerprint
+from medssl.data.fingerprint import SMALL, Fingerprint, fingerprint
 from medssl.data.registry import Problem
 
 # Decompression-bomb guard stays on, but fundus photographs (4288x2848) are far below it.

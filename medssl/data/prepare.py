@@ -29,6 +29,14 @@ class DataConfig:
     duplicates: str = "drop"  # the duplicate policy: splits.DUPLICATE_POLICIES
 
 
+def data_config(options) -> DataConfig:
+    """The DataConfig of a configuration's DataOptions (medssl.options)."""
+    return DataConfig(dataset=options.dataset, data_root=options.data_root,
+                      seed=options.split_seed, val_fraction=options.val_fraction,
+                      test_fraction=options.test_fraction, split_file=options.split_file,
+                      read_options=options.read_options, duplicates=options.duplicates)
+
+
 def read_layout(cfg: DataConfig) -> tuple[DatasetAdapter, SampleTable]:
     """The download's layout as a table of samples (splits as published; nothing decoded yet)."""
     adapter = get_adapter(cfg.dataset)

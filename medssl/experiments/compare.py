@@ -18,7 +18,8 @@ from pathlib import Path
 
 from medssl.errors import MedsslError
 from medssl.options import (AnalysisOptions, DataOptions, HardwareOptions, ModelOptions,
-                            RecipeOptions, SSLOptions, data_config, part_of)
+                            RecipeOptions, SSLOptions, part_of)
+from medssl.data.prepare import data_config
 from medssl.atomic import atomic_write
 from medssl.names import dml_name, kd_name, method_names, model_name, parse_cohort, parse_distill, prior_of
 from medssl.runs import (cleaned_up_on_failure, dataset_dir, finetune_dir, finetune_finished,
@@ -93,7 +94,9 @@ def shared_split(cfg: CompareConfig, base: Path) -> Path:
     return path
 
 
-def run_compare(cfg: CompareConfig) -> tuple[str, Path]:
+def run_compare(cfg: CompareConfig) -> tuple[Path, dict[str, str]]:
+    """Run what is missing of the grid; return its folder and the models skipped, with why (the
+    report is the next layer's: cli calls report.build.build_report)."""
     from medssl.presets import preset_for
 
     cfg.models = grid_models(cfg.models, cfg.ssl_methods)
@@ -193,8 +196,8 @@ def expected_runs(base: Path, models, seeds, fractions, per_seed: bool = False) 
                                           for s in seeds for m in models]
 
 
-def _run_grid(cfg: CompareConfig, base: Path, arch: str, fractions: list[float]) -> tuple[str, Path]:
-    from medssl.report.build import build_report
+def _run_grid(cfg: CompareConfig, base: Path, arch: str,
+              fractions: list[float]) -> tuple[Path, dict[str, str]]:
     from medssl.runs import declare_analysis
 
     base.mkdir(parents=True, exist_ok=True)
@@ -224,9 +227,7 @@ def _run_grid(cfg: CompareConfig, base: Path, arch: str, fractions: list[float])
     run_extras(cfg, base, fractions, skipped, chosen, common)
     if is_rank_zero():  # the distilled and mutual models' reasons too
         atomic_write(base / "skipped.json", lambda p: p.write_text(json.dumps(skipped, indent=2)))
-    if not is_rank_zero():  # one report, from rank 0
-        return "", base
-    return build_report(base, cfg.dataset, skipped, cfg.images_dir, cfg.analysis), base
+    return base, skipped
 
 
 def imagenet_skips(cfg: CompareConfig, arch: str) -> dict[str, str]:
@@ -245,7 +246,7 @@ def check_primary_metric(cfg: CompareConfig, split: Path) -> None:
     import pandas as pd
 
     from medssl.presets import preset_for
-    from medssl.report.statistics import task_metrics
+    from medssl.names import task_metrics
 
     primary = cfg.analysis.primary_metric
     if primary is None:

@@ -7,6 +7,7 @@ Offline with nothing cached, the error names the file torchvision wants, where i
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -15,13 +16,16 @@ from torch import nn
 from torchvision import models as tvm
 
 from medssl.errors import MedsslError
+from medssl.models.checkpoints import read_meta, read_state_dict
+from medssl.names import INITS
+
+log = logging.getLogger("medssl")
 
 ARCHS = {
     "resnet18": (tvm.resnet18, tvm.ResNet18_Weights, 512),
     "resnet34": (tvm.resnet34, tvm.ResNet34_Weights, 512),
     "resnet50": (tvm.resnet50, tvm.ResNet50_Weights, 2048),
 }
-INITS = ("random", "imagenet")
 DEFAULT_IMAGENET = "IMAGENET1K_V1"  # what --imagenet-weights means when it is not given
 
 
@@ -63,8 +67,6 @@ def imagenet_state_dict(arch: str, weights: str | os.PathLike | None = None) -> 
     through torchvision (its cache first, a download only when online)."""
     weights = weights or DEFAULT_IMAGENET
     if is_weights_file(weights):
-        from medssl.models.checkpoints import read_state_dict
-
         state = read_state_dict(Path(weights), "--imagenet-weights file")
     else:
         name, cache = imagenet_weights_file(arch, str(weights))
@@ -91,10 +93,57 @@ def build_backbone(arch: str = "resnet50", init: str = "random",
     """A backbone that maps images to `feature_dim(arch)` features, with the asked-for prior."""
     model = empty_backbone(arch)
     if init == "imagenet":
-        from medssl.models.checkpoints import load_strict
-
         load_strict(model, imagenet_state_dict(arch, imagenet_weights),
                     f"ImageNet weights {imagenet_weights or DEFAULT_IMAGENET}")
     elif init != "random":
         raise MedsslError(f"Unknown --init '{init}'. Choose one of: {', '.join(INITS)}.")
     return model
+
+
+def load_strict(model: nn.Module, state: dict, source: str) -> list[str]:
+    """Load every key exactly; name what is missing, extra or misshapen. A classifier head
+    (`fc.*`, as a torchvision model saved whole has) is not part of the backbone: it is dropped,
+    and its keys returned so the caller can say so. Anything else that does not fit is an error."""
+    own = model.state_dict()
+    head = sorted(k for k in state if k.startswith("fc.") and k not in own)
+    state = {k: v for k, v in state.items() if k not in head}
+    missing = sorted(set(own) - set(state))
+    extra = sorted(set(state) - set(own))
+    shapes = [k for k in set(own) & set(state) if own[k].shape != state[k].shape]
+    if missing or extra or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing key(s) (first: {missing[0]})")
+        if extra:
+            parts.append(f"{len(extra)} unexpected key(s) (first: {extra[0]})")
+        if shapes:
+            k = sorted(shapes)[0]
+            parts.append(f"{len(shapes)} shape mismatch(es) (first: {k} {tuple(state[k].shape)} "
+                         f"vs {tuple(own[k].shape)})")
+        raise MedsslError(f"{source} does not fit this backbone: {'; '.join(parts)}. "
+                          f"{_arch_fix(state)}")
+    model.load_state_dict(state, strict=True)
+    if head:
+        log.info("%s: left out its classifier head (%s); the backbone loaded strictly",
+                 source, ", ".join(head))
+    return head
+
+
+def _arch_fix(state: dict) -> str:
+    """Which torchvision arch the weights are, when one fits, for the fix."""
+    for arch in ARCHS:
+        own = empty_backbone(arch).state_dict()
+        if set(own) == set(state) and all(own[k].shape == state[k].shape for k in own):
+            return (f"They are {arch} weights. Fix: pass --arch {arch}, or use weights of this "
+                    "run's --arch.")
+    keys = list(state)[:3]
+    return (f"They are not the weights of a torchvision ResNet (first keys: {', '.join(keys)}). "
+            "Fix: use a checkpoint of the same --arch, saved from a torchvision ResNet's "
+            "state_dict (keys such as conv1.weight, layer1.0.bn1.weight).")
+
+
+def load_backbone_file(model: nn.Module, path: Path) -> dict:
+    """Load `path` into `model` strictly; return the JSON beside it ({} if there is none)."""
+    load_strict(model, read_state_dict(path), str(path))
+    meta_path = Path(path).with_suffix(".json")
+    return read_meta(meta_path) if meta_path.is_file() else {}

@@ -1,4 +1,6 @@
-"""Backbone files: a plain torchvision state_dict plus a JSON of how it was made.
+"""Backbone files: a plain torchvision state_dict plus a JSON of how it was made; reading any
+weights file a user names without running pickled code. (Loading weights into a backbone,
+strictly, is models.backbones.load_strict.)
 
 `backbone.pt` loads with `torch.load(path, weights_only=True)` and then `load_state_dict(strict=True)`
 into the torchvision model of its arch whose `fc` is `nn.Identity()`. Loading is always strict: a
@@ -8,7 +10,6 @@ file that does not fit is an error naming it, never a silently random model.
 from __future__ import annotations
 
 import json
-import logging
 import pickle
 from pathlib import Path
 
@@ -17,8 +18,6 @@ from torch import nn
 
 from medssl.atomic import atomic_write
 from medssl.errors import MedsslError
-
-log = logging.getLogger("medssl")
 
 
 def save_backbone(model: nn.Module, path: Path, meta: dict) -> None:
@@ -97,57 +96,6 @@ def _is_text(head: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     return True
-
-
-def load_strict(model: nn.Module, state: dict, source: str) -> list[str]:
-    """Load every key exactly; name what is missing, extra or misshapen. A classifier head
-    (`fc.*`, as a torchvision model saved whole has) is not part of the backbone: it is dropped,
-    and its keys returned so the caller can say so. Anything else that does not fit is an error."""
-    own = model.state_dict()
-    head = sorted(k for k in state if k.startswith("fc.") and k not in own)
-    state = {k: v for k, v in state.items() if k not in head}
-    missing = sorted(set(own) - set(state))
-    extra = sorted(set(state) - set(own))
-    shapes = [k for k in set(own) & set(state) if own[k].shape != state[k].shape]
-    if missing or extra or shapes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing key(s) (first: {missing[0]})")
-        if extra:
-            parts.append(f"{len(extra)} unexpected key(s) (first: {extra[0]})")
-        if shapes:
-            k = sorted(shapes)[0]
-            parts.append(f"{len(shapes)} shape mismatch(es) (first: {k} {tuple(state[k].shape)} "
-                         f"vs {tuple(own[k].shape)})")
-        raise MedsslError(f"{source} does not fit this backbone: {'; '.join(parts)}. "
-                          f"{_arch_fix(state)}")
-    model.load_state_dict(state, strict=True)
-    if head:
-        log.info("%s: left out its classifier head (%s); the backbone loaded strictly",
-                 source, ", ".join(head))
-    return head
-
-
-def _arch_fix(state: dict) -> str:
-    """Which torchvision arch the weights are, when one fits, for the fix."""
-    from medssl.models.backbones import ARCHS, empty_backbone
-
-    for arch in ARCHS:
-        own = empty_backbone(arch).state_dict()
-        if set(own) == set(state) and all(own[k].shape == state[k].shape for k in own):
-            return (f"They are {arch} weights. Fix: pass --arch {arch}, or use weights of this "
-                    "run's --arch.")
-    keys = list(state)[:3]
-    return (f"They are not the weights of a torchvision ResNet (first keys: {', '.join(keys)}). "
-            "Fix: use a checkpoint of the same --arch, saved from a torchvision ResNet's "
-            "state_dict (keys such as conv1.weight, layer1.0.bn1.weight).")
-
-
-def load_backbone_file(model: nn.Module, path: Path) -> dict:
-    """Load `path` into `model` strictly; return the JSON beside it ({} if there is none)."""
-    load_strict(model, read_state_dict(path), str(path))
-    meta_path = Path(path).with_suffix(".json")
-    return read_meta(meta_path) if meta_path.is_file() else {}
 
 
 def read_meta(path: Path) -> dict:

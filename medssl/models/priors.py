@@ -15,8 +15,8 @@ from torch import nn
 
 from medssl.errors import MedsslError
 from medssl.names import prior_of
-from medssl.models.backbones import DEFAULT_IMAGENET, build_backbone, empty_backbone
-from medssl.models.checkpoints import load_strict, read_meta, read_state_dict
+from medssl.models.backbones import DEFAULT_IMAGENET, build_backbone, empty_backbone, load_strict
+from medssl.models.checkpoints import read_meta, read_state_dict
 from medssl.runs import dataset_dir, ssl_dir
 
 

@@ -48,7 +48,7 @@ class Task:
     @staticmethod
     def of(runs: pd.DataFrame, primary: str | None = None) -> "Task":
         from medssl.errors import MedsslError
-        from medssl.report.statistics import task_metrics
+        from medssl.names import task_metrics
 
         ordinal, n_classes = bool(runs["ordinal"].any()), int(runs["n_classes"].max())
         binary = n_classes == 2

@@ -34,7 +34,7 @@ import warnings
 import numpy as np
 
 # The metrics every table pairs; `qwk` (graded labels), `sens_at_spec` (binary tasks, at each
-# run's threshold chosen on val) and `ece` join where the task has them (see `task_metrics`).
+# run's threshold chosen on val) and `ece` join where the task has them (names.task_metrics).
 METRICS = ("acc", "balanced_acc", "macro_f1", "auroc")
 RESAMPLES = 2000  # group resamples: the image part's variance to within about 3%
 CHUNK = 250  # replicates scored at a time: bounded memory on a 2000-image test set
@@ -130,11 +130,6 @@ def group_weights(groups: np.ndarray, rng: np.random.Generator, size: int) -> np
     return counts[:, index].astype(float)
 
 
-def task_metrics(ordinal: bool = False, binary: bool = False) -> tuple[str, ...]:
-    """The metrics a task pairs: the four headline ones, ECE, and QWK for graded labels or the
-    sensitivity at the val-chosen specificity threshold for binary tasks."""
-    return (*METRICS, *(("qwk",) if ordinal else ()),
-            *(("sens_at_spec",) if binary else ()), "ece")
 
 
 def paired_difference(labels: np.ndarray, probs_a: list[np.ndarray], probs_b: list[np.ndarray],

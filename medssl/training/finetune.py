@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from medssl.errors import MedsslError
-from medssl.options import (DataOptions, HardwareOptions, ModelOptions, RecipeOptions,
-                            data_config)
+from medssl.data.prepare import data_config
+from medssl.options import DataOptions, HardwareOptions, ModelOptions, RecipeOptions
 from medssl.names import SELECT_METRICS, dml_name, kd_name, member_folder, model_folder, prior_of
 from medssl.runs import FINETUNE_OUTPUTS, dataset_dir, finetune_dir, mark_finished, open_run_folder
 from medssl.training.run_logs import epoch_curves

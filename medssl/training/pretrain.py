@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from medssl.errors import MedsslError
-from medssl.options import DataOptions, HardwareOptions, ModelOptions, SSLOptions, data_config
+from medssl.data.prepare import data_config
+from medssl.options import DataOptions, HardwareOptions, ModelOptions, SSLOptions
 from medssl.runs import SSL_OUTPUTS, dataset_dir, mark_finished, open_run_folder, ssl_dir
 
 log = logging.getLogger("medssl")
@@ -39,7 +40,7 @@ def resolve(cfg: PretrainConfig) -> PretrainConfig:
     """Fill every unset value from the dataset's preset, then check every value before any work
     is done (a refused flag leaves no run folder behind)."""
     from medssl.data.transforms import simclr_settings
-    from medssl.models.backbones import INITS
+    from medssl.names import INITS
     from medssl.presets import preset_for
     from medssl.training.checks import check_run, imagenet_weights_for
     from medssl.training.loaders import fill_training_defaults

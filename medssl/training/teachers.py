@@ -57,7 +57,8 @@ def load_teacher(run: str | Path, samples: pd.DataFrame, classes: list[str], dat
                  image_size: int) -> tuple[nn.Module, dict]:
     """The teacher of `run` and what it is (for metrics.json); `samples` is the student's split."""
     from medssl.models.backbones import empty_backbone, feature_dim
-    from medssl.models.checkpoints import load_strict, read_state_dict
+    from medssl.models.backbones import load_strict
+    from medssl.models.checkpoints import read_state_dict
     from medssl.training.classifier import make_head
 
     run = Path(run)

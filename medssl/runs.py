@@ -31,6 +31,9 @@ from medssl.names import model_folder
 
 RUNS = Path("runs")
 MARKER = "finished.json"
+CHECKPOINTS = "checkpoints"  # the folder of a run's checkpoints
+LAST = "last.ckpt"  # what --resume continues from (training.loaders.every_epoch_checkpoint)
+BEST = "best.ckpt"  # a finetuning run's selected weights (what a teacher is loaded from)
 SSL_OUTPUTS = ("backbone.pt", "backbone.json")
 FINETUNE_OUTPUTS = ("metrics.json", "val_predictions.csv", "test_predictions.csv")
 ANALYSIS = "analysis.json"
@@ -99,13 +102,23 @@ def is_finished(run: Path) -> bool:
     return unfinished_reason(run) is None
 
 
+def last_checkpoint(run: Path) -> Path:
+    """`<run>/checkpoints/last.ckpt`: the checkpoint --resume continues from."""
+    return Path(run) / CHECKPOINTS / LAST
+
+
+def best_checkpoint(run: Path) -> Path:
+    """`<run>/checkpoints/best.ckpt`: a finetuning run's selected weights."""
+    return Path(run) / CHECKPOINTS / BEST
+
+
 def unfinished_reason(run: Path) -> str | None:
     """Why `run` does not count as finished, in words (None when it does)."""
     run = Path(run)
     try:
         files = json.loads((run / MARKER).read_text())["files"]
     except FileNotFoundError:
-        if (run / "checkpoints" / "last.ckpt").is_file():
+        if last_checkpoint(run).is_file():
             return "interrupted: a checkpoint but no completion marker (continue it with --resume)"
         return f"no completion marker ({MARKER})"
     except (OSError, ValueError, KeyError, TypeError):
@@ -123,7 +136,7 @@ def unfinished_reason(run: Path) -> str | None:
 
 def is_interrupted(run: Path) -> bool:
     """A run that saved a checkpoint and did not finish: --resume continues it."""
-    return (Path(run) / "checkpoints" / "last.ckpt").is_file() and not is_finished(run)
+    return last_checkpoint(run).is_file() and not is_finished(run)
 
 
 def ssl_finished(run: Path) -> bool:
@@ -144,11 +157,11 @@ def open_run_folder(out: Path, outputs: tuple[str, ...], force: bool, resume: bo
     `owner` (rank 0 of a distributed run) checks and cleans; the other ranks follow it."""
     out = Path(out)
     if not owner:
-        return out / "checkpoints" / "last.ckpt" if resume else None
+        return last_checkpoint(out) if resume else None
     if is_finished(out) and not force:
         raise MedsslError(f"{out} already holds a finished run ({MARKER}). "
                           "Fix: pass --force to run it again, or --out another folder.")
-    last = out / "checkpoints" / "last.ckpt"
+    last = last_checkpoint(out)
     if not resume and not force and is_interrupted(out):
         raise MedsslError(f"{out} holds an interrupted run (checkpoints/last.ckpt, no completion "
                           "marker). Fix: pass --resume to continue it where it stopped, --force to "
@@ -161,7 +174,7 @@ def open_run_folder(out: Path, outputs: tuple[str, ...], force: bool, resume: bo
         return last
     # A fresh start: what an earlier, unfinished or forced-over run left must not be mistaken
     # for this run's (a stale last.ckpt would be what a later --resume continues from).
-    for owned in ("checkpoints", "logs", "tensorboard"):
+    for owned in (CHECKPOINTS, "logs", "tensorboard"):
         shutil.rmtree(out / owned, ignore_errors=True)
     return None
 
@@ -182,4 +195,4 @@ def cleaned_up_on_failure(folder: Path, owner: bool = True):
 
 
 def _worth_keeping(folder: Path) -> bool:
-    return any(folder.rglob("last.ckpt")) or any(folder.rglob(MARKER))
+    return any(folder.rglob(LAST)) or any(folder.rglob(MARKER))

@@ -23,7 +23,7 @@ from medssl.data.prepare import data_config
 from medssl.atomic import atomic_write
 from medssl.names import dml_name, kd_name, method_names, model_name, parse_cohort, parse_distill, prior_of
 from medssl.runs import (cleaned_up_on_failure, dataset_dir, finetune_dir, finetune_finished,
-                         is_interrupted, ssl_dir, ssl_finished)
+                         is_interrupted, last_checkpoint, ssl_dir, ssl_finished)
 from medssl.training.checks import imagenet_weights_for
 from medssl.training.distributed import is_rank_zero, wait_for_rank_zero
 
@@ -284,7 +284,7 @@ def pretrain_all(cfg: CompareConfig, base: Path, grid: list[tuple], common: dict
             continue
         log.info("%s pretraining from %s init, seed %d -> %s", prior.method, prior.init,
                  ssl_seed, run)
-        resume = cfg.resume and (run / "checkpoints" / "last.ckpt").is_file()
+        resume = cfg.resume and last_checkpoint(run).is_file()
         ssl = {**part_of(cfg.ssl, SSLOptions), "method": prior.method}
         run_pretrain(PretrainConfig(init=prior.init, out=str(run), resume=resume, force=True,
                                     **ssl,
@@ -321,7 +321,7 @@ def finetune_model(cfg: CompareConfig, base: Path, frac: float, model: str,
             if finetune_finished(run):
                 log.info("reusing finished %s", run)
             else:
-                run_finetune(replace(cfgs[seed], resume=cfg.resume and last_checkpoint(run)))
+                run_finetune(replace(cfgs[seed], resume=cfg.resume and last_checkpoint(run).is_file()))
         return None
     lr, record, search = search_lr(cfgs, base)
     for seed, run in runs.items():
@@ -332,10 +332,6 @@ def finetune_model(cfg: CompareConfig, base: Path, frac: float, model: str,
         else:
             adopt(search[lr][seed], run, cfg.recipe.lr_grid, lr, record)
     return lr, record, search
-
-
-def last_checkpoint(run: Path) -> bool:
-    return (Path(run) / "checkpoints" / "last.ckpt").is_file()
 
 
 def check_same_prior(run: Path, base: Path, ssl_checkpoint: str | None) -> None:
@@ -409,6 +405,6 @@ def run_extras(cfg: CompareConfig, base: Path, fractions: list[float], skipped: 
             inits = {prior_of(m).init for m in needed}
             run_finetune(FinetuneConfig(
                 **own, seed=seed, label_fraction=frac, **recipe, base=str(base), out=str(run),
-                force=True, resume=cfg.resume and last_checkpoint(run),
+                force=True, resume=cfg.resume and last_checkpoint(run).is_file(),
                 imagenet_weights=weights_of(cfg, "imagenet" if "imagenet" in inits else "random"),
                 **common))

@@ -23,7 +23,8 @@ from pathlib import Path
 
 from medssl.errors import MedsslError
 from medssl.names import model_folder
-from medssl.runs import FINETUNE_OUTPUTS, finetune_finished, mark_finished
+from medssl.runs import (CHECKPOINTS, FINETUNE_OUTPUTS, finetune_finished, last_checkpoint,
+                         mark_finished)
 
 log = logging.getLogger("medssl")
 SEARCH_FOLDER = "lr-search"
@@ -94,7 +95,7 @@ def search_lr(cfgs: dict, base: Path) -> tuple[float, dict, dict[float, dict[int
                 log.info("reusing finished lr-search run %s", run)
             else:
                 log.info("lr search: %s seed %d at lr %g -> %s", name, seed, lr, run)
-                resume = cfg.resume and (run / "checkpoints" / "last.ckpt").is_file()
+                resume = cfg.resume and last_checkpoint(run).is_file()
                 run_finetune(replace(cfg, lr=lr, lr_grid=None, lr_choice=None, out=str(run),
                                      resume=resume, force=True))
             runs.setdefault(lr, {})[seed] = run
@@ -134,7 +135,7 @@ def link_checkpoints(src: str, dst: str) -> None:
     a link would rewrite the search run's too)."""
     import os
 
-    if Path(src).parent.name == "checkpoints":
+    if Path(src).parent.name == CHECKPOINTS:
         try:
             os.link(src, dst)
             return

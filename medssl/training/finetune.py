@@ -20,7 +20,8 @@ from medssl.errors import MedsslError
 from medssl.data.prepare import data_config
 from medssl.options import DataOptions, HardwareOptions, ModelOptions, RecipeOptions
 from medssl.names import SELECT_METRICS, dml_name, kd_name, member_folder, model_folder, prior_of
-from medssl.runs import FINETUNE_OUTPUTS, dataset_dir, finetune_dir, mark_finished, open_run_folder
+from medssl.runs import (FINETUNE_OUTPUTS, best_checkpoint, dataset_dir, finetune_dir, mark_finished,
+                         open_run_folder)
 from medssl.training.run_logs import epoch_curves
 
 log = logging.getLogger("medssl")
@@ -312,7 +313,7 @@ def _train(cfg: FinetuneConfig) -> Path:
                           lr_scaling=cfg.lr_scaling, lr_schedule=cfg.lr_schedule, **kwargs)
 
     def selection_checkpoint(tag: str, filename: str, **kwargs) -> ModelCheckpoint:
-        return ModelCheckpoint(dirpath=str(out / "checkpoints"), filename=filename,
+        return ModelCheckpoint(dirpath=str(best_checkpoint(out).parent), filename=filename,
                                monitor=f"{tag}val/{cfg.select}", mode=SELECT_METRICS[cfg.select],
                                save_top_k=1, enable_version_counter=False,
                                save_on_train_epoch_end=True, **kwargs)
@@ -331,7 +332,7 @@ def _train(cfg: FinetuneConfig) -> Path:
                             objective=objective)
         # Weights only: the optimiser lives in last.ckpt; best.ckpt is read for its weights alone
         # (predictions, teachers), and a third of the bytes makes every save that much cheaper.
-        selectors = [selection_checkpoint("", "best", save_weights_only=True)]
+        selectors = [selection_checkpoint("", best_checkpoint(out).stem, save_weights_only=True)]
     trainer = pl.Trainer(
         max_epochs=cfg.epochs, max_steps=cfg.max_steps, accelerator=cfg.accelerator,
         precision=cfg.precision or default_precision(), **trainer_options(cfg),
@@ -398,13 +399,13 @@ def _write_cohort(run: RunResults, module, out: Path, members: list[str], source
     member_runs = {}
     for k, member in enumerate(members):
         folder = member_folder(out, member)
-        (folder / "checkpoints").mkdir(parents=True, exist_ok=True)
+        best_checkpoint(folder).parent.mkdir(parents=True, exist_ok=True)
         for name in ("split.csv", "labelled_train.csv", "selection_val.csv"):
             if (out / name).is_file():
                 shutil.copy(out / name, folder / name)
         # The member's selected weights as a single run's best.ckpt: loadable as a teacher.
         state = module.member_state(k, module.state_dict())
-        atomic_write(folder / "checkpoints" / "best.ckpt", lambda path: torch.save(
+        atomic_write(best_checkpoint(folder), lambda path: torch.save(
             {"state_dict": {key: v.cpu() for key, v in state.items()},
              "epoch": chosen[k][0] - 1}, path))
         # Its curves: the cohort's log columns under its name, as a single run logs them.

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 
 from medssl.data.sampling import EpochSampler, ShardSampler
 from medssl.data.torch_dataset import ImageDataset
+from medssl.runs import LAST, last_checkpoint
 
 log = logging.getLogger("medssl")
 
@@ -83,8 +84,8 @@ def every_epoch_checkpoint(out: Path, interval_s: float = 0.0):
 
     # A resumed run finds its own checkpoints there: expected, not worth a warning.
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
-    return IntervalCheckpoint(interval_s, dirpath=str(Path(out) / "checkpoints"),
-                              filename="last", save_top_k=1, enable_version_counter=False,
+    return IntervalCheckpoint(interval_s, dirpath=str(last_checkpoint(out).parent),
+                              filename=Path(LAST).stem, save_top_k=1, enable_version_counter=False,
                               save_on_train_epoch_end=True)
 
 
@@ -244,7 +245,7 @@ def fit(trainer, out: Path, *args, **kwargs) -> None:
         # signal killed with a traceback while Python exits.
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         what = "stopped (SIGTERM)" if sigterm else "interrupted (Ctrl-C)"
-        last = Path(out) / "checkpoints" / "last.ckpt"
+        last = last_checkpoint(out)
         if last.is_file():
             saved = resume_point(last)[0]
             raise Interrupted(f"{what} in epoch {trainer.current_epoch + 1}. The run is saved "

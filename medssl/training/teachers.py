@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from medssl.errors import MedsslError
+from medssl.runs import best_checkpoint
 
 
 class RunClassifier(nn.Module):
@@ -77,7 +78,7 @@ def load_teacher(run: str | Path, samples: pd.DataFrame, classes: list[str], dat
                           f". Fix: finetune the student with --split-file {run / 'split.csv'} "
                           "(and the teacher's dataset, classes and --image-size), or train a "
                           "teacher on the student's split.")
-    checkpoint = run / "checkpoints" / "best.ckpt"
+    checkpoint = best_checkpoint(run)
     if not checkpoint.is_file():
         raise MedsslError(f"Teacher {run} has no selected checkpoint ({checkpoint}). {FIX_RUN}")
     state = read_state_dict(checkpoint, f"checkpoint of teacher {run}")

@@ -17,9 +17,13 @@ from medssl.errors import MedsslError
 from medssl.models import build_backbone, save_backbone
 from medssl.models.backbones import imagenet_weights_file
 from medssl.models.priors import load_prior
+from medssl.options import ModelOptions
 from medssl.training.finetune import FinetuneConfig, run_finetune
 
 FAST = ["--arch", "resnet18", "--image-size", "32", "--num-workers", "0", "--batch-size", "16"]
+
+
+RESNET18 = ModelOptions(arch="resnet18")  # the model part a run passes to load_prior
 
 
 def ssl_file(folder: Path, arch="resnet18", init="random", dataset="covid19", seed=3) -> Path:
@@ -31,7 +35,7 @@ def ssl_file(folder: Path, arch="resnet18", init="random", dataset="covid19", se
 
 def test_m2_starts_from_the_ssl_file_and_m3_from_the_imagenet_file(tmp_path, offline_torch_home):
     path = ssl_file(tmp_path / "ssl")
-    backbone, source = load_prior("M2", "resnet18", "covid19", path)
+    backbone, source = load_prior("M2", RESNET18, "covid19", path)
     saved = torch.load(path, weights_only=True)
     assert all(torch.equal(v, saved[k]) for k, v in backbone.state_dict().items())
     assert source["ssl_checkpoint"] == str(path)
@@ -41,31 +45,31 @@ def test_m2_starts_from_the_ssl_file_and_m3_from_the_imagenet_file(tmp_path, off
     torch.manual_seed(7)
     reference = resnet18().state_dict()
     torch.save(reference, cache / name)
-    backbone, source = load_prior("M3", "resnet18", "covid19")
+    backbone, source = load_prior("M3", RESNET18, "covid19")
     assert all(torch.equal(v, reference[k]) for k, v in backbone.state_dict().items())
     # M1 is random: not the ImageNet weights, and not the SSL file.
-    m1, _ = load_prior("M1", "resnet18", "covid19")
+    m1, _ = load_prior("M1", RESNET18, "covid19")
     assert not torch.equal(m1.state_dict()["conv1.weight"], reference["conv1.weight"])
 
 
 def test_ssl_backbones_that_do_not_fit_are_refused_by_name(tmp_path):
     with pytest.raises(MedsslError, match="(?s)none at .*ssl-random.*medssl pretrain --dataset covid19"):
-        load_prior("M2", "resnet18", "covid19", base=tmp_path)
+        load_prior("M2", RESNET18, "covid19", base=tmp_path)
     other_arch = ssl_file(tmp_path / "a", arch="resnet34")
     with pytest.raises(MedsslError, match="it is a resnet34, this run uses --arch resnet18"):
-        load_prior("M2", "resnet18", "covid19", other_arch)
+        load_prior("M2", RESNET18, "covid19", other_arch)
     other_data = ssl_file(tmp_path / "b", dataset="isic")
     with pytest.raises(MedsslError, match="pretrained on isic.*--allow-other-dataset"):
-        load_prior("M2", "resnet18", "covid19", other_data)
-    assert load_prior("M2", "resnet18", "covid19", other_data, allow_other_dataset=True)
+        load_prior("M2", RESNET18, "covid19", other_data)
+    assert load_prior("M2", RESNET18, "covid19", other_data, allow_other_dataset=True)
     with pytest.raises(MedsslError, match="from random init, M4 needs imagenet"):
-        load_prior("M4", "resnet18", "covid19", ssl_file(tmp_path / "c"))
+        load_prior("M4", RESNET18, "covid19", ssl_file(tmp_path / "c"))
     # The JSON claims resnet18, the weights are resnet34: the strict load still catches it.
     lying = ssl_file(tmp_path / "d", arch="resnet34")
     lying.with_suffix(".json").write_text(json.dumps({"arch": "resnet18", "init": "random",
                                                       "dataset": "covid19"}))
     with pytest.raises(MedsslError, match="does not fit this backbone"):
-        load_prior("M2", "resnet18", "covid19", lying)
+        load_prior("M2", RESNET18, "covid19", lying)
 
 
 def test_label_fraction_is_stratified_seeded_and_keeps_every_class():

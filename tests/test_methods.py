@@ -3,6 +3,7 @@ finite, and its backbone exports as a plain torchvision state_dict; through `med
 backbone.json says which method made it. SimCLR under the registry is the SimCLR it was."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import pytorch_lightning as pl
@@ -17,6 +18,7 @@ from medssl.models import build_backbone, feature_dim, save_backbone
 from medssl.presets import IMAGENET_MEAN, IMAGENET_STD
 from medssl.names import method_names
 from medssl.training.methods import get_method
+from medssl.training.methods.base import STUDY_RECIPE
 
 SIZE = 32
 
@@ -67,7 +69,8 @@ def test_a_few_steps_lower_the_loss_and_the_backbone_exports(name, tmp_path):
     data = FixedViews(type("M", (), {"views": staticmethod(
         lambda size, colour, **kw: method.views(size, colour, **options)), "defaults": options}))
     pl.seed_everything(0, verbose=False)
-    module = method(build_backbone("resnet18"), feature_dim("resnet18"), lr=1e-3, warmup_epochs=0,
+    recipe = replace(STUDY_RECIPE, warmup_epochs=0)  # the study's Adam at lr 1e-3, no warm-up
+    module = method(build_backbone("resnet18"), feature_dim("resnet18"), recipe,
                     batch_transform=data.colour, **options)  # skipped: the views are floats
     losses = Losses()
     trainer = pl.Trainer(max_steps=10, accelerator="cpu", logger=False, enable_checkpointing=False,

@@ -23,7 +23,7 @@ FAST = ["--arch", "resnet18", "--image-size", "32", "--num-workers", "0", "--bat
 
 def test_loss_is_finite_and_falls_on_a_fixed_batch():
     torch.manual_seed(0)
-    module = SimCLR(build_backbone("resnet18"), feature_dim("resnet18"), lr=1e-3)
+    module = SimCLR(build_backbone("resnet18"), feature_dim("resnet18"))  # lr 1e-3
     opt = torch.optim.Adam(module.parameters(), lr=1e-3)
     x = torch.randn(16, 3, 32, 32)
     view0, view1 = x + 0.1 * torch.randn_like(x), x + 0.1 * torch.randn_like(x)

@@ -15,6 +15,7 @@ from torch import nn
 
 from medssl.errors import MedsslError
 from medssl.names import prior_of
+from medssl.options import ModelOptions
 from medssl.models.backbones import DEFAULT_IMAGENET, build_backbone, empty_backbone, load_strict
 from medssl.models.checkpoints import read_meta, read_state_dict
 from medssl.runs import dataset_dir, ssl_dir
@@ -30,11 +31,12 @@ def ssl_backbone_path(model: str, dataset: str, ssl_checkpoint: str | os.PathLik
     return ssl_dir(base or dataset_dir(dataset), prior.init, prior.method) / "backbone.pt"
 
 
-def load_prior(model: str, arch: str, dataset: str, ssl_checkpoint=None,
-               imagenet_weights: str | os.PathLike | None = None,
+def load_prior(model: str, options: ModelOptions, dataset: str, ssl_checkpoint=None, *,
                allow_other_dataset: bool = False, base: Path | None = None) -> tuple[nn.Module, dict]:
-    """The backbone of `model` with its prior loaded, and a record of where the prior came from."""
+    """The backbone of `model` with its prior loaded, and a record of where the prior came from.
+    `options` (the arch, its ImageNet weights) is the run's model part, resolved."""
     prior = prior_of(model)
+    arch, imagenet_weights = options.arch, options.imagenet_weights
     if not prior.ssl:
         source = {"model": model, "init": prior.init, "arch": arch}
         if prior.init == "imagenet":

@@ -25,6 +25,8 @@ from medssl.data.sampling import shard, stream_seed
 from medssl.training.distributed import scaled_lr
 from medssl.training.run_logs import log_now
 from medssl.names import HEADS
+from medssl.options import HardwareOptions, RecipeOptions
+from medssl.training.objectives import get_objective
 
 log = logging.getLogger("medssl")
 # train_eval: a clean pass (eval mode, no augmentation) over a fixed sample of the labelled train
@@ -125,15 +127,25 @@ def progress_line(values: dict, prefix: str = "") -> str:
 
 
 class Classifier(pl.LightningModule):
+    """A backbone and a head trained by the finetuning recipe (`recipe`, the run's part whole;
+    defaults where None) at `lr`; `hardware` says whether to compile the backbone and how the lr
+    scales with processes."""
+
     def __init__(self, backbone: nn.Module, feature_dim: int, classes: list[str], lr: float,
-                 weight_decay: float = 1e-6, head: str = "linear", freeze_epochs: int = 0,
-                 bn_eval: bool = False, class_weights: torch.Tensor | None = None,
-                 input_transform: nn.Module | None = None, compile_model: bool = False,
-                 seed: int = 0, lr_scaling: str = "auto", lr_schedule: str = "constant",
-                 objective: nn.Module | None = None):
+                 recipe: RecipeOptions | None = None, hardware: HardwareOptions | None = None,
+                 seed: int = 0, class_weights: torch.Tensor | None = None,
+                 input_transform: nn.Module | None = None, objective: nn.Module | None = None):
         super().__init__()
-        self.save_hyperparameters(ignore=["backbone", "class_weights", "input_transform",
-                                          "objective"])
+        recipe, hardware = recipe or RecipeOptions(), hardware or HardwareOptions()
+        # The values the module reads back, as plain hyperparameters: a checkpoint holds no
+        # option objects (checkpoints load with weights_only=True).
+        self.save_hyperparameters({
+            "feature_dim": feature_dim, "classes": list(classes), "lr": lr,
+            "weight_decay": recipe.weight_decay, "head": recipe.head,
+            "freeze_epochs": recipe.freeze_epochs, "bn_eval": recipe.bn_eval,
+            "lr_schedule": recipe.lr_schedule, "compile_model": hardware.compile, "seed": seed,
+            "lr_scaling": hardware.lr_scaling})
+        compile_model, head = hardware.compile, recipe.head
         self.backbone = backbone.to(memory_format=torch.channels_last)
         # uint8 batches become normalised floats on the accelerator, after the transfer.
         self.input_transform = input_transform
@@ -147,8 +159,6 @@ class Classifier(pl.LightningModule):
         self.register_buffer("class_weights", class_weights, persistent=False)
         # The training objective (medssl.training.objectives): plain cross-entropy by default.
         if objective is None:
-            from medssl.training.objectives import get_objective
-
             objective = get_objective("plain")()
         self.objective = objective
         self.tracker = StageMetrics(classes)

@@ -14,10 +14,27 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from medssl.errors import MedsslError
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import LearningRateMonitor
+
+from medssl import __version__
+from medssl.data import prepare
 from medssl.data.prepare import data_config
+from medssl.data.splits import label_subset, write_split_csv
+from medssl.data.transforms import Normalize, eval_crop, method_views, simclr_settings
+from medssl.errors import MedsslError
+from medssl.models import build_backbone, feature_dim, save_backbone
+from medssl.names import INITS
 from medssl.options import DataOptions, HardwareOptions, ModelOptions, SSLOptions
-from medssl.runs import SSL_OUTPUTS, dataset_dir, mark_finished, open_run_folder, ssl_dir
+from medssl.presets import preset_for
+from medssl.runs import SSL_OUTPUTS, cleaned_up_on_failure, dataset_dir, mark_finished, ssl_dir
+from medssl.training.checks import check_run, imagenet_weights_for
+from medssl.training.distributed import (barrier, gpu_hours, is_rank_zero, planned_world_size,
+                                         scaled_lr, scaling_rule)
+from medssl.training.harness import RunStart, fit, make_trainer, open_run
+from medssl.training.knn import KNNMonitor
+from medssl.training.loaders import fill_training_defaults, make_loader, open_cache
+from medssl.training.methods import get_method
 
 log = logging.getLogger("medssl")
 
@@ -39,13 +56,6 @@ class PretrainConfig(DataOptions, HardwareOptions, ModelOptions, SSLOptions):
 def resolve(cfg: PretrainConfig) -> PretrainConfig:
     """Fill every unset value from the dataset's preset, then check every value before any work
     is done (a refused flag leaves no run folder behind)."""
-    from medssl.data.transforms import simclr_settings
-    from medssl.names import INITS
-    from medssl.presets import preset_for
-    from medssl.training.checks import check_run, imagenet_weights_for
-    from medssl.training.loaders import fill_training_defaults
-    from medssl.training.methods import get_method
-
     if cfg.init not in INITS:
         raise MedsslError(f"Unknown --init '{cfg.init}'. Choose one of: {', '.join(INITS)}.")
     p = preset_for(cfg.dataset)
@@ -110,9 +120,6 @@ def optimiser_recipe(cfg: PretrainConfig, method, lr_asked: float | None) -> str
 
 
 def run_pretrain(cfg: PretrainConfig) -> Path:
-    from medssl.runs import cleaned_up_on_failure
-    from medssl.training.distributed import is_rank_zero
-
     cfg = resolve(cfg)  # every flag checked: nothing is written before this passes
     with cleaned_up_on_failure(Path(cfg.out), owner=is_rank_zero()):
         return _train(cfg)
@@ -138,131 +145,140 @@ def fitted_options(method, options: dict, asked: dict, train_images: int, batch_
 
 
 def _train(cfg: PretrainConfig) -> Path:
-    import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import LearningRateMonitor
-
-    from medssl import __version__
-    from medssl.data import prepare
-    from medssl.data.splits import write_split_csv
-    from medssl.data.transforms import Normalize, eval_crop, simclr_settings
-    from medssl.models import build_backbone, feature_dim, save_backbone
-    from medssl.presets import preset_for
-    from medssl.training.knn import KNNMonitor
-    from medssl.training.loaders import (AtomicCheckpointIO, SamplerEpochCheck, default_precision,
-                                         every_epoch_checkpoint, fit, make_loader, open_cache,
-                                         resume_point)
-    from medssl.training.distributed import (barrier, gpu_hours, is_rank_zero, planned_world_size,
-                                             scaled_lr, scaling_rule, trainer_options)
-    from medssl.training.run_logs import run_loggers
-    from medssl.data.splits import label_subset
-    from medssl.data.transforms import method_views
-    from medssl.training.methods import get_method
-
-    out = Path(cfg.out)
-    writer = is_rank_zero()  # in a distributed run, rank 0 alone writes files
-    resume_from = open_run_folder(out, SSL_OUTPUTS, cfg.force, cfg.resume, owner=writer)
-    resume_at = resume_point(resume_from)
+    run = open_run(cfg, SSL_OUTPUTS)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    started = time.time()
+    table, data_info = prepare_split(cfg, run)
+    method = get_method(cfg.method)
+    rows = train_rows(cfg, method, table, run)
+    batch_size = batch_for(cfg, len(rows))
+    options = fitted_options(method, {**method.defaults, **cfg.method_options},
+                             cfg.method_options, math.ceil(len(rows) / planned_world_size(cfg)),
+                             batch_size, cfg.image_size)
+    settings = simclr_settings(cfg.image_size, cfg.augment, **cfg.augment_overrides)
+    views = method.views(cfg.image_size, settings, **options)
+    p = preset_for(cfg.dataset)
+    crops, colour = method_views(views, cfg.image_size, settings, p.mean, p.std)
+    cache = open_cache(table, cfg)
+    train_loader = make_loader(table, rows, crops, cfg, cache, train=True, drop_last=True,
+                               start_epoch=run.resume_at[0] if run.resume_at else 0,
+                               batch_size=batch_size)
+    knn = knn_monitor(cfg, table, cache, batch_size)
+    backbone = build_backbone(cfg.arch, cfg.init, cfg.imagenet_weights)
+    module = method(backbone, feature_dim(cfg.arch), cfg, cfg, seed=cfg.seed,
+                    batch_transform=colour, **options)
+    trainer = make_trainer(cfg, run, callbacks=[knn, LearningRateMonitor("step")])
+    fit(trainer, run.out, module, train_loader, ckpt_path=run.resume_from, weights_only=True)
+    if trainer.is_global_zero:
+        used = Used(method, options, views, settings, batch_size, len(rows), data_info)
+        save_backbone(module.backbone, run.out / "backbone.pt",
+                      backbone_record(cfg, used, trainer, module, knn, run.started))
+        mark_finished(run.out, SSL_OUTPUTS)
+    barrier()  # the other ranks return once the backbone is there (compare goes on to use it)
+    return run.out
 
+
+def prepare_split(cfg: PretrainConfig, run: RunStart):
+    """The dataset's table under the run's split (a resumed run keeps its own), written to the
+    run folder."""
     split_file = cfg.split_file
-    if cfg.resume and not split_file and (out / "split.csv").is_file():
-        split_file = str(out / "split.csv")  # a resumed run keeps its split
+    if cfg.resume and not split_file and (run.out / "split.csv").is_file():
+        split_file = str(run.out / "split.csv")  # a resumed run keeps its split
     table, data_info = prepare(replace(data_config(cfg), split_file=split_file),
                                skip_bad_images=cfg.skip_bad_images, workers=cfg.workers,
                                progress=cfg.progress)
-    if writer:
-        out.mkdir(parents=True, exist_ok=True)
-        write_split_csv(table.samples, out / "split.csv", cfg.duplicates)
+    if run.writer:
+        run.out.mkdir(parents=True, exist_ok=True)
+        write_split_csv(table.samples, run.out / "split.csv", cfg.duplicates)
+    return table, data_info
 
-    p = preset_for(cfg.dataset)
-    method = get_method(cfg.method)
-    options = {**method.defaults, **cfg.method_options}
-    settings = simclr_settings(cfg.image_size, cfg.augment, **cfg.augment_overrides)
-    # A supervised method (supcon) sees the labelled train images only: at a label fraction,
-    # that fraction's (the same seeded subset finetuning uses).
+
+def train_rows(cfg: PretrainConfig, method, table, run: RunStart):
+    """The images the method trains on: the train split; a supervised method (supcon) sees the
+    labelled train images only, at a label fraction that fraction's (the same seeded subset
+    finetuning uses)."""
     rows = label_subset(table.samples, cfg.label_fraction, cfg.seed) if method.uses_labels \
         else table.samples[table.samples["split"] == "train"]
-    if writer and method.uses_labels and cfg.label_fraction < 1:
-        write_split_csv(rows, out / "labelled_train.csv", cfg.duplicates)
-    n_train = len(rows)
-    if n_train < 2:
-        raise MedsslError(f"The train split of {cfg.dataset} has {n_train} image(s); "
+    if run.writer and method.uses_labels and cfg.label_fraction < 1:
+        write_split_csv(rows, run.out / "labelled_train.csv", cfg.duplicates)
+    if len(rows) < 2:
+        raise MedsslError(f"The train split of {cfg.dataset} has {len(rows)} image(s); "
                           f"{method.title} needs at least 2.")
+    return rows
+
+
+def batch_for(cfg: PretrainConfig, n_train: int) -> int:
+    """The batch size: `--batch-size`, cut to the train images of each process where it is
+    above them (every batch is full: drop_last)."""
     share = math.ceil(n_train / planned_world_size(cfg))  # the train images of each process
     if cfg.batch_size > share:
         log.warning("--batch-size %d is above the %d train images%s: batches of %d instead",
                     cfg.batch_size, share, " of each process" if share < n_train else "", share)
-        cfg.batch_size = share
-    options = fitted_options(method, options, cfg.method_options, share, cfg.batch_size,
-                             cfg.image_size)
-    views = method.views(cfg.image_size, settings, **options)
-    crops, colour = method_views(views, cfg.image_size, settings, p.mean, p.std)
-    cache = open_cache(table, cfg)
-    train_loader = make_loader(table, rows, crops, cfg, cache,
-                               train=True, drop_last=True, start_epoch=resume_at[0] if resume_at else 0)
+        return share
+    return cfg.batch_size
+
+
+def knn_monitor(cfg: PretrainConfig, table, cache, batch_size: int) -> KNNMonitor:
+    """The kNN and few-shot read-outs on val, each epoch. Each process embeds a share; every
+    process then holds all the features (knn.embed). Its loaders are iterated by the monitor,
+    not by Lightning: workers that end with each pass (make_loader)."""
     plain = eval_crop(cfg.image_size)
-    # Each process embeds a share; every process then holds all the features (knn.embed).
-    # Iterated by the monitor, not by Lightning: workers that end with each pass (make_loader).
-    knn = KNNMonitor(make_loader(table, "train", plain, cfg, cache, shard=True, persistent=False),
-                     make_loader(table, "val", plain, cfg, cache, shard=True, persistent=False),
-                     num_classes=len(table.classes),
-                     normalize=Normalize(p.mean, p.std))
-    batch_size = cfg.batch_size
+    p = preset_for(cfg.dataset)
+    return KNNMonitor(*(make_loader(table, split, plain, cfg, cache, shard=True, persistent=False,
+                                    batch_size=batch_size) for split in ("train", "val")),
+                      num_classes=len(table.classes), normalize=Normalize(p.mean, p.std))
 
-    backbone = build_backbone(cfg.arch, cfg.init, cfg.imagenet_weights)
-    module = method(backbone, feature_dim(cfg.arch), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                    warmup_epochs=cfg.warmup_epochs, optimizer=cfg.optimizer,
-                    exclude_bn_bias=cfg.exclude_bn_bias, batch_transform=colour,
-                    compile_model=cfg.compile, seed=cfg.seed, lr_scaling=cfg.lr_scaling, **options)
-    precision = cfg.precision or default_precision()
-    trainer = pl.Trainer(
-        max_epochs=cfg.epochs, max_steps=cfg.max_steps, accelerator=cfg.accelerator,
-        precision=precision, default_root_dir=str(out), **trainer_options(cfg),
-        deterministic=cfg.deterministic or None,
-        logger=run_loggers(out, resume_at),
-        callbacks=[every_epoch_checkpoint(out, cfg.checkpoint_interval), knn, LearningRateMonitor("step"),
-                   SamplerEpochCheck()],
-        plugins=[AtomicCheckpointIO()],
-        enable_progress_bar=cfg.progress, log_every_n_steps=1, enable_model_summary=False)
-    fit(trainer, out, module, train_loader, ckpt_path=resume_from, weights_only=True)
 
-    if trainer.is_global_zero:
-        loss = module.last_epoch_loss
-        meta = {
-            "method": cfg.method, "method_title": method.title, "method_settings": options,
-            "method_settings_asked": {**method.defaults, **cfg.method_options},
-            "supervised": method.uses_labels, "label_fraction": cfg.label_fraction,
-            "labelled_train_images": n_train if method.uses_labels else 0,
-            "views": [{"size": v.size, "scale": list(v.scale), "colour": v.colour} for v in views],
-            "warmup_epochs_used": cfg.warmup_epochs,
-            "arch": cfg.arch, "init": cfg.init, "dataset": cfg.dataset,
-            "imagenet_weights": cfg.imagenet_weights if cfg.init == "imagenet" else None,
-            "image_size": cfg.image_size, "normalize": {"mean": list(p.mean), "std": list(p.std)},
-            "epochs": trainer.current_epoch, "steps": trainer.global_step,
-            # drop_last: every step is one full global batch
-            "images_seen": trainer.global_step * batch_size * trainer.world_size,
-            "gpu_hours": gpu_hours(trainer, time.time() - started),
-            "batch_size": batch_size, "world_size": trainer.world_size,
-            "global_batch_size": batch_size * trainer.world_size, "lr": cfg.lr,
-            "lr_used": scaled_lr(cfg.lr, trainer.world_size, cfg.lr_scaling, cfg.optimizer),
-            "lr_scaling": scaling_rule(cfg.lr_scaling, cfg.optimizer),
-            "optimizer": cfg.optimizer, "weight_decay": cfg.weight_decay,
-            # flag: set by the user; method: the method's published recipe; study: Adam
-            "optimizer_from": cfg.optimizer_from,
-            "augment": cfg.augment,
-            "augment_overrides": cfg.augment_overrides, "augmentation": settings,
-            "final_loss": float(loss) if loss is not None else None,
-            **{f"{when}_{key}": (scores or {}).get(key)
-               for when, scores in (("final", knn.last), ("initial", knn.initial))
-               for key in ("knn_acc", "fewshot_acc", "knn_balanced_acc", "fewshot_balanced_acc")},
-            "seed": cfg.seed, "split_file": "split.csv",
-            "data": data_info, "medssl_version": __version__,
-            "wall_time_s": round(time.time() - started, 1),
-            "config": {k: v for k, v in asdict(cfg).items() if k != "extra"},
-        }
-        save_backbone(module.backbone, out / "backbone.pt", meta)
-        mark_finished(out, SSL_OUTPUTS)
-    barrier()  # the other ranks return once the backbone is there (compare goes on to use it)
-    return out
+@dataclass
+class Used:
+    """What a pretraining ran with, beyond its config: the method and its fitted settings, the
+    views and augmentation, the batch size, the images it trained on, the data."""
 
+    method: object
+    options: dict
+    views: list
+    settings: dict
+    batch_size: int
+    n_train: int
+    data_info: dict
+
+
+def backbone_record(cfg: PretrainConfig, used: Used, trainer, module, knn, started: float) -> dict:
+    """backbone.json: how the backbone was made."""
+    p = preset_for(cfg.dataset)
+    method, batch_size = used.method, used.batch_size
+    loss = module.last_epoch_loss
+    return {
+        "method": cfg.method, "method_title": method.title, "method_settings": used.options,
+        "method_settings_asked": {**method.defaults, **cfg.method_options},
+        "supervised": method.uses_labels, "label_fraction": cfg.label_fraction,
+        "labelled_train_images": used.n_train if method.uses_labels else 0,
+        "views": [{"size": v.size, "scale": list(v.scale), "colour": v.colour}
+                  for v in used.views],
+        "warmup_epochs_used": cfg.warmup_epochs,
+        "arch": cfg.arch, "init": cfg.init, "dataset": cfg.dataset,
+        "imagenet_weights": cfg.imagenet_weights if cfg.init == "imagenet" else None,
+        "image_size": cfg.image_size, "normalize": {"mean": list(p.mean), "std": list(p.std)},
+        "epochs": trainer.current_epoch, "steps": trainer.global_step,
+        # drop_last: every step is one full global batch
+        "images_seen": trainer.global_step * batch_size * trainer.world_size,
+        "gpu_hours": gpu_hours(trainer, time.time() - started),
+        "batch_size": batch_size, "world_size": trainer.world_size,
+        "global_batch_size": batch_size * trainer.world_size, "lr": cfg.lr,
+        "lr_used": scaled_lr(cfg.lr, trainer.world_size, cfg.lr_scaling, cfg.optimizer),
+        "lr_scaling": scaling_rule(cfg.lr_scaling, cfg.optimizer),
+        "optimizer": cfg.optimizer, "weight_decay": cfg.weight_decay,
+        # flag: set by the user; method: the method's published recipe; study: Adam
+        "optimizer_from": cfg.optimizer_from,
+        "augment": cfg.augment,
+        "augment_overrides": cfg.augment_overrides, "augmentation": used.settings,
+        "final_loss": float(loss) if loss is not None else None,
+        **{f"{when}_{key}": (scores or {}).get(key)
+           for when, scores in (("final", knn.last), ("initial", knn.initial))
+           for key in ("knn_acc", "fewshot_acc", "knn_balanced_acc", "fewshot_balanced_acc")},
+        "seed": cfg.seed, "split_file": "split.csv",
+        "data": used.data_info, "medssl_version": __version__,
+        "wall_time_s": round(time.time() - started, 1),
+        # the batch size as run (asked: `batch_size` above is what ran)
+        "config": {k: v for k, v in asdict(cfg).items() if k != "extra"}
+                  | {"batch_size": batch_size},
+    }

@@ -31,6 +31,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from medssl.data.sampling import shard, stream_seed
+from medssl.options import HardwareOptions, SSLOptions
 from medssl.training.distributed import scaled_lr
 from medssl.training.run_logs import log_now
 
@@ -102,6 +103,10 @@ def augment_seed(seed: int, step: int) -> int:
     return stream_seed(seed, step) if world == 1 else stream_seed(seed, step, rank)
 
 
+# A module built without a recipe (tests, benchmarks): the study's Adam.
+STUDY_RECIPE = SSLOptions(lr=1e-3, weight_decay=1e-6, warmup_epochs=10, optimizer="adam")
+
+
 class SSLMethod(pl.LightningModule):
     name = ""
     uses_labels = False  # supervised pretraining (supcon): the labelled train images only
@@ -109,13 +114,22 @@ class SSLMethod(pl.LightningModule):
     # empty for a method that trains with the study's Adam (`pretrain.optimiser_recipe`).
     recipe: dict = {}
 
-    def __init__(self, backbone: nn.Module, feature_dim: int, lr: float = 1e-3,
-                 weight_decay: float = 1e-6, warmup_epochs: int = 10, optimizer: str = "adam",
-                 exclude_bn_bias: bool = False, batch_transform: nn.Module | None = None,
-                 compile_model: bool = False, seed: int = 0, lr_scaling: str = "auto",
-                 **settings):
+    def __init__(self, backbone: nn.Module, feature_dim: int, recipe: SSLOptions | None = None,
+                 hardware: HardwareOptions | None = None, seed: int = 0,
+                 batch_transform: nn.Module | None = None, **settings):
+        """`recipe`: the run's pretraining part, resolved (None: the study's Adam, lr 1e-3,
+        10 warm-up epochs); `hardware`: compiling and how the lr scales with processes;
+        `settings`: the method's own (its `defaults`, fitted)."""
         super().__init__()
-        self.save_hyperparameters(ignore=["backbone", "batch_transform"])
+        recipe, hardware = recipe or STUDY_RECIPE, hardware or HardwareOptions()
+        # The values the module reads back, as plain hyperparameters: a checkpoint holds no
+        # option objects (checkpoints load with weights_only=True).
+        self.save_hyperparameters({
+            "feature_dim": feature_dim, "lr": recipe.lr, "weight_decay": recipe.weight_decay,
+            "warmup_epochs": recipe.warmup_epochs, "optimizer": recipe.optimizer,
+            "exclude_bn_bias": recipe.exclude_bn_bias, "compile_model": hardware.compile,
+            "seed": seed, "lr_scaling": hardware.lr_scaling, **settings})
+        compile_model = hardware.compile
         # channels-last is the layout convolutions run fastest in with mixed precision on GPUs.
         self.backbone = backbone.to(memory_format=torch.channels_last)
         self.epoch_loss = MeanMetric()

@@ -15,6 +15,7 @@ from torch import nn
 
 from medssl.training.objectives import register
 from medssl.training.objectives.plain import Plain
+from medssl.training.teachers import load_teacher
 
 TEMPERATURE = 4.0  # Hinton et al.'s range is 1-20; 4 is the usual choice for image classifiers
 ALPHA = 0.9
@@ -33,6 +34,17 @@ def kd_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, labels: t
 @register
 class Distillation(nn.Module):
     name = "distillation"
+    selected_by = "teachers"  # --teacher: finished runs on the student's split
+
+    @classmethod
+    def for_run(cls, cfg, table):
+        """The teachers loaded from their run folders (checked against the student's split),
+        and what metrics.json records of them."""
+        loaded = [load_teacher(run, table.samples, table.classes, cfg.dataset, cfg.image_size)
+                  for run in cfg.teachers]
+        return (cls([t for t, _ in loaded], cfg.kd_temperature, cfg.kd_alpha),
+                {"name": cls.name, "temperature": cfg.kd_temperature, "alpha": cfg.kd_alpha,
+                 "student": cfg.model, "teachers": [info for _, info in loaded]})
 
     def __init__(self, teachers: list[nn.Module], temperature: float = TEMPERATURE,
                  alpha: float = ALPHA):

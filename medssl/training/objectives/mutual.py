@@ -33,6 +33,11 @@ def dml_loss(logits: torch.Tensor, peer_logits: list[torch.Tensor], labels: torc
 @register
 class Mutual(nn.Module):
     name = "mutual"
+    selected_by = "mutual"  # --mutual: the cohort's members
+
+    @classmethod
+    def for_run(cls, cfg, table):
+        return cls(), {"name": cls.name, "members": list(cfg.mutual)}
 
     def forward(self, logits, labels, inputs, class_weights=None, peer_logits=()):
         return dml_loss(logits, list(peer_logits), labels, class_weights)

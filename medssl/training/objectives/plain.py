@@ -10,6 +10,11 @@ from medssl.training.objectives import register
 @register
 class Plain(nn.Module):
     name = "plain"
+    selected_by = None  # the default: no option selects it
+
+    @classmethod
+    def for_run(cls, cfg, table):
+        return cls(), {"name": cls.name}
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor, inputs: torch.Tensor,
                 class_weights: torch.Tensor | None = None) -> torch.Tensor:

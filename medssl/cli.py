@@ -10,6 +10,9 @@ import sys
 
 from medssl import __version__
 from medssl.errors import Interrupted, MedsslError
+from medssl.options import (AnalysisOptions, DataOptions, HardwareOptions, ModelOptions,
+                            RecipeOptions, SSLOptions)
+from medssl.oserrors import describe, writable_file, writable_folder
 from medssl.names import (ACCELERATORS, ARCHS, AUGMENT_PRESETS, DUPLICATE_POLICIES, HEADS, INITS,
                           LR_SCALING, LR_SCHEDULES, OPTIMIZERS, PRECISIONS, PRIMARY_CHOICES,
                           SELECT_METRICS, STRATEGIES, method_names, parse_cohort, parse_distill,
@@ -52,7 +55,7 @@ def devices_flag(text: str) -> int | str:
 
 
 def augment_override(text: str):
-    from medssl.data.transforms import parse_augment_override
+    from medssl.data.transforms import parse_augment_override  # lazy: transforms import torch
 
     try:
         return parse_augment_override(text)
@@ -131,18 +134,26 @@ def data_options() -> argparse.ArgumentParser:
     return p
 
 
-def data_config(args: argparse.Namespace):
-    from medssl.data import DataConfig, ReadOptions
+def data_part(args: argparse.Namespace):
+    """The data part (options.DataOptions) of the flags; the csv column flags become its
+    `read_options`."""
+    from medssl.data import ReadOptions  # lazy: the data package imports pandas and PIL
+    return DataOptions(**{**part_from_args(args, DataOptions),
+                          "read_options": ReadOptions(args.csv_path_column, args.csv_label_column,
+                                                      args.csv_group_column,
+                                                      args.csv_split_column)})
 
-    return DataConfig(
-        dataset=args.dataset, data_root=args.data_root, seed=args.split_seed,
-        val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-        split_file=args.split_file, duplicates=args.duplicates,
-        read_options=ReadOptions(args.csv_path_column, args.csv_label_column,
-                                 args.csv_group_column, args.csv_split_column))
+
+def data_config(args: argparse.Namespace):
+    """The DataConfig of the flags, made as every training run makes it (data.prepare)."""
+    from medssl.data.prepare import data_config as of_part  # lazy: pandas, PIL
+
+    return of_part(data_part(args))
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
+    # Lazy, as every command's own imports below: `medssl --help` loads none of them, and
+    # torch only the commands that train (`medssl datasets` and `check` run without it).
     from medssl.data import all_adapters
     from medssl.data.registry import indent
 
@@ -164,8 +175,6 @@ def cmd_check(args: argparse.Namespace) -> int:
     from medssl.data.splits import write_split_csv
 
     if args.split_out:
-        from medssl.oserrors import writable_file
-
         writable_file(args.split_out, "--split-out")
     table = open_dataset(data_config(args), args.workers,
                          progress=not args.json and sys.stderr.isatty())
@@ -391,18 +400,15 @@ def part_from_args(args: argparse.Namespace, part, prefix: str = "") -> dict:
 
 def shared(args: argparse.Namespace) -> dict:
     """The data, hardware and model parts every training command passes on whole."""
-    from medssl.options import DataOptions, HardwareOptions, ModelOptions
-
     values = {**part_from_args(args, DataOptions), **part_from_args(args, HardwareOptions),
               **part_from_args(args, ModelOptions)}
-    values["read_options"] = data_config(args).read_options
+    values["read_options"] = data_part(args).read_options
     values["progress"] = sys.stderr.isatty()
     return values
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from medssl.options import SSLOptions
-    from medssl.training.pretrain import PretrainConfig, run_pretrain
+    from medssl.training.pretrain import PretrainConfig, run_pretrain  # lazy: torch
 
     cfg = PretrainConfig(label_fraction=args.label_fraction, init=args.init, seed=args.seed,
                          out=args.out, resume=args.resume, force=args.force,
@@ -464,8 +470,7 @@ def add_finetune_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from medssl.options import RecipeOptions
-    from medssl.training.finetune import FinetuneConfig, run_finetune
+    from medssl.training.finetune import FinetuneConfig, run_finetune  # lazy: torch
 
     cfg = FinetuneConfig(model=args.model or "", mutual=args.mutual,
                          ssl_checkpoint=args.ssl_checkpoint,
@@ -474,7 +479,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                          force=args.force, teachers=args.teachers,
                          **part_from_args(args, RecipeOptions), **shared(args))
     if cfg.lr_grid:
-        from medssl.experiments.lr_search import finetune_with_lr_grid
+        from medssl.experiments.lr_search import finetune_with_lr_grid  # lazy: torch
 
         out = finetune_with_lr_grid(cfg)
     else:
@@ -510,6 +515,10 @@ def add_compare_args(p: argparse.ArgumentParser) -> None:
                    "its members trained alone")
     g.add_argument("--resume", action="store_true",
                    help="continue interrupted runs from their last checkpoint")
+    g.add_argument("--cell", metavar="NAME",
+                   help="run one cell of the grid alone, as compare logs its name (e.g. "
+                   "pretrain:M2:1:0, finetune:M1:0.1, extra:KD(M3→M1):1:2), once the cells it "
+                   "needs are finished: for a job of a cluster")
     analysis_flags(p.add_argument_group("judging the results (declared before the runs)"))
     add_ssl_flags(p.add_argument_group("pretraining in the grid (every SSL method gets these; "
                                        "--epochs, --batch-size and --lr are finetuning's)"),
@@ -528,20 +537,24 @@ def analysis_flags(g) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from medssl.experiments.compare import CompareConfig, run_compare
-    from medssl.options import AnalysisOptions, RecipeOptions, SSLOptions
-
+    from medssl.experiments.compare import CompareConfig, run_compare  # lazy: torch
     ssl = SSLOptions(**part_from_args(args, SSLOptions, prefix="ssl_"))
     cfg = CompareConfig(models=args.models, ssl_methods=args.ssl_methods, seeds=args.seeds,
                         label_fractions=args.label_fractions, out=args.out,
                         images_dir=args.images_dir, resume=args.resume, ssl=ssl,
+                        cell=args.cell,
                         shared_ssl=args.shared_ssl, distill=args.distill,
                         mutual=args.mutual,
                         analysis=AnalysisOptions(**part_from_args(args, AnalysisOptions)),
                         recipe=RecipeOptions(**part_from_args(args, RecipeOptions)), **shared(args))
     base, skipped = run_compare(cfg)
+    if cfg.cell:  # one job of many: the report is built once the grid is whole
+        if is_rank_zero():
+            print(f"cell {cfg.cell} finished in {base}; once every cell is, `medssl report "
+                  f"{base}` (or the same compare without --cell) builds the report")
+        return 0
     if is_rank_zero():  # one report, from rank 0 of a distributed run
-        from medssl.report.build import build_report
+        from medssl.report.build import build_report  # lazy: matplotlib, Lightning
 
         print(build_report(base, cfg.dataset, skipped, cfg.images_dir, cfg.analysis))
         print(f"results: {base / 'results.md'}, {base / 'results.csv'}, {base / 'curves.png'}")
@@ -551,8 +564,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from medssl.oserrors import writable_folder
-    from medssl.report.build import build_report
+    from medssl.report.build import build_report  # lazy: matplotlib, Lightning
 
     grids = [Path(r) for r in args.runs]
     for runs in grids:
@@ -564,8 +576,6 @@ def cmd_report(args: argparse.Namespace) -> int:
                         "can write to (results.csv, results.md and the figures are written there)")
     if args.images_dir:
         writable_folder(args.images_dir, "--images-dir")
-    from medssl.options import AnalysisOptions
-
     analysis = AnalysisOptions(**part_from_args(args, AnalysisOptions))
     if len(grids) == 1 and not args.out:
         print(build_report(grids[0], images_dir=args.images_dir, analysis=analysis))
@@ -575,7 +585,7 @@ def cmd_report(args: argparse.Namespace) -> int:
                           "summary.md, summary.csv and its figure.")
     if args.images_dir:
         raise MedsslError("--images-dir copies one grid's figures: report each grid alone for it.")
-    from medssl.report.summary import write_summary
+    from medssl.report.summary import write_summary  # lazy: matplotlib, Lightning
 
     writable_folder(args.out, "--out")
     print(write_summary(grids, Path(args.out), analysis))
@@ -642,8 +652,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"medssl: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # a write the operating system refused, met after the checks
-        from medssl.oserrors import describe
-
         print(f"medssl: error: {describe(exc)}", file=sys.stderr)
         return 2
     except Interrupted as exc:

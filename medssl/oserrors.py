@@ -34,7 +34,7 @@ def describe(exc: OSError, path=None, fix: str | None = None) -> str:
     where = path or exc.filename or "a file"
     what = WHAT.get(exc.errno, exc.strerror or str(exc))
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        from medssl.atomic import disk_full_message
+        from medssl.atomic import disk_full_message  # atomic imports this module: a circle
 
         return disk_full_message(where)
     return (f"Cannot write {where}: {what}. "

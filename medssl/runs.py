@@ -26,16 +26,18 @@ import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
+from medssl.atomic import atomic_write
 from medssl.errors import MedsslError
 from medssl.names import model_folder
+from medssl.records import BACKBONE_JSON, METRICS
 
 RUNS = Path("runs")
 MARKER = "finished.json"
 CHECKPOINTS = "checkpoints"  # the folder of a run's checkpoints
 LAST = "last.ckpt"  # what --resume continues from (training.loaders.every_epoch_checkpoint)
 BEST = "best.ckpt"  # a finetuning run's selected weights (what a teacher is loaded from)
-SSL_OUTPUTS = ("backbone.pt", "backbone.json")
-FINETUNE_OUTPUTS = ("metrics.json", "val_predictions.csv", "test_predictions.csv")
+SSL_OUTPUTS = ("backbone.pt", BACKBONE_JSON)
+FINETUNE_OUTPUTS = (METRICS, "val_predictions.csv", "test_predictions.csv")
 ANALYSIS = "analysis.json"
 DEFAULT_MARGIN = 2.0  # points: the equivalence margin where none is declared
 
@@ -44,8 +46,6 @@ def declare_analysis(base: Path, analysis) -> dict:
     """Write the grid's analysis plan (AnalysisOptions) before its first run; an existing plan
     is kept as declared, and returned. A later flag changes what a report uses, never the record
     of what was declared first."""
-    from medssl.atomic import atomic_write
-
     path = Path(base) / ANALYSIS
     if path.is_file():
         return json.loads(path.read_text())
@@ -89,8 +89,6 @@ def finetune_dir(base: Path, model: str, seed: int, label_fraction: float = 1.0)
 
 def mark_finished(run: Path, outputs: tuple[str, ...]) -> None:
     """Write the completion marker: call it after every file in `outputs` is in place."""
-    from medssl.atomic import atomic_write
-
     run = Path(run)
     marker = {"finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "files": {name: (run / name).stat().st_size for name in outputs}}

@@ -118,7 +118,7 @@ def test_per_seed_pretraining_by_default_and_the_label_fraction_protocol(tmp_pat
     assert (out / "reliability.png").is_file()
     # --full-val keeps the whole val split for selection.
     full = run_finetune(replace(_config_of(m), full_val=True, out=str(tmp_path / "full"),
-                                resume=False, force=True, lr_choice=None))
+                                resume=False, force=True))
     f = json.loads((full / "metrics.json").read_text())
     assert f["selection"]["val_images"] == len(val) and f["selection"]["val"] == "full"
     assert not (full / "selection_val.csv").exists()
@@ -199,6 +199,7 @@ def test_compare_resume_continues_an_interrupted_search_run(tmp_path, monkeypatc
 
     import medssl.experiments.compare as compare
     import medssl.training.finetune as finetune
+    from medssl.experiments.grid import Cell
     from medssl.experiments.lr_search import search_dir
 
     base = tmp_path / "grid"
@@ -221,6 +222,7 @@ def test_compare_resume_continues_an_interrupted_search_run(tmp_path, monkeypatc
     monkeypatch.setattr(finetune, "run_finetune", fake_run)
     cfg = SimpleNamespace(seeds=[0], shared_ssl=False, resume=True, imagenet_weights=None,
                           recipe=compare.RecipeOptions(lr_grid=[1e-3, 1e-4]))
-    compare.finetune_model(cfg, base, 1.0, "M1", {"dataset": "covid19", "arch": "resnet18"})
+    compare.run_finetune_cell(cfg, base, Cell("finetune", "M1", 1.0),
+                              {"dataset": "covid19", "arch": "resnet18"})
     assert seen[str(started)] is True  # its checkpoint: resumed
     assert seen[str(search_dir(base, "M1", 1.0, 1e-4, 0))] is False  # none: started

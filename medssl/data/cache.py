@@ -31,7 +31,8 @@ from PIL import Image
 
 from medssl.atomic import atomic_write
 from medssl.data.files import cache_dir
-from medssl.data.images import load_rgb
+from medssl.data.images import load_rgb, oriented_size
+from medssl.errors import MedsslError
 
 VERSION = 2  # 1: centre-cropped squares; 2: the whole picture, aspect ratio kept
 log = logging.getLogger("medssl")
@@ -57,8 +58,6 @@ def shrink(path: str | Path, side: int, draft: bool = True) -> np.ndarray:
 
 def _shape(path: str, side: int) -> tuple[int, int]:
     """The (height, width) `shrink` gives, from the file's header alone (EXIF orientation too)."""
-    from medssl.data.images import oriented_size
-
     with Image.open(path) as img:
         w, h = shrunk_size(oriented_size(img), side)
     return h, w
@@ -82,8 +81,6 @@ def _decode_rows(args) -> int:
         for offset, path, shape in zip(offsets, paths, shapes):
             pixels = shrink(path, side)
             if pixels.shape[:2] != tuple(shape):  # the header promised another size
-                from medssl.errors import MedsslError
-
                 raise MedsslError(f"{path} decodes to {pixels.shape[1]}x{pixels.shape[0]} px "
                                   f"where its header says {shape[1]}x{shape[0]} (after shrinking). "
                                   "Fix: re-save the image from the download, or pass --no-cache.")

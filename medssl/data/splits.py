@@ -25,7 +25,9 @@ from pathlib import Path
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
+from medssl.atomic import atomic_write
 from medssl.data.registry import COLUMNS, SPLITS, SampleTable
+from medssl.data.tables import read_table
 from medssl.errors import MedsslError
 from medssl.names import DUPLICATE_POLICIES
 
@@ -191,8 +193,6 @@ def label_subset(samples: pd.DataFrame, fraction: float, seed: int,
 def write_split_csv(samples: pd.DataFrame, path: Path, policy: str) -> None:
     """The split as `path,label,group,split,reason,duplicate_policy`, paths relative to the
     dataset root; written atomically."""
-    from medssl.atomic import atomic_write
-
     frame = samples.copy()
     if "reason" not in frame:
         frame["reason"] = ""
@@ -203,8 +203,6 @@ def write_split_csv(samples: pd.DataFrame, path: Path, policy: str) -> None:
 def read_split_csv(path: Path, table: SampleTable, policy: str = "drop") -> pd.DataFrame:
     """A saved split, checked against the dataset (same paths, same labels, known splits) and
     against the duplicate policy asked for."""
-    from medssl.data.tables import read_table
-
     path = Path(path)
     if not path.is_file():
         raise MedsslError(f"Split file {path} does not exist. Fix: pass the split.csv a run saved, "

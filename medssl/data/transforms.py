@@ -15,6 +15,7 @@ from torch import nn
 from torchvision.transforms import v2
 
 from medssl.data.batch_augment import BatchColourBlur, MultiCrops, ViewColour, ViewCrops
+from medssl.errors import MedsslError
 
 # The study: random resized crop, colour jitter 0.8 with p 0.8, grayscale p 0.2, blur p 0.5, no flips.
 # X-rays: the same without hue or saturation jitter (they are grey), still no flips (anatomy).
@@ -91,8 +92,6 @@ def simclr_settings(image_size: int, preset: str = "study", **overrides) -> dict
     """The preset's knobs with overrides. lightly's blur sigmas are in pixels and tuned for 224
     px (SimCLR's kernel is 10% of the image); scaled with the size, a 64-px view is blurred as
     much as a 224-px one."""
-    from medssl.errors import MedsslError
-
     if preset not in AUGMENT_PRESETS:
         raise MedsslError(f"Unknown augmentation preset '{preset}'. Choose one of: "
                           f"{', '.join(AUGMENT_PRESETS)}.")

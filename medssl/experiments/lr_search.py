@@ -15,16 +15,20 @@ the chosen ones are copied to the model's own folders, so none is trained twice.
 
 from __future__ import annotations
 
-import json
 import logging
+import math
+import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
 
 from medssl.errors import MedsslError
 from medssl.names import model_folder
-from medssl.runs import (CHECKPOINTS, FINETUNE_OUTPUTS, finetune_finished, last_checkpoint,
-                         mark_finished)
+from medssl.records import UnreadableRecord, read_run_record, write_run_record
+from medssl.runs import (CHECKPOINTS, FINETUNE_OUTPUTS, dataset_dir, finetune_dir,
+                         finetune_finished, last_checkpoint, mark_finished)
+from medssl.training import finetune  # called as finetune.run_finetune: tests replace it
+from medssl.training.checks import check_lr
 
 log = logging.getLogger("medssl")
 SEARCH_FOLDER = "lr-search"
@@ -36,8 +40,6 @@ def search_dir(base: Path, model: str, frac: float, lr: float, seed: int) -> Pat
 
 
 def check_grid(grid: list[float], lr: float | None) -> list[float]:
-    from medssl.training.checks import check_lr
-
     if lr is not None:
         raise MedsslError(f"--lr {lr:g} and --lr-grid both given. Fix: pass one; with --lr-grid "
                           "the learning rate is chosen among the grid's.")
@@ -51,13 +53,11 @@ def check_grid(grid: list[float], lr: float | None) -> list[float]:
 def choose_lr(runs: dict[float, dict[int, Path]]) -> tuple[float, dict]:
     """The learning rate whose runs have the best mean selection value on val over the seeds
     (the first of the grid on a tie), and the record of the search."""
-    import math
-
     values, per_seed, mode, metric = {}, {}, None, None
     for lr, seeds in runs.items():
         scores = {}
         for seed, run in seeds.items():
-            selection = json.loads((Path(run) / "metrics.json").read_text())["selection"]
+            selection = read_run_record(run).selection
             scores[seed], mode, metric = selection["value"], selection["mode"], selection["metric"]
         values[lr], per_seed[lr] = sum(scores.values()) / len(scores), scores
     # A rate whose runs diverged (a NaN val value) cannot be chosen.
@@ -79,14 +79,13 @@ def search_lr(cfgs: dict, base: Path) -> tuple[float, dict, dict[float, dict[int
     """Run (or reuse) one finetuning per learning rate of the grid and per seed (`cfgs`: seed ->
     that seed's run config, all of one model and label fraction); return the chosen rate, the
     search record and the runs."""
-    from medssl.training.finetune import run_finetune, run_name
-
     first = next(iter(cfgs.values()))
     if first.mutual:  # one rate per member: compare chooses each on that member trained alone
         raise MedsslError("--lr-grid with --mutual: a cohort has one learning rate per member. "
                           "Fix: pass --lr, or run `medssl compare --lr-grid ... --mutual ...`, "
                           "which gives each member the rate chosen for it trained alone.")
-    name = run_name(first)  # a distilled student searches apart from its prior trained alone
+    # A distilled student searches apart from its prior trained alone.
+    name = finetune.run_name(first)
     runs: dict[float, dict[int, Path]] = {}
     for lr in first.lr_grid:
         for seed, cfg in cfgs.items():
@@ -96,8 +95,8 @@ def search_lr(cfgs: dict, base: Path) -> tuple[float, dict, dict[float, dict[int
             else:
                 log.info("lr search: %s seed %d at lr %g -> %s", name, seed, lr, run)
                 resume = cfg.resume and last_checkpoint(run).is_file()
-                run_finetune(replace(cfg, lr=lr, lr_grid=None, lr_choice=None, out=str(run),
-                                     resume=resume, force=True))
+                finetune.run_finetune(replace(cfg, lr=lr, lr_grid=None, assigned=None,
+                                              out=str(run), resume=resume, force=True))
             runs.setdefault(lr, {})[seed] = run
     lr, record = choose_lr(runs)
     log.info("lr search for %s: %g chosen on the mean val value over %d seed(s) (%s)", name, lr,
@@ -108,10 +107,10 @@ def search_lr(cfgs: dict, base: Path) -> tuple[float, dict, dict[float, dict[int
 def same_choice(run: Path, lr: float, record: dict) -> bool:
     """Whether a finished run was adopted at this rate by a search over these seeds."""
     try:
-        m = json.loads((Path(run) / "metrics.json").read_text())
-    except (OSError, ValueError):
+        done = read_run_record(run)
+    except UnreadableRecord:
         return False
-    return m.get("lr_selected") == lr and (m.get("lr_search") or {}).get("seeds") == record["seeds"]
+    return done.lr_selected == lr and (done.lr_search or {}).get("seeds") == record["seeds"]
 
 
 def adopt(search_run: Path, out: Path, grid: list[float], lr: float, record: dict) -> Path:
@@ -121,10 +120,9 @@ def adopt(search_run: Path, out: Path, grid: list[float], lr: float, record: dic
     if out.exists():
         shutil.rmtree(out)
     shutil.copytree(search_run, out, copy_function=link_checkpoints)
-    metrics = json.loads((out / "metrics.json").read_text())
-    metrics.update(lr_choice(grid, lr, record))
-    metrics["config"]["out"] = str(out)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    chosen = read_run_record(out)
+    write_run_record(out, replace(chosen, **lr_choice(grid, lr, record),
+                                  config={**chosen.config, "out": str(out)}))
     mark_finished(out, FINETUNE_OUTPUTS)
     return out
 
@@ -133,8 +131,6 @@ def link_checkpoints(src: str, dst: str) -> None:
     """copytree's copy: the checkpoints (hundreds of MB, never written again) as hard links
     where the file system allows, every other file copied (metrics.json is rewritten here, and
     a link would rewrite the search run's too)."""
-    import os
-
     if Path(src).parent.name == CHECKPOINTS:
         try:
             os.link(src, dst)
@@ -151,15 +147,12 @@ def lr_choice(grid: list[float], lr: float, record: dict) -> dict:
 
 def finetune_with_lr_grid(cfg) -> Path:
     """`medssl finetune --lr-grid ...`: search on this run's seed, keep the chosen run."""
-    from medssl.runs import dataset_dir, finetune_dir
-
     grid = check_grid(cfg.lr_grid, cfg.lr)
     base = Path(cfg.base or dataset_dir(cfg.dataset))
     cfg = replace(cfg, base=str(base))
-    from medssl.training.finetune import check_members, run_name
-
-    check_members(cfg)
-    out = Path(cfg.out or finetune_dir(base, run_name(cfg), cfg.seed, cfg.label_fraction))
+    finetune.check_members(cfg)
+    out = Path(cfg.out or finetune_dir(base, finetune.run_name(cfg), cfg.seed,
+                                       cfg.label_fraction))
     if finetune_finished(out) and not cfg.force:
         raise MedsslError(f"{out} already holds a finished run (finished.json). "
                           "Fix: pass --force to run it again, or --out another folder.")

@@ -9,7 +9,6 @@ file that does not fit is an error naming it, never a silently random model.
 
 from __future__ import annotations
 
-import json
 import pickle
 from pathlib import Path
 
@@ -18,13 +17,21 @@ from torch import nn
 
 from medssl.atomic import atomic_write
 from medssl.errors import MedsslError
+from medssl.records import (BackboneRecord, backbone_record_path, read_backbone_dict,
+                            write_backbone_record)
 
 
-def save_backbone(model: nn.Module, path: Path, meta: dict) -> None:
-    """`path` (.pt) holds the weights; `path` with `.json` the facts about them."""
+def save_backbone(model: nn.Module, path: Path, meta: BackboneRecord | dict) -> None:
+    """`path` (.pt) holds the weights; `path` with `.json` the facts about them (records:
+    BackboneRecord). A dict is read as a BackboneRecord (an unknown key is refused) and written
+    with its own keys only, and `schema`."""
+    if isinstance(meta, BackboneRecord):
+        record, keys = meta, None
+    else:
+        record = BackboneRecord.from_dict(meta, f"the record for {backbone_record_path(path)}")
+        keys = tuple(meta)
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    atomic_write(Path(path).with_suffix(".json"),
-                 lambda p: p.write_text(json.dumps(meta, indent=2, default=str)))
+    write_backbone_record(path, record, keys)
     atomic_write(Path(path), lambda p: torch.save(state, p))
 
 
@@ -99,13 +106,6 @@ def _is_text(head: bytes) -> bool:
 
 
 def read_meta(path: Path) -> dict:
-    """The JSON of how a backbone was made; a file that is not one is an error naming it."""
-    try:
-        meta = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise MedsslError(f"{path} is not a readable JSON file ({exc}). Fix: use the backbone.json "
-                          "that `medssl pretrain` wrote beside the backbone, or pretrain again.") from None
-    if not isinstance(meta, dict):
-        raise MedsslError(f"{path} holds a JSON {type(meta).__name__}, not the object `medssl "
-                          "pretrain` writes. Fix: use the backbone.json written beside the backbone.")
-    return meta
+    """The JSON of how a backbone was made, with the keys it holds (records.read_backbone_dict);
+    a file that is not one is an error naming it."""
+    return read_backbone_dict(path)

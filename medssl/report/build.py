@@ -8,6 +8,9 @@ import shutil
 from pathlib import Path
 
 from medssl.errors import MedsslError
+from medssl.report.figures import write_figures
+from medssl.report.tables import collect_runs, write_results
+from medssl.runs import unfinished_reason
 
 log = logging.getLogger("medssl")
 
@@ -18,15 +21,10 @@ def build_report(base: Path, dataset: str | None = None,
     """Rebuild results.csv, results.md and the figures from the finished runs in `base`; models
     that `compare` skipped (listed in its `skipped.json`) are named with the reason. `analysis`
     (AnalysisOptions): a primary metric or equivalence margin set now, over the grid's plan."""
-    from medssl.report.figures import write_figures
-    from medssl.report.tables import collect_runs, write_results
-
     base = Path(base)
     if skipped_models is None and (base / "skipped.json").is_file():
         skipped_models = json.loads((base / "skipped.json").read_text())
     summary, md, unfinished = write_results(base, skipped_models, analysis)
-    from medssl.runs import unfinished_reason
-
     why = {run: unfinished_reason(run) or "metrics.json is not readable JSON" for run in unfinished}
     for run, reason in why.items():
         log.warning("not reported, unfinished (%s): %s", reason, run)

@@ -18,7 +18,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medssl.names import PRIMARY_CHOICES
+from medssl.errors import MedsslError
+from medssl.names import PRIMARY_CHOICES, task_metrics
+from medssl.report.statistics import (METRICS, at_level, holm, minimum_detectable_effect,
+                                      paired_difference)
 
 REFERENCES = ("M1", "M3")
 ALPHA = 0.05
@@ -47,9 +50,6 @@ class Task:
 
     @staticmethod
     def of(runs: pd.DataFrame, primary: str | None = None) -> "Task":
-        from medssl.errors import MedsslError
-        from medssl.names import task_metrics
-
         ordinal, n_classes = bool(runs["ordinal"].any()), int(runs["n_classes"].max())
         binary = n_classes == 2
         metrics = task_metrics(ordinal, binary)
@@ -123,8 +123,6 @@ def paired_bootstrap(model_runs: pd.DataFrame, ref_runs: pd.DataFrame | list[pd.
     """Each metric of a model minus a reference over the seeds both have, from the crossed
     design of report.statistics, resampling the split's groups; None when they share no seed
     or were tested on different images. A list of references is their ensemble."""
-    from medssl.report.statistics import METRICS, paired_difference
-
     a = test_predictions(model_runs)
     b = (ensemble_predictions(ref_runs) if isinstance(ref_runs, list)
          else test_predictions(ref_runs))
@@ -191,8 +189,6 @@ def adjust(rows: list[dict], primary: str) -> list[dict]:
     some c_i (its step-down factor, made monotone); the interval at level 1 - 0.05/c_i excludes 0
     exactly when the adjusted p is below 0.05. Also `_mde`: the smallest difference this test
     set detects with 80% power at that level."""
-    from medssl.report.statistics import at_level, holm, minimum_detectable_effect
-
     def repeated(row: dict, key: str) -> bool:
         return "_vs_base_" in key and row.get("base") in REFERENCES
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from medssl.atomic import atomic_write
+from medssl.report.comparisons import test_predictions
 from medssl.training.run_logs import epoch_curves
 
 COLOURS = {"M1": "tab:grey", "M2": "tab:blue", "M3": "tab:orange", "M4": "tab:green"}
@@ -73,8 +74,6 @@ def reliability_figure(runs: pd.DataFrame, path: Path, title: str) -> Path:
     edges = np.linspace(0, 1, RELIABILITY_BINS + 1)
     colour = colours(models)
     for ax, model in zip(axes.flat, models):
-        from medssl.report.comparisons import test_predictions
-
         confidence, right = [], []
         for pred in test_predictions(runs[runs["model"] == model]).values():
             confidence.append(pred.probs.max(1))

@@ -21,7 +21,9 @@ from scipy import stats
 
 from medssl.atomic import atomic_write
 from medssl.errors import MedsslError
+from medssl.report.build import build_report
 from medssl.report.statistics import holm
+from medssl.report.tables import collect_runs, judged_by, summarise
 
 METRICS = {"test_acc": "test accuracy", "test_balanced_acc": "balanced accuracy",
            "test_macro_f1": "macro-F1", "test_auroc": "AUROC"}
@@ -203,9 +205,6 @@ def figure(tables: dict[str, pd.DataFrame], frac: float, path: Path) -> Path:
 
 def write_summary(grids: list[Path], out: Path, analysis=None) -> str:
     """Rebuild each grid's table, then summary.md, summary.csv and summary_accuracy.png in `out`."""
-    from medssl.report.build import build_report
-    from medssl.report.tables import collect_runs, judged_by, summarise
-
     tables = {}
     for grid in grids:
         build_report(grid, analysis=analysis)  # each grid's own table and figures, refreshed

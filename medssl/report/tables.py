@@ -15,7 +15,12 @@ import numpy as np
 import pandas as pd
 
 from medssl.atomic import atomic_write
-from medssl.runs import finetune_finished
+from medssl.errors import MedsslError
+from medssl.records import RunRecord, UnreadableRecord, read_run_record
+from medssl.report.answer import answer
+from medssl.report.comparisons import (METRIC_TITLES, REFERENCES, Task, adjust, comparisons,
+                                       default_primary, store)
+from medssl.runs import DEFAULT_MARGIN, declared_analysis, finetune_finished
 
 # (column, split, metric) in the order of the study's table, then the added metrics.
 COLUMNS = [("train_acc", "train", "acc"), ("train_loss", "train", "loss"),
@@ -58,33 +63,33 @@ def collect_runs(base: Path) -> tuple[pd.DataFrame, list[str]]:
                 skipped.append(str(run))
                 continue
             try:
-                m = json.loads((run / "metrics.json").read_text())
-            except (OSError, ValueError):  # the right size, the wrong bytes: not a result
+                m = read_run_record(run)
+            except UnreadableRecord:  # the right size, the wrong bytes: not a result
                 skipped.append(str(run))
                 continue
-            row = {"dataset": m["dataset"], "model": m["model"], "seed": m["seed"],
-                   "label_fraction": m["label_fraction"], "run": str(run),
-                   "selected_epoch": m["selection"]["epoch"],
+            row = {"dataset": m.dataset, "model": m.model, "seed": m.seed,
+                   "label_fraction": m.label_fraction, "run": str(run),
+                   "selected_epoch": m.selection["epoch"],
                    # Older runs recorded no method: M2/M4 were SimCLR's.
-                   "method": m["prior"].get("method", "simclr" if m["prior"].get("ssl_checkpoint")
-                                            else None),
-                   "supervised_prior": bool(m["prior"].get("supervised_prior", False))}
-            row.update({col: m[split][metric] for col, split, metric in COLUMNS})
-            row.update({col: _number((m.get(part) or {}).get(key))
+                   "method": m.prior.get("method", "simclr" if m.prior.get("ssl_checkpoint")
+                                         else None),
+                   "supervised_prior": bool(m.prior.get("supervised_prior", False))}
+            row.update({col: getattr(m, split)[metric] for col, split, metric in COLUMNS})
+            row.update({col: _number((getattr(m, part) or {}).get(key))
                         for col, (part, key) in EXTRA_COLUMNS.items()})
-            row["lr"] = m.get("lr", m["config"].get("lr"))
+            row["lr"] = m.lr  # runs from before `lr` was recorded: their config's (records)
             # Distilled and mutual models: the model(s) trained alone they are compared with.
             row.update(task_columns(m))
-            row["base_models"] = "+".join(m.get("base_models") or []) or None
+            row["base_models"] = "+".join(m.base_models or []) or None
             # A distilled or mutual model trains at its base's rate, searched for the base alone:
             # its own runs are one per seed.
-            row["lr_searched"] = bool(m.get("lr_grid")) and not m.get("base_models")
-            row["lr_borrowed"] = bool(m.get("lr_grid")) and bool(m.get("base_models"))
-            row["lr_grid"] = " ".join(f"{v:g}" for v in m.get("lr_grid") or []) or None
-            row["test_n"] = m["test"].get("n", float("nan"))
-            row["ssl_seed"] = m["prior"].get("ssl_seed")
+            row["lr_searched"] = bool(m.lr_grid) and not m.base_models
+            row["lr_borrowed"] = bool(m.lr_grid) and bool(m.base_models)
+            row["lr_grid"] = " ".join(f"{v:g}" for v in m.lr_grid or []) or None
+            row["test_n"] = m.test.get("n", float("nan"))
+            row["ssl_seed"] = m.prior.get("ssl_seed")
             # Runs before the duplicate search have no record: None, never a guess.
-            duplicates = m.get("data", {}).get("duplicates") or {}
+            duplicates = m.data.get("duplicates") or {}
             row["duplicate_policy"] = duplicates.get("policy")
             row["duplicates"] = json.dumps(duplicates, sort_keys=True)
             rows.append(row)
@@ -95,12 +100,12 @@ def _number(value) -> float:
     return float("nan") if value is None else float(value)
 
 
-def task_columns(m: dict) -> dict:
+def task_columns(m: RunRecord) -> dict:
     """What a run says of its task: graded labels, the number of classes, and for a binary task
     the positive class, the val-chosen threshold and target, and the specificity reached on test."""
-    point = m["test"].get("operating_point") or {}
-    classes = m.get("classes") or []
-    return {"ordinal": "qwk" in m["test"], "n_classes": len(classes),
+    point = m.test.get("operating_point") or {}
+    classes = m.classes or []
+    return {"ordinal": "qwk" in m.test, "n_classes": len(classes),
             "positive_index": (classes.index(point["positive_class"])
                                if point.get("positive_class") in classes else float("nan")),
             "threshold": _number(point.get("threshold")),
@@ -124,8 +129,6 @@ def sd_includes(group: pd.DataFrame) -> str:
 def summarise(runs: pd.DataFrame, task=None) -> pd.DataFrame:
     """Mean and sd over seeds per model and label fraction, plus the paired comparisons
     (report.comparisons), Holm-adjusted over the task's primary metric."""
-    from medssl.report.comparisons import Task, adjust, comparisons, store
-
     task = task or Task.of(runs)
     rows = []
     for (frac, model), group in runs.groupby(["label_fraction", "model"], sort=True):
@@ -188,8 +191,6 @@ def task_head(summary: pd.DataFrame) -> list[tuple[str, str, bool]]:
 def markdown_table(summary: pd.DataFrame, skipped_models: dict[str, str] | None = None) -> str:
     """The table as Markdown: accuracies in %, losses as is, the primary metric's differences
     in points with their Holm-adjusted intervals."""
-    from medssl.report.comparisons import METRIC_TITLES
-
     primary = summary["primary_metric"].iloc[0]
     extra = task_head(summary)
     head = ["label fraction", "model", "seeds", "train acc %", "train loss", "test acc %",
@@ -263,8 +264,6 @@ def recipe_table(summary: pd.DataFrame) -> str:
 def differences_table(summary: pd.DataFrame) -> str:
     """Every paired comparison: the primary metric with its Holm-adjusted interval and p, then
     the secondary metrics with unadjusted 95% intervals and p-values, said to be so."""
-    from medssl.report.comparisons import METRIC_TITLES, REFERENCES
-
     primary = summary["primary_metric"].iloc[0]
     secondary = [m for m in METRIC_TITLES if m != primary and any(
         f"test_{m}_vs_{ref}_diff" in summary and summary[f"test_{m}_vs_{ref}_diff"].notna().any()
@@ -312,8 +311,6 @@ def _with_p(row: pd.Series, key: str, adjusted: str) -> str:
 
 def duplicates_line(runs: pd.DataFrame) -> str:
     """What the duplicate policy of the runs did, from their metadata; one policy per table."""
-    from medssl.errors import MedsslError
-
     records = runs["duplicates"].unique()
     if len(records) > 1:
         policies = sorted(str(p) for p in runs["duplicate_policy"].unique())
@@ -337,9 +334,6 @@ def judged_by(runs: pd.DataFrame, base: Path, analysis=None):
     """The Task to judge the runs by, the equivalence margin (a fraction), and how each came to
     be: declared before the runs (the grid's analysis.json), set now by a flag (said to be chosen
     after the runs where it differs from the declaration), or the default."""
-    from medssl.report.comparisons import METRIC_TITLES, Task, default_primary
-    from medssl.runs import DEFAULT_MARGIN, declared_analysis
-
     plan = declared_analysis(base)
     flag = analysis.primary_metric if analysis else None
     declared = plan.get("primary_metric") if plan else None
@@ -399,8 +393,6 @@ def write_results(base: Path, skipped_models: dict[str, str] | None = None,
     """results.csv and results.md in `base`, from its finished runs; returns (summary, md,
     skipped). `analysis` (AnalysisOptions): a primary metric or margin set now, over the plan
     the grid declared."""
-    from medssl.report.answer import answer
-
     runs, skipped = collect_runs(base)
     if runs.empty:
         return pd.DataFrame(), "", skipped

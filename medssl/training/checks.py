@@ -11,8 +11,10 @@ from __future__ import annotations
 import logging
 import math
 
+from medssl.data.files import cache_dir
 from medssl.errors import MedsslError
 from medssl.names import ACCELERATORS, PRECISIONS
+from medssl.oserrors import writable_folder
 
 log = logging.getLogger("medssl")
 
@@ -66,9 +68,6 @@ def check_hardware(cfg) -> None:
 
 def check_places(out, cache: bool) -> None:
     """The run folder and, when the image cache is used, the cache can be written."""
-    from medssl.data.files import cache_dir
-    from medssl.oserrors import writable_folder
-
     writable_folder(out, "--out")
     if cache:
         writable_folder(cache_dir(), "the image cache $MEDSSL_CACHE_DIR",
@@ -86,7 +85,7 @@ def check_run(cfg) -> None:
 def imagenet_weights_for(init: str, weights, what: str):
     """The --imagenet-weights a run uses: the given ones (or the default) for an ImageNet init;
     None for a random one, with a warning when some were given, since they would be ignored."""
-    from medssl.models.backbones import DEFAULT_IMAGENET
+    from medssl.models.backbones import DEFAULT_IMAGENET  # lazy: the CLI imports checks at start, torch-free
 
     if init == "imagenet":
         return weights or DEFAULT_IMAGENET

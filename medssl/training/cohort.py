@@ -24,6 +24,7 @@ from torch import nn
 
 from medssl.training.classifier import (Classifier, StageMetrics, adam, progress_line,
                                         seed_epoch)
+from medssl.training.distributed import scaled_lr
 from medssl.training.run_logs import log_now
 
 log = logging.getLogger("medssl")
@@ -115,8 +116,6 @@ class Cohort(pl.LightningModule):
                 self.log_dict(self._computed(stage), sync_dist=True)
 
     def configure_optimizers(self):
-        from medssl.training.distributed import scaled_lr
-
         groups = [{"params": list(member.parameters()),
                    "lr": scaled_lr(member.hparams.lr, self.trainer.world_size,
                                    member.hparams.lr_scaling),

@@ -13,6 +13,7 @@ import math
 import os
 from typing import TYPE_CHECKING
 
+from medssl.errors import MedsslError
 from medssl.names import LR_SCALING
 
 if TYPE_CHECKING:  # torch is imported where it is used: the CLI starts without it
@@ -62,8 +63,6 @@ def wait_for_rank_zero(path, timeout_s: float = 600) -> None:
     import time
     from pathlib import Path
 
-    from medssl.errors import MedsslError
-
     deadline = time.monotonic() + timeout_s
     while not Path(path).is_file():
         if time.monotonic() > deadline:
@@ -78,7 +77,7 @@ def gather_shards(local: torch.Tensor, n: int) -> torch.Tensor:
     import torch
     import torch.distributed as dist
 
-    from medssl.data.sampling import shard
+    from medssl.data.sampling import shard  # lazy: the CLI imports this module, torch-free
 
     rank, world = shard()
     if world == 1:

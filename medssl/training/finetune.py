@@ -47,6 +47,16 @@ log = logging.getLogger("medssl")
 
 
 @dataclass(kw_only=True)
+class Assigned:
+    """What a grid (experiments.grid) assigns one of its runs beyond the flags a single run
+    takes: none of it is a flag of `medssl finetune`."""
+
+    lr_choice: dict | None = None  # the lr search this run's rate comes from (for metrics.json)
+    member_checkpoints: dict[str, str] | None = None  # a cohort member's SSL backbone
+    member_lrs: dict[str, float] | None = None  # a cohort member's rate (its search's); else lr
+
+
+@dataclass(kw_only=True)
 class FinetuneConfig(DataOptions, HardwareOptions, ModelOptions, RecipeOptions):
     """One finetuning run: the shared parts (medssl.options), and what only this run has."""
 
@@ -56,16 +66,13 @@ class FinetuneConfig(DataOptions, HardwareOptions, ModelOptions, RecipeOptions):
     seed: int = 0
     label_fraction: float = 1.0
     base: str | None = None  # the dataset's run folder (default runs/<dataset>)
-    # Set by an lr search (experiments.lr_search) for the seeds that reuse its choice.
-    lr_choice: dict | None = None
     # Knowledge distillation: finished runs on this split whose averaged, temperature-softened
     # predictions the student also learns from (training.objectives.distillation).
     # (--kd-temperature and --kd-alpha are in the recipe: compare's --distill runs use them too.)
     teachers: list[str] | None = None
     # Deep mutual learning: these priors trained together as a cohort (training.cohort).
     mutual: list[str] | None = None
-    member_checkpoints: dict[str, str] | None = None  # a member's SSL backbone (compare's)
-    member_lrs: dict[str, float] | None = None  # a member's lr (compare's lr search); else lr
+    assigned: Assigned | None = None  # what a grid gives this run beyond flags (compare's)
     out: str | None = None
     resume: bool = False
     force: bool = False
@@ -207,6 +214,11 @@ def run_name(cfg: FinetuneConfig) -> str:
     return cfg.model
 
 
+def assigned(cfg: FinetuneConfig) -> Assigned:
+    """What the grid assigned the run; nothing for a single run."""
+    return cfg.assigned or Assigned()
+
+
 def members_of(cfg: FinetuneConfig) -> list[str]:
     """The networks a run trains: the cohort's members, or its one model."""
     return list(cfg.mutual) if cfg.mutual else [cfg.model]
@@ -267,7 +279,7 @@ def load_priors(cfg: FinetuneConfig, members: list[str]) -> tuple[dict, dict]:
     """Each member's backbone with its prior loaded, and where the prior came from."""
     backbones, sources = {}, {}
     for member in members:
-        ssl = (cfg.member_checkpoints or {}).get(member, cfg.ssl_checkpoint)
+        ssl = (assigned(cfg).member_checkpoints or {}).get(member, cfg.ssl_checkpoint)
         backbones[member], sources[member] = load_prior(
             member, cfg, cfg.dataset, ssl, allow_other_dataset=cfg.allow_other_dataset,
             base=Path(cfg.base))
@@ -348,7 +360,7 @@ def build_module(cfg: FinetuneConfig, data: Splits, loaders: Loaders, backbones:
 
     def classifier(member: str, **kwargs) -> Classifier:
         return Classifier(backbones[member], feature_dim(cfg.arch), classes,
-                          lr=(cfg.member_lrs or {}).get(member, cfg.lr), recipe=cfg,
+                          lr=(assigned(cfg).member_lrs or {}).get(member, cfg.lr), recipe=cfg,
                           hardware=cfg, seed=cfg.seed, class_weights=weights, **kwargs)
 
     best = best_checkpoint(Path(cfg.out))

@@ -4,7 +4,6 @@ each member's folder and then the ensemble's."""
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
@@ -18,6 +17,7 @@ from medssl import __version__
 from medssl.atomic import atomic_write
 from medssl.names import SELECT_METRICS, dml_name, member_folder
 from medssl.presets import preset_for
+from medssl.records import RunRecord, write_run_record
 from medssl.runs import FINETUNE_OUTPUTS, best_checkpoint, mark_finished
 from medssl.training.distributed import gpu_hours, scaled_lr, scaling_rule
 from medssl.training.metrics import classification_metrics, metric_options
@@ -125,7 +125,8 @@ class RunResults:
             # prior trained alone, a cohort member likewise, a cohort's ensemble with the
             # ensemble of its members trained alone (report.tables).
             **({"base_models": base_models} if base_models else {}),
-            **(cfg.lr_choice or {"lr_selected": None, "lr_grid": None}),
+            **((cfg.assigned and cfg.assigned.lr_choice)
+               or {"lr_selected": None, "lr_grid": None}),
             "overfitting": overfitting(curves, selection["epoch"]),
             # No batch is dropped: every epoch sees every labelled image once (or, cut short by
             # --max-steps, its steps' batches).
@@ -137,8 +138,7 @@ class RunResults:
             "medssl_version": __version__, "wall_time_s": round(wall, 1),
             "config": {**asdict(cfg), **({"model": name} if cfg.mutual else {})},
         }
-        atomic_write(out / "metrics.json", lambda path: path.write_text(json.dumps(metrics,
-                                                                                   indent=2)))
+        write_run_record(out, RunRecord(**metrics))
         mark_finished(out, FINETUNE_OUTPUTS)
         log.info("%s %s seed %d: selected epoch %s, test acc %.3f, balanced acc %.3f",
                  cfg.dataset, name, cfg.seed, selection["epoch"] or "per member",

@@ -27,6 +27,7 @@ from medssl.models import build_backbone, feature_dim, save_backbone
 from medssl.names import INITS
 from medssl.options import DataOptions, HardwareOptions, ModelOptions, SSLOptions
 from medssl.presets import preset_for
+from medssl.records import BackboneRecord
 from medssl.runs import SSL_OUTPUTS, cleaned_up_on_failure, dataset_dir, mark_finished, ssl_dir
 from medssl.training.checks import check_run, imagenet_weights_for
 from medssl.training.distributed import (barrier, gpu_hours, is_rank_zero, planned_world_size,
@@ -242,12 +243,13 @@ class Used:
     data_info: dict
 
 
-def backbone_record(cfg: PretrainConfig, used: Used, trainer, module, knn, started: float) -> dict:
+def backbone_record(cfg: PretrainConfig, used: Used, trainer, module, knn,
+                    started: float) -> BackboneRecord:
     """backbone.json: how the backbone was made."""
     p = preset_for(cfg.dataset)
     method, batch_size = used.method, used.batch_size
     loss = module.last_epoch_loss
-    return {
+    return BackboneRecord(**{
         "method": cfg.method, "method_title": method.title, "method_settings": used.options,
         "method_settings_asked": {**method.defaults, **cfg.method_options},
         "supervised": method.uses_labels, "label_fraction": cfg.label_fraction,
@@ -281,4 +283,4 @@ def backbone_record(cfg: PretrainConfig, used: Used, trainer, module, knn, start
         # the batch size as run (asked: `batch_size` above is what ran)
         "config": {k: v for k, v in asdict(cfg).items() if k != "extra"}
                   | {"batch_size": batch_size},
-    }
+    })

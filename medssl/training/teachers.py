@@ -8,7 +8,6 @@ same image size. Anything else is refused by the teacher's name with the fix.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
@@ -16,7 +15,11 @@ import torch
 from torch import nn
 
 from medssl.errors import MedsslError
-from medssl.runs import best_checkpoint
+from medssl.models.backbones import empty_backbone, feature_dim, load_strict
+from medssl.models.checkpoints import read_state_dict
+from medssl.records import RunRecord, UnreadableRecord, read_run_record
+from medssl.runs import best_checkpoint, finetune_finished
+from medssl.training.classifier import make_head
 
 
 class RunClassifier(nn.Module):
@@ -33,43 +36,37 @@ class RunClassifier(nn.Module):
 FIX_RUN = "Fix: pass the folder of a finished `medssl finetune` run (e.g. runs/covid19/M3/seed0)."
 
 
-def teacher_metrics(run: str | Path) -> dict:
-    """The metrics.json of a finished finetuning run, or an error naming the folder and the fix."""
-    from medssl.runs import finetune_finished
-
+def teacher_record(run: str | Path) -> RunRecord:
+    """The record (metrics.json) of a finished finetuning run, or an error naming the folder and
+    the fix."""
     run = Path(run)
     if not finetune_finished(run):
         what = "does not exist" if not run.exists() else "is not a finished finetuning run " \
                                                          "(no completion marker with metrics.json)"
         raise MedsslError(f"Teacher {run} {what}. {FIX_RUN}")
     try:
-        return json.loads((run / "metrics.json").read_text())
-    except (OSError, ValueError):
+        return read_run_record(run)
+    except UnreadableRecord:
         raise MedsslError(f"Teacher {run}: its metrics.json is not readable JSON. {FIX_RUN}") \
             from None
 
 
 def teacher_model(run: str | Path) -> str:
     """The model a teacher run trained (its name in the table: M3, KD(M3→M1), DML(M3+M4)/M3)."""
-    return teacher_metrics(run)["model"]
+    return teacher_record(run).model
 
 
 def load_teacher(run: str | Path, samples: pd.DataFrame, classes: list[str], dataset: str,
                  image_size: int) -> tuple[nn.Module, dict]:
     """The teacher of `run` and what it is (for metrics.json); `samples` is the student's split."""
-    from medssl.models.backbones import empty_backbone, feature_dim
-    from medssl.models.backbones import load_strict
-    from medssl.models.checkpoints import read_state_dict
-    from medssl.training.classifier import make_head
-
     run = Path(run)
-    metrics = teacher_metrics(run)
-    config = metrics["config"]
+    record = teacher_record(run)
+    config = record.config
     problems = []
-    if metrics["dataset"] != dataset:
-        problems.append(f"it was trained on {metrics['dataset']}, the student on {dataset}")
-    if metrics["classes"] != list(classes):
-        problems.append(f"its classes are {metrics['classes']}, the student's {list(classes)}")
+    if record.dataset != dataset:
+        problems.append(f"it was trained on {record.dataset}, the student on {dataset}")
+    if record.classes != list(classes):
+        problems.append(f"its classes are {record.classes}, the student's {list(classes)}")
     if config["image_size"] != image_size:
         problems.append(f"it saw {config['image_size']} px images, the student {image_size} px")
     problems += _split_differences(run / "split.csv", samples)
@@ -90,9 +87,9 @@ def load_teacher(run: str | Path, samples: pd.DataFrame, classes: list[str], dat
     wanted = {k: v for k, v in state.items() if k.startswith(("backbone.", "head."))}
     load_strict(teacher, wanted, str(checkpoint))
     teacher.eval().requires_grad_(False)
-    return teacher, {"run": str(run), "model": metrics["model"], "arch": config["arch"],
-                     "seed": metrics["seed"], "checkpoint": str(checkpoint),
-                     "test_acc": metrics["test"]["acc"]}
+    return teacher, {"run": str(run), "model": record.model, "arch": config["arch"],
+                     "seed": record.seed, "checkpoint": str(checkpoint),
+                     "test_acc": record.test["acc"]}
 
 
 def _split_differences(split_file: Path, samples: pd.DataFrame) -> list[str]:

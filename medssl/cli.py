@@ -154,8 +154,8 @@ def data_config(args: argparse.Namespace):
 def cmd_datasets(args: argparse.Namespace) -> int:
     # Lazy, as every command's own imports below: `medssl --help` loads none of them, and
     # torch only the commands that train (`medssl datasets` and `check` run without it).
-    from medssl.data import all_adapters
-    from medssl.data.registry import indent
+    from medssl.data import all_adapters  # lazy: pandas, PIL
+    from medssl.data.registry import indent  # lazy: pandas
 
     for a in all_adapters():
         classes = f"{len(a.classes)} classes" if a.classes else "classes from the data"
@@ -171,8 +171,8 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from medssl.data import open_dataset, summary
-    from medssl.data.splits import write_split_csv
+    from medssl.data import open_dataset, summary  # lazy: pandas, PIL
+    from medssl.data.splits import write_split_csv  # lazy: pandas
 
     if args.split_out:
         writable_file(args.split_out, "--split-out")

@@ -12,6 +12,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from medssl.atomic import disk_full_message
 from medssl.errors import MedsslError
 
 # What went wrong, by errno, in words a user can act on.
@@ -34,8 +35,6 @@ def describe(exc: OSError, path=None, fix: str | None = None) -> str:
     where = path or exc.filename or "a file"
     what = WHAT.get(exc.errno, exc.strerror or str(exc))
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        from medssl.atomic import disk_full_message  # atomic imports this module: a circle
-
         return disk_full_message(where)
     return (f"Cannot write {where}: {what}. "
             f"Fix: {fix or 'choose a place you can write to (--out), or change its permissions'}.")

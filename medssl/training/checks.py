@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import math
 
-from medssl.data.files import cache_dir
 from medssl.errors import MedsslError
 from medssl.names import ACCELERATORS, PRECISIONS
 from medssl.oserrors import writable_folder
@@ -68,6 +67,8 @@ def check_hardware(cfg) -> None:
 
 def check_places(out, cache: bool) -> None:
     """The run folder and, when the image cache is used, the cache can be written."""
+    from medssl.data.files import cache_dir  # lazy: the data package loads pandas, PIL and numpy
+
     writable_folder(out, "--out")
     if cache:
         writable_folder(cache_dir(), "the image cache $MEDSSL_CACHE_DIR",

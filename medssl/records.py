@@ -6,9 +6,10 @@ Every reader and writer goes through here:
 
 - a file written before `schema` existed reads as schema 1, and a key it lacks (older runs
   recorded less) takes its field's default;
-- a file of a newer schema, one with a key no field holds, and one that is not a JSON object
-  are refused with a MedsslError naming the file and the fix (UnreadableRecord for a file that
-  is no record at all: not readable, not JSON, not an object).
+- a key no field holds is ignored with a warning;
+- a file of a newer schema, and one that is not a JSON object, are refused with a MedsslError
+  naming the file and the fix (UnreadableRecord for a file that is no record at all: not
+  readable, not JSON, not an object).
 
 Torch-free, at the bottom of the package beside names, options and errors.
 """
@@ -16,11 +17,14 @@ Torch-free, at the bottom of the package beside names, options and errors.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from medssl.atomic import atomic_write
 from medssl.errors import MedsslError
+
+log = logging.getLogger("medssl")
 
 SCHEMA = 1  # the version of both records; a reader refuses a file of a newer one
 METRICS = "metrics.json"  # a finetuning run's record, in its run folder
@@ -71,13 +75,14 @@ class _Record:
             raise MedsslError(f"{where} has record schema {schema}, newer than this medssl "
                               f"reads ({SCHEMA}): a newer medssl wrote it. Fix: upgrade medssl "
                               "to read it, or make it again with this version.")
+        # A key no field holds (a note added by hand, another tool's) was read past before
+        # records existed, and still is: said, not refused.
         known = {f.name for f in fields(cls)}
         unknown = [key for key in data if key not in known]
         if unknown:
-            raise MedsslError(f"{where} holds {', '.join(map(repr, unknown))}, which no "
-                              f"{cls.__name__} has: not a file {cls.WRITER} wrote. "
-                              f"{cls._fix()}")
-        return cls(**data)
+            log.warning("%s: %s not part of a %s; ignored", where,
+                        ", ".join(map(repr, unknown)), cls.__name__)
+        return cls(**{k: v for k, v in data.items() if k in known})
 
     @classmethod
     def _fix(cls) -> str:
@@ -87,7 +92,7 @@ class _Record:
 @dataclass(kw_only=True)
 class RunRecord(_Record):
     """metrics.json: what a finetuning run trained, how, and what it scored. The writer
-    (training.finetune) sets every field; a field's default is what a file that lacks its key
+    (training.finetune_results.RunResults.write; lr_search.adopt adds the search) sets every field; a field's default is what a file that lacks its key
     means (runs made before it was recorded, or files a test writes by hand)."""
 
     OMIT_IF_NONE = ("base_models", "lr_search")
@@ -148,7 +153,7 @@ class BackboneRecord(_Record):
     label_fraction: float = 1.0  # the share of labelled train images a supervised method saw
     labelled_train_images: int | None = None  # how many (0 for a self-supervised method)
     views: list | None = None  # the crops of each view: size, scale, colour
-    warmup_epochs_used: int | None = None  # learning-rate warmup epochs
+    warmup_epochs_used: float | None = None  # learning-rate warmup epochs
     arch: str | None = None  # the torchvision ResNet (resnet18, ...)
     init: str | None = None  # the weights before SSL: random or imagenet
     dataset: str | None = None  # the dataset it was pretrained on

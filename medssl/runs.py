@@ -34,11 +34,18 @@ from medssl.records import BACKBONE_JSON, METRICS
 RUNS = Path("runs")
 MARKER = "finished.json"
 CHECKPOINTS = "checkpoints"  # the folder of a run's checkpoints
-LAST = "last.ckpt"  # what --resume continues from (training.loaders.every_epoch_checkpoint)
+LAST = "last.ckpt"  # what --resume continues from (training.harness.every_epoch_checkpoint)
 BEST = "best.ckpt"  # a finetuning run's selected weights (what a teacher is loaded from)
-SSL_OUTPUTS = ("backbone.pt", BACKBONE_JSON)
-FINETUNE_OUTPUTS = (METRICS, "val_predictions.csv", "test_predictions.csv")
+BACKBONE = "backbone.pt"  # a pretraining's backbone (its record: records.BACKBONE_JSON)
+SPLIT = "split.csv"  # the split a run used; in a grid's folder, the split all its runs share
+LABELLED = "labelled_train.csv"  # the labelled train images, at a label fraction below 1
+SELECTION_VAL = "selection_val.csv"  # the val images selection saw, at a label fraction
+LOGS = "logs"  # the CSV log's folder; its file, metrics.csv, is Lightning's CSVLogger's name
+CURVES = "metrics.csv"
+SSL_OUTPUTS = (BACKBONE, BACKBONE_JSON)
+FINETUNE_OUTPUTS = (METRICS, "val_predictions.csv", "test_predictions.csv")  # predictions_file
 ANALYSIS = "analysis.json"
+SKIPPED = "skipped.json"  # a grid's models skipped, with why (compare writes, report reads)
 DEFAULT_MARGIN = 2.0  # points: the equivalence margin where none is declared
 
 
@@ -108,6 +115,22 @@ def last_checkpoint(run: Path) -> Path:
 def best_checkpoint(run: Path) -> Path:
     """`<run>/checkpoints/best.ckpt`: a finetuning run's selected weights."""
     return Path(run) / CHECKPOINTS / BEST
+
+
+def member_checkpoint(run: Path, model: str) -> Path:
+    """`<cohort run>/checkpoints/best-<model>.ckpt`: a cohort member's selected weights, from
+    which its own folder's best.ckpt is written."""
+    return Path(run) / CHECKPOINTS / f"best-{model_folder(model)}.ckpt"
+
+
+def predictions_file(run: Path, split: str) -> Path:
+    """`<run>/<split>_predictions.csv`: a finetuning run's probabilities per image (val, test)."""
+    return Path(run) / f"{split}_predictions.csv"
+
+
+def curves_file(run: Path) -> Path:
+    """`<run>/logs/metrics.csv`: the per-epoch curves (training.run_logs)."""
+    return Path(run) / LOGS / CURVES
 
 
 def unfinished_reason(run: Path) -> str | None:

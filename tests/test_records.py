@@ -110,11 +110,12 @@ def test_a_file_that_is_not_an_object_is_refused_by_name(tmp_path):
         read_backbone_record(tmp_path / "backbone.pt")
 
 
-def test_an_unknown_key_is_refused(tmp_path):
-    # No medssl ever wrote other keys: one there is a typo or another tool's file.
+def test_an_unknown_key_is_ignored_with_a_warning(tmp_path, caplog):
+    # A note added by hand was read past before records existed: still read, and said.
     (tmp_path / "metrics.json").write_text(json.dumps({**run_dict(), "accuracy": 1.0}))
-    with pytest.raises(MedsslError, match="'accuracy'"):
-        read_run_record(tmp_path)
+    record = read_run_record(tmp_path)
+    assert record.model == run_dict()["model"] and not hasattr(record, "accuracy")
+    assert "'accuracy'" in caplog.text and "ignored" in caplog.text
 
 
 def test_adopt_keeps_the_schema_and_records_the_choice(tmp_path):

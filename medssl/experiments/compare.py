@@ -24,8 +24,8 @@ from medssl.data import open_dataset
 from medssl.data.prepare import data_config
 from medssl.data.splits import write_split_csv
 from medssl.errors import MedsslError
-from medssl.experiments.grid import (Cell, depends_on, extra_runs, finetune_config, finished,
-                                     plan, pretrain_config, pretraining_dir)
+from medssl.experiments.grid import (Cell, cell_runs, depends_on, extra_runs, finetune_config,
+                                     finished, plan, pretrain_config, pretraining_dir)
 from medssl.experiments.lr_search import adopt, check_grid, same_choice, search_lr
 from medssl.models.backbones import imagenet_state_dict
 from medssl.names import method_names, model_name, prior_of, task_metrics
@@ -34,8 +34,9 @@ from medssl.options import (AnalysisOptions, DataOptions, HardwareOptions, Model
 from medssl.oserrors import writable_folder
 from medssl.presets import preset_for
 from medssl.records import UnreadableRecord, read_run_record
-from medssl.runs import (cleaned_up_on_failure, dataset_dir, declare_analysis, finetune_dir,
-                         finetune_finished, is_interrupted, last_checkpoint, ssl_finished)
+from medssl.runs import (BACKBONE, SKIPPED, SPLIT, cleaned_up_on_failure, dataset_dir,
+                         declare_analysis, finetune_dir, finetune_finished, is_interrupted,
+                         last_checkpoint, ssl_finished)
 from medssl.training.checks import (check_hardware, check_lr, check_places,
                                     imagenet_weights_for)
 from medssl.training.distributed import is_rank_zero, wait_for_rank_zero
@@ -99,9 +100,10 @@ def run_compare(cfg: CompareConfig) -> tuple[Path, dict[str, str]]:
     if not cfg.resume:  # as a plain rerun of one run would, refuse to restart interrupted ones
         extra = [finetune_dir(base, name, s, f) for name, _, _ in extra_runs(cfg)
                  for f in cfg.label_fractions for s in cfg.seeds]
-        interrupted = [run for run in expected_runs(base, cfg.models, cfg.seeds,
-                                                    cfg.label_fractions, not cfg.shared_ssl)
-                       + extra if is_interrupted(run)]
+        # A cell looks at its own runs only: the other cells' may be running in other jobs.
+        runs = cell_runs(cfg, base, cell) if cell else expected_runs(
+            base, cfg.models, cfg.seeds, cfg.label_fractions, not cfg.shared_ssl) + extra
+        interrupted = [run for run in runs if is_interrupted(run)]
         if interrupted:
             raise MedsslError(f"{len(interrupted)} run(s) of this grid were interrupted (first: "
                               f"{interrupted[0]}). Fix: pass --resume to continue them where they "
@@ -114,9 +116,11 @@ def _run_grid(cfg: CompareConfig, base: Path, only: Cell | None) -> tuple[Path, 
     base.mkdir(parents=True, exist_ok=True)
     skipped = imagenet_skips(cfg)
     models = [m for m in cfg.models if m not in skipped]
-    # Remembered for `medssl report`, which rebuilds the table without rerunning this check.
+    extra_skips(cfg, skipped)
+    # Remembered for `medssl report`, which rebuilds the table without rerunning this check
+    # (every --cell job writes the whole of it: each knows every reason).
     if is_rank_zero():
-        atomic_write(base / "skipped.json", lambda p: p.write_text(json.dumps(skipped, indent=2)))
+        atomic_write(base / SKIPPED, lambda p: p.write_text(json.dumps(skipped, indent=2)))
     split = shared_split(cfg, base)
     check_primary_metric(cfg, split)
     if is_rank_zero():  # declared before any run: what the results will be judged by
@@ -127,7 +131,7 @@ def _run_grid(cfg: CompareConfig, base: Path, only: Cell | None) -> tuple[Path, 
     del common["imagenet_weights"]  # given only to the runs that start from ImageNet
     cells = plan(cfg, base, models)
     if only is not None:
-        cells = [check_runnable(cfg, base, only, cells)]
+        cells = [check_runnable(cfg, base, only, cells, skipped)]
     finetunes = [c for c in cells if c.kind == "finetune"]
     for cell in cells:
         if cell.kind == "pretrain":
@@ -139,17 +143,28 @@ def _run_grid(cfg: CompareConfig, base: Path, only: Cell | None) -> tuple[Path, 
             run_finetune_cell(cfg, base, cell, common)
         else:
             run_extra_cell(cfg, base, cell, common, skipped)
-    if is_rank_zero():  # the distilled and mutual models' reasons too
-        atomic_write(base / "skipped.json", lambda p: p.write_text(json.dumps(skipped, indent=2)))
     return base, skipped
 
 
-def check_runnable(cfg: CompareConfig, base: Path, cell: Cell, cells: list[Cell]) -> Cell:
-    """`--cell`: one of this grid's cells, whose dependencies are finished."""
+def extra_skips(cfg: CompareConfig, skipped: dict) -> None:
+    """The distilled and mutual models that need a skipped model, added to `skipped` with why."""
+    for name, needed, _ in extra_runs(cfg):
+        missing = [m for m in needed if m in skipped]
+        if missing:
+            skipped[name] = f"it needs {', '.join(missing)}: {skipped[missing[0]]}"
+            log.warning("skipping %s: %s is skipped", name, ", ".join(missing))
+
+
+def check_runnable(cfg: CompareConfig, base: Path, cell: Cell, cells: list[Cell],
+                   skipped: dict) -> Cell:
+    """`--cell`: one of this grid's cells, whose dependencies are finished (a skipped model's
+    cell runs nothing, at once)."""
     if cell not in cells:
-        raise MedsslError(f"--cell {cell.name} is not a cell of this grid (its cells: "
-                          f"{', '.join(c.name for c in cells[:4])}, ...). Fix: name one that "
-                          "`compare` logs with these flags.")
+        listed = ", ".join(c.name for c in cells[:4]) + (", ..." if len(cells) > 4 else "")
+        raise MedsslError(f"--cell {cell.name} is not a cell of this grid (its cells: {listed}). "
+                          "Fix: name one that `compare` logs with these flags.")
+    if cell.model in skipped:
+        return cell
     waiting = [d.name for d in depends_on(cfg, cell) if not finished(cfg, base, d)]
     if waiting:
         raise MedsslError(f"--cell {cell.name} needs {', '.join(waiting)} finished first. Fix: "
@@ -222,12 +237,7 @@ def run_finetune_cell(cfg: CompareConfig, base: Path, cell: Cell, common: dict) 
 def run_extra_cell(cfg: CompareConfig, base: Path, cell: Cell, common: dict,
                    skipped: dict) -> None:
     """A distilled student or a cohort at one seed, once the models it needs are trained."""
-    needed = next(n for name, n, _ in extra_runs(cfg) if name == cell.model)
-    missing = [m for m in needed if m in skipped]
-    if missing:
-        if cell.model not in skipped:
-            skipped[cell.model] = f"it needs {', '.join(missing)}: {skipped[missing[0]]}"
-            log.warning("skipping %s: %s is skipped", cell.model, ", ".join(missing))
+    if cell.model in skipped:  # it needs a skipped model (extra_skips)
         return
     run = finetune_dir(base, cell.model, cell.seed, cell.label_fraction)
     if finetune_finished(run):
@@ -257,7 +267,7 @@ def imagenet_unavailable(arch: str, weights: str) -> str | None:
 
 def shared_split(cfg: CompareConfig, base: Path) -> Path:
     """The split every pretraining and finetuning of the grid uses, written once."""
-    path = base / "split.csv"
+    path = base / SPLIT
     if not is_rank_zero():  # the other processes of a distributed run read rank 0's
         wait_for_rank_zero(path)
     elif not path.is_file():
@@ -330,7 +340,7 @@ def check_same_prior(run: Path, base: Path, ssl_checkpoint: str | None) -> None:
         used = read_run_record(run).prior.get("ssl_checkpoint")
     except UnreadableRecord:  # no record at all: the run's own check refuses it
         return
-    expected = Path(ssl_checkpoint) / "backbone.pt"
+    expected = Path(ssl_checkpoint) / BACKBONE
     tail = len(expected.relative_to(base).parts)
     if used and Path(used).parts[-tail:] != expected.parts[-tail:]:
         raise MedsslError(

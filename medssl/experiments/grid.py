@@ -41,7 +41,9 @@ class Cell:
     @property
     def name(self) -> str:
         seed = () if self.seed is None else (str(self.seed),)
-        return ":".join((self.kind, self.model, f"{self.label_fraction:g}", *seed))
+        short = f"{self.label_fraction:g}"  # 0.1, 1; repr where that would round
+        fraction = short if float(short) == self.label_fraction else repr(self.label_fraction)
+        return ":".join((self.kind, self.model, fraction, *seed))
 
     @classmethod
     def parse(cls, name: str) -> Cell:
@@ -133,13 +135,18 @@ def depends_on(cfg, cell: Cell) -> list[Cell]:
     return []
 
 
-def finished(cfg, base: Path, cell: Cell) -> bool:
+def cell_runs(cfg, base: Path, cell: Cell) -> list[Path]:
+    """The run folders a cell writes (a finetune cell's lr-search runs aside)."""
     if cell.kind == "pretrain":
-        return ssl_finished(pretraining_dir(base, cell.model, cell.label_fraction, cell.seed,
-                                            not cfg.shared_ssl))
+        return [pretraining_dir(base, cell.model, cell.label_fraction, cell.seed,
+                                not cfg.shared_ssl)]
     seeds = cfg.seeds if cell.seed is None else [cell.seed]
-    return all(finetune_finished(finetune_dir(base, cell.model, s, cell.label_fraction))
-               for s in seeds)
+    return [finetune_dir(base, cell.model, s, cell.label_fraction) for s in seeds]
+
+
+def finished(cfg, base: Path, cell: Cell) -> bool:
+    done = ssl_finished if cell.kind == "pretrain" else finetune_finished
+    return all(done(run) for run in cell_runs(cfg, base, cell))
 
 
 def pretrain_config(cfg, base: Path, cell: Cell, common: dict, resume: bool) -> PretrainConfig:

@@ -18,7 +18,7 @@ from medssl.names import prior_of
 from medssl.options import ModelOptions
 from medssl.models.backbones import DEFAULT_IMAGENET, build_backbone, empty_backbone, load_strict
 from medssl.models.checkpoints import read_meta, read_state_dict
-from medssl.runs import dataset_dir, ssl_dir
+from medssl.runs import BACKBONE, SPLIT, dataset_dir, ssl_dir
 
 
 def ssl_backbone_path(model: str, dataset: str, ssl_checkpoint: str | os.PathLike | None,
@@ -26,9 +26,9 @@ def ssl_backbone_path(model: str, dataset: str, ssl_checkpoint: str | os.PathLik
     """`--ssl-checkpoint` (a file, or a pretraining folder), else the dataset's default folder."""
     if ssl_checkpoint:
         path = Path(ssl_checkpoint)
-        return path / "backbone.pt" if path.is_dir() else path
+        return path / BACKBONE if path.is_dir() else path
     prior = prior_of(model)
-    return ssl_dir(base or dataset_dir(dataset), prior.init, prior.method) / "backbone.pt"
+    return ssl_dir(base or dataset_dir(dataset), prior.init, prior.method) / BACKBONE
 
 
 def load_prior(model: str, options: ModelOptions, dataset: str, ssl_checkpoint=None, *,
@@ -81,5 +81,5 @@ def load_prior(model: str, options: ModelOptions, dataset: str, ssl_checkpoint=N
                       "ssl_dataset": meta.get("dataset"), "ssl_epochs": meta.get("epochs"),
                       "ssl_images_seen": meta.get("images_seen"),
                       "ssl_gpu_hours": meta.get("gpu_hours"),
-                      "ssl_split_file": str(path.parent / meta.get("split_file", "split.csv")),
+                      "ssl_split_file": str(path.parent / meta.get("split_file", SPLIT)),
                       "ssl_duplicate_policy": meta.get("data", {}).get("duplicates", {}).get("policy")}

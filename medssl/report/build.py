@@ -10,7 +10,7 @@ from pathlib import Path
 from medssl.errors import MedsslError
 from medssl.report.figures import write_figures
 from medssl.report.tables import collect_runs, write_results
-from medssl.runs import unfinished_reason
+from medssl.runs import SKIPPED, unfinished_reason
 
 log = logging.getLogger("medssl")
 
@@ -22,8 +22,8 @@ def build_report(base: Path, dataset: str | None = None,
     that `compare` skipped (listed in its `skipped.json`) are named with the reason. `analysis`
     (AnalysisOptions): a primary metric or equivalence margin set now, over the grid's plan."""
     base = Path(base)
-    if skipped_models is None and (base / "skipped.json").is_file():
-        skipped_models = json.loads((base / "skipped.json").read_text())
+    if skipped_models is None and (base / SKIPPED).is_file():
+        skipped_models = json.loads((base / SKIPPED).read_text())
     summary, md, unfinished = write_results(base, skipped_models, analysis)
     why = {run: unfinished_reason(run) or "metrics.json is not readable JSON" for run in unfinished}
     for run, reason in why.items():

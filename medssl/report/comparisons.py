@@ -22,6 +22,7 @@ from medssl.errors import MedsslError
 from medssl.names import PRIMARY_CHOICES, task_metrics
 from medssl.report.statistics import (METRICS, at_level, holm, minimum_detectable_effect,
                                       paired_difference)
+from medssl.runs import SPLIT, predictions_file
 
 REFERENCES = ("M1", "M3")
 ALPHA = 0.05
@@ -82,14 +83,14 @@ def test_predictions(runs: pd.DataFrame) -> dict[int, Predictions]:
     out = {}
     for _, r in runs.iterrows():
         run = Path(r["run"])
-        pred = pd.read_csv(run / "test_predictions.csv").sort_values("path")
+        pred = pd.read_csv(predictions_file(run, "test")).sort_values("path")
         probs = pred.filter(like="prob_")
         classes = [c[len("prob_"):] for c in probs.columns]
         labels = pred["label"].astype(str).map({c: i for i, c in enumerate(classes)}).to_numpy()
         paths = pred["path"].to_numpy()
         threshold = r.get("threshold")
         out[int(r["seed"])] = Predictions(paths, labels, probs.to_numpy(),
-                                          groups_of(run / "split.csv", paths),
+                                          groups_of(run / SPLIT, paths),
                                           None if pd.isna(threshold) else float(threshold))
     return out
 

@@ -20,7 +20,7 @@ from medssl.records import RunRecord, UnreadableRecord, read_run_record
 from medssl.report.answer import answer
 from medssl.report.comparisons import (METRIC_TITLES, REFERENCES, Task, adjust, comparisons,
                                        default_primary, store)
-from medssl.runs import DEFAULT_MARGIN, declared_analysis, finetune_finished
+from medssl.runs import DEFAULT_MARGIN, MARKER, SPLIT, declared_analysis, finetune_finished
 
 # (column, split, metric) in the order of the study's table, then the added metrics.
 COLUMNS = [("train_acc", "train", "acc"), ("train_loss", "train", "loss"),
@@ -57,7 +57,7 @@ def collect_runs(base: Path) -> tuple[pd.DataFrame, list[str]]:
                             and p.name != "lr-search"):
         # split.csv is the first file a run writes: a folder with it but no marker is unfinished
         # (so is one with a marker and no split.csv: something was deleted).
-        found = {p.parent for name in ("split.csv", "finished.json") for p in model_dir.rglob(name)}
+        found = {p.parent for name in (SPLIT, MARKER) for p in model_dir.rglob(name)}
         for run in sorted(found):
             if not finetune_finished(run):
                 skipped.append(str(run))

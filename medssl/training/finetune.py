@@ -27,11 +27,11 @@ from medssl.data.transforms import Normalize, eval_crop, finetune_crops
 from medssl.errors import MedsslError
 from medssl.models import feature_dim
 from medssl.models.priors import load_prior
-from medssl.names import SELECT_METRICS, dml_name, kd_name, member_folder, model_folder, prior_of
+from medssl.names import SELECT_METRICS, dml_name, kd_name, member_folder, prior_of
 from medssl.options import DataOptions, HardwareOptions, ModelOptions, RecipeOptions
 from medssl.presets import preset_for
-from medssl.runs import (FINETUNE_OUTPUTS, best_checkpoint, cleaned_up_on_failure, dataset_dir,
-                         finetune_dir)
+from medssl.runs import (FINETUNE_OUTPUTS, LABELLED, SELECTION_VAL, SPLIT, best_checkpoint,
+                         cleaned_up_on_failure, dataset_dir, finetune_dir, member_checkpoint)
 from medssl.training.checks import check_run, imagenet_weights_for
 from medssl.training.classifier import Classifier
 from medssl.training.cohort import Cohort
@@ -290,8 +290,8 @@ def prepare_splits(cfg: FinetuneConfig, run: RunStart, sources: dict) -> Splits:
     """The split (a resumed run's own, else an SSL prior's of this dataset, else the dataset's),
     checked against what the priors saw, cut to the label fraction and written to the run."""
     split_file = cfg.split_file
-    if cfg.resume and (run.out / "split.csv").is_file():
-        split_file = str(run.out / "split.csv")
+    if cfg.resume and (run.out / SPLIT).is_file():
+        split_file = str(run.out / SPLIT)
     # An SSL backbone of this dataset brings its split (nothing it trained on is held out here);
     # one of another dataset (--allow-other-dataset) never saw these images: this dataset's own.
     same_data = {m: "ssl_split_file" in s and s.get("ssl_dataset") == cfg.dataset
@@ -313,11 +313,11 @@ def prepare_splits(cfg: FinetuneConfig, run: RunStart, sources: dict) -> Splits:
                             "val")
     if run.writer:
         run.out.mkdir(parents=True, exist_ok=True)
-        write_split_csv(table.samples, run.out / "split.csv", cfg.duplicates)
+        write_split_csv(table.samples, run.out / SPLIT, cfg.duplicates)
         if cfg.label_fraction < 1:
-            write_split_csv(labelled, run.out / "labelled_train.csv", cfg.duplicates)
+            write_split_csv(labelled, run.out / LABELLED, cfg.duplicates)
             if not cfg.full_val:
-                write_split_csv(val_rows, run.out / "selection_val.csv", cfg.duplicates)
+                write_split_csv(val_rows, run.out / SELECTION_VAL, cfg.duplicates)
     return Splits(table, data_info, labelled, val_rows,
                   train_eval_sample(labelled, len(val_rows), cfg.seed))
 
@@ -369,8 +369,8 @@ def build_module(cfg: FinetuneConfig, data: Splits, loaders: Loaders, backbones:
                         input_transform=Normalize(p.mean, p.std), seed=cfg.seed,
                         lr_schedule=cfg.lr_schedule)
         # Each member selected on val on its own; weights only (the optimiser lives in last.ckpt).
-        selectors = [selection_checkpoint(cfg, best.parent, f"{m}/", f"best-{model_folder(m)}")
-                     for m in cfg.mutual]
+        selectors = [selection_checkpoint(cfg, best.parent, f"{m}/",
+                                          member_checkpoint(cfg.out, m).stem) for m in cfg.mutual]
     else:
         module = classifier(cfg.model, input_transform=Normalize(p.mean, p.std),
                             objective=objective)

@@ -18,7 +18,8 @@ from medssl.atomic import atomic_write
 from medssl.names import SELECT_METRICS, dml_name, member_folder
 from medssl.presets import preset_for
 from medssl.records import RunRecord, write_run_record
-from medssl.runs import FINETUNE_OUTPUTS, best_checkpoint, mark_finished
+from medssl.runs import (FINETUNE_OUTPUTS, LABELLED, SELECTION_VAL, SPLIT, best_checkpoint,
+                         curves_file, mark_finished, predictions_file)
 from medssl.training.distributed import gpu_hours, scaled_lr, scaling_rule
 from medssl.training.metrics import classification_metrics, metric_options
 from medssl.training.run_logs import epoch_curves
@@ -32,12 +33,12 @@ def write_cohort(run: RunResults, module, out: Path, members: list[str], sources
     """Each member's run folder (its selected weights, curves, predictions and metrics), then
     the ensemble's (the mean of the members' selected probabilities) in the cohort's folder,
     whose completion marker comes last of all."""
-    curves = pd.read_csv(out / "logs" / "metrics.csv")  # written by rank 0, this process
+    curves = pd.read_csv(curves_file(out))  # written by rank 0, this process
     member_runs = {}
     for k, member in enumerate(members):
         folder = member_folder(out, member)
         best_checkpoint(folder).parent.mkdir(parents=True, exist_ok=True)
-        for name in ("split.csv", "labelled_train.csv", "selection_val.csv"):
+        for name in (SPLIT, LABELLED, SELECTION_VAL):
             if (out / name).is_file():
                 shutil.copy(out / name, folder / name)
         # The member's selected weights as a single run's best.ckpt: loadable as a teacher.
@@ -49,8 +50,8 @@ def write_cohort(run: RunResults, module, out: Path, members: list[str], sources
         prefix = f"{member}/"
         own = curves[[c for c in curves if c in ("epoch", "step") or c.startswith(prefix)]]
         own = own.rename(columns=lambda c: c[len(prefix):] if c.startswith(prefix) else c)
-        (folder / "logs").mkdir(exist_ok=True)
-        atomic_write(folder / "logs" / "metrics.csv", lambda path: own.to_csv(path, index=False))
+        curves_file(folder).parent.mkdir(exist_ok=True)
+        atomic_write(curves_file(folder), lambda path: own.to_csv(path, index=False))
         record = {**objective_record, "cohort_run": str(out)}
         run.write(folder, dml_name(members, member), {s: v[k] for s, v in probs.items()},
                   last_test[k], run.selection(*chosen[k]), sources[member], record,
@@ -102,7 +103,7 @@ class RunResults:
         results["test_last"] = classification_metrics(last_test, truth["test"], table.classes,
                                                       **task)
         for split in ("val", "test"):
-            write_predictions(out / f"{split}_predictions.csv", self.loaders[split].dataset,
+            write_predictions(predictions_file(out, split), self.loaders[split].dataset,
                               table, probs[split])
         for logger in trainer.loggers:
             logger.log_metrics({f"selected/{log_prefix}test_{k}": results["test"][k]
@@ -134,7 +135,7 @@ class RunResults:
                                       images_seen=trainer.current_epoch * len(self.labelled)
                                       if cfg.max_steps < 0 else
                                       trainer.global_step * self.train_loader.batch_size),
-            "prior": source, "split_file": "split.csv", "data": self.data_info,
+            "prior": source, "split_file": SPLIT, "data": self.data_info,
             "medssl_version": __version__, "wall_time_s": round(wall, 1),
             "config": {**asdict(cfg), **({"model": name} if cfg.mutual else {})},
         }

@@ -28,7 +28,8 @@ from medssl.names import INITS
 from medssl.options import DataOptions, HardwareOptions, ModelOptions, SSLOptions
 from medssl.presets import preset_for
 from medssl.records import BackboneRecord
-from medssl.runs import SSL_OUTPUTS, cleaned_up_on_failure, dataset_dir, mark_finished, ssl_dir
+from medssl.runs import (BACKBONE, LABELLED, SPLIT, SSL_OUTPUTS, cleaned_up_on_failure,
+                         dataset_dir, mark_finished, ssl_dir)
 from medssl.training.checks import check_run, imagenet_weights_for
 from medssl.training.distributed import (barrier, gpu_hours, is_rank_zero, planned_world_size,
                                          scaled_lr, scaling_rule)
@@ -171,7 +172,7 @@ def _train(cfg: PretrainConfig) -> Path:
     fit(trainer, run.out, module, train_loader, ckpt_path=run.resume_from, weights_only=True)
     if trainer.is_global_zero:
         used = Used(method, options, views, settings, batch_size, len(rows), data_info)
-        save_backbone(module.backbone, run.out / "backbone.pt",
+        save_backbone(module.backbone, run.out / BACKBONE,
                       backbone_record(cfg, used, trainer, module, knn, run.started))
         mark_finished(run.out, SSL_OUTPUTS)
     barrier()  # the other ranks return once the backbone is there (compare goes on to use it)
@@ -182,14 +183,14 @@ def prepare_split(cfg: PretrainConfig, run: RunStart):
     """The dataset's table under the run's split (a resumed run keeps its own), written to the
     run folder."""
     split_file = cfg.split_file
-    if cfg.resume and not split_file and (run.out / "split.csv").is_file():
-        split_file = str(run.out / "split.csv")  # a resumed run keeps its split
+    if cfg.resume and not split_file and (run.out / SPLIT).is_file():
+        split_file = str(run.out / SPLIT)  # a resumed run keeps its split
     table, data_info = prepare(replace(data_config(cfg), split_file=split_file),
                                skip_bad_images=cfg.skip_bad_images, workers=cfg.workers,
                                progress=cfg.progress)
     if run.writer:
         run.out.mkdir(parents=True, exist_ok=True)
-        write_split_csv(table.samples, run.out / "split.csv", cfg.duplicates)
+        write_split_csv(table.samples, run.out / SPLIT, cfg.duplicates)
     return table, data_info
 
 
@@ -200,7 +201,7 @@ def train_rows(cfg: PretrainConfig, method, table, run: RunStart):
     rows = label_subset(table.samples, cfg.label_fraction, cfg.seed) if method.uses_labels \
         else table.samples[table.samples["split"] == "train"]
     if run.writer and method.uses_labels and cfg.label_fraction < 1:
-        write_split_csv(rows, run.out / "labelled_train.csv", cfg.duplicates)
+        write_split_csv(rows, run.out / LABELLED, cfg.duplicates)
     if len(rows) < 2:
         raise MedsslError(f"The train split of {cfg.dataset} has {len(rows)} image(s); "
                           f"{method.title} needs at least 2.")
@@ -277,7 +278,7 @@ def backbone_record(cfg: PretrainConfig, used: Used, trainer, module, knn,
         **{f"{when}_{key}": (scores or {}).get(key)
            for when, scores in (("final", knn.last), ("initial", knn.initial))
            for key in ("knn_acc", "fewshot_acc", "knn_balanced_acc", "fewshot_balanced_acc")},
-        "seed": cfg.seed, "split_file": "split.csv",
+        "seed": cfg.seed, "split_file": SPLIT,
         "data": used.data_info, "medssl_version": __version__,
         "wall_time_s": round(time.time() - started, 1),
         # the batch size as run (asked: `batch_size` above is what ran)

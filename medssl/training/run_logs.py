@@ -17,6 +17,7 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 
 from medssl.atomic import atomic_write
+from medssl.runs import LOGS, curves_file
 from medssl.training.distributed import is_rank_zero
 
 
@@ -51,7 +52,7 @@ class ResumableCSVLogger(CSVLogger):
     what was logged before that checkpoint."""
 
     def __init__(self, out: Path, resume_at: tuple[int, int] | None = None):
-        super().__init__(str(out), name="logs", version="", flush_logs_every_n_steps=1)
+        super().__init__(str(out), name=LOGS, version="", flush_logs_every_n_steps=1)
         self._kept_header, self._kept_rows = [], []
         if resume_at is not None and is_rank_zero():  # rank 0 alone writes the log
             self._keep_rows_before(*resume_at)
@@ -104,7 +105,7 @@ def epoch_curves(run: Path):
     accuracy and loss, from Lightning's CSVLogger file."""
     import pandas as pd
 
-    raw = pd.read_csv(Path(run) / "logs" / "metrics.csv")
+    raw = pd.read_csv(curves_file(run))
     cols = [f"{split}/{metric}" for split in ("train", "train_eval", "val")
             for metric in ("acc", "loss") if f"{split}/{metric}" in raw]
     return raw.dropna(subset=["epoch"]).groupby("epoch")[cols].first().dropna(how="all")

@@ -18,7 +18,7 @@ from medssl.errors import MedsslError
 from medssl.models.backbones import empty_backbone, feature_dim, load_strict
 from medssl.models.checkpoints import read_state_dict
 from medssl.records import RunRecord, UnreadableRecord, read_run_record
-from medssl.runs import best_checkpoint, finetune_finished
+from medssl.runs import SPLIT, best_checkpoint, finetune_finished
 from medssl.training.classifier import make_head
 
 
@@ -69,10 +69,10 @@ def load_teacher(run: str | Path, samples: pd.DataFrame, classes: list[str], dat
         problems.append(f"its classes are {record.classes}, the student's {list(classes)}")
     if config["image_size"] != image_size:
         problems.append(f"it saw {config['image_size']} px images, the student {image_size} px")
-    problems += _split_differences(run / "split.csv", samples)
+    problems += _split_differences(run / SPLIT, samples)
     if problems:
         raise MedsslError(f"Teacher {run} does not fit this run: " + "; ".join(problems) +
-                          f". Fix: finetune the student with --split-file {run / 'split.csv'} "
+                          f". Fix: finetune the student with --split-file {run / SPLIT} "
                           "(and the teacher's dataset, classes and --image-size), or train a "
                           "teacher on the student's split.")
     checkpoint = best_checkpoint(run)

@@ -13,7 +13,7 @@ from medssl.errors import MedsslError
 from medssl.experiments.grid import Cell, depends_on, finetune_config, plan, pretraining_dir
 from medssl.options import RecipeOptions
 from medssl.records import RunRecord, write_run_record
-from medssl.runs import finetune_dir
+from medssl.runs import finetune_dir, last_checkpoint
 
 FAST = ["--arch", "resnet18", "--image-size", "32", "--num-workers", "0", "--batch-size", "8"]
 
@@ -86,11 +86,17 @@ def test_a_cell_runs_alone_by_name_in_another_process(tmp_path):
 
     early = cell("finetune:M2:1")
     assert early.returncode == 2 and "needs pretrain:M2:1:0 finished first" in early.stderr
+    # Another job's cell, running now: a checkpoint and no completion marker. A cell looks at
+    # its own runs only, so it does not take that one for an interrupted run of its own.
+    running = last_checkpoint(out / "M1" / "seed0")
+    running.parent.mkdir(parents=True)
+    running.write_bytes(b"")
     done = cell("pretrain:M2:1:0")
     assert done.returncode == 0, done.stderr
     assert (out / "ssl-random" / "seed0" / "backbone.pt").is_file()
-    assert not (out / "M1").exists() and not (out / "M2").exists()  # that cell alone
+    assert not (out / "M2").exists()  # that cell alone
     done = cell("finetune:M2:1")
     assert done.returncode == 0, done.stderr
-    assert (out / "M2" / "seed0" / "metrics.json").is_file() and not (out / "M1").exists()
+    assert (out / "M2" / "seed0" / "metrics.json").is_file()
+    assert sorted(p.name for p in (out / "M1").rglob("*") if p.is_file()) == ["last.ckpt"]
     assert Path(out / "split.csv").is_file()

@@ -23,6 +23,22 @@ class Fixed(nn.Module):
         return self.logits.expand(len(x), -1)
 
 
+def test_a_run_gets_the_objective_its_options_select_through_the_registry():
+    # objective_for picks by each objective's `selected_by` option, never by name in the run:
+    # a cohort (--mutual) gets mutual learning, no option plain cross-entropy.
+    from types import SimpleNamespace
+
+    from medssl.training.objectives import OBJECTIVES, objective_for
+
+    cohort, record = objective_for(SimpleNamespace(mutual=["M3", "M4"], teachers=None), None)
+    assert type(cohort).name == "mutual" and record == {"name": "mutual", "members": ["M3", "M4"]}
+    plain, record = objective_for(SimpleNamespace(mutual=None, teachers=None), None)
+    assert type(plain).name == "plain" and record == {"name": "plain"}
+    # Every registered objective says what selects it and how it is built for a run.
+    assert {cls.selected_by for cls in OBJECTIVES.values()} == {None, "mutual", "teachers"}
+    assert all(callable(cls.for_run) for cls in OBJECTIVES.values())
+
+
 def softmax(values, t):
     e = [math.exp(v / t) for v in values]
     return [v / sum(e) for v in e]

@@ -17,7 +17,7 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 
 from medssl.atomic import atomic_write
-from medssl.runs import LOGS, curves_file
+from medssl.runs import LOGS, TENSORBOARD, curves_file
 from medssl.training.distributed import is_rank_zero
 
 
@@ -96,7 +96,7 @@ class ResumableCSVLogger(CSVLogger):
 
 def run_loggers(out: Path, resume_at: tuple[int, int] | None = None) -> list:
     """TensorBoard (`<out>/tensorboard`) and the CSV log (`<out>/logs/metrics.csv`)."""
-    return [TensorBoardLogger(str(out), name="tensorboard", version=""),
+    return [TensorBoardLogger(str(out), name=TENSORBOARD, version=""),
             ResumableCSVLogger(Path(out), resume_at)]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 
@@ -109,7 +110,7 @@ def data_options() -> argparse.ArgumentParser:
     g.add_argument("--dataset", required=True, help="a name from `medssl datasets`")
     g.add_argument("--data-root", help="the unpacked download, or the folder above it "
                    "(default: $MEDSSL_DATA_ROOT or ./data)")
-    g.add_argument("--split-seed", type=int, default=0,
+    g.add_argument("--split-seed", type=seed, default=0,
                    help="seed of the carved val/test splits (default 0)")
     g.add_argument("--val-fraction", type=fraction, default=None,
                    help="share of the training pool carved out for validation (default 0.15)")
@@ -226,6 +227,21 @@ def print_check(report: dict, split_out: str | None) -> None:
               (f"; split not written to {split_out}" if split_out else ""))
 
 
+SEED_LIMIT = 2 ** 32  # numpy's seeds, and the split's, lie in [0, 2**32)
+
+
+def seed(text: str) -> int:
+    """`--seed`, `--seeds`, `--split-seed`: a whole number in [0, 2**32)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if not 0 <= value < SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"{text} must lie in [0, {SEED_LIMIT - 1}]: seeds are "
+                                         "whole numbers from 0, e.g. 0 1 2")
+    return value
+
+
 def label_fraction(text: str) -> float:
     try:
         value = float(text)
@@ -334,6 +350,8 @@ def method_option(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"'{text}' is not KEY=NUMBER") from None
     if not sep or not key.strip():
         raise argparse.ArgumentTypeError(f"'{text}' is not KEY=NUMBER")
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"'{text}': the value must be a finite number")
     return key.strip(), int(number) if number.is_integer() and "." not in value else number
 
 
@@ -378,7 +396,7 @@ def add_pretrain_args(p: argparse.ArgumentParser) -> None:
                    help="supcon only: learn from this seeded, stratified share of the labels")
     g.add_argument("--init", choices=INITS, default="random",
                    help="initial weights before pretraining: random (for M2) or imagenet (for M4)")
-    g.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+    g.add_argument("--seed", type=seed, default=0, help="training seed (default 0)")
     run_folder_flags(g, "output folder (default runs/<dataset>/ssl-<init> for simclr, "
                      "ssl-<method>-<init> for the others)")
 
@@ -459,7 +477,7 @@ def add_finetune_args(p: argparse.ArgumentParser) -> None:
                    "(default runs/<dataset>/ssl-random or ssl-imagenet)")
     g.add_argument("--allow-other-dataset", action="store_true",
                    help="accept an SSL backbone pretrained on another dataset")
-    g.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+    g.add_argument("--seed", type=seed, default=0, help="training seed (default 0)")
     g.add_argument("--label-fraction", type=label_fraction, default=1.0,
                    help="finetune on this seeded, stratified share of the labelled train split")
     g.add_argument("--teacher", nargs="+", dest="teachers", metavar="RUN",
@@ -496,7 +514,7 @@ def add_compare_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ssl-methods", nargs="+", default=None, metavar="METHOD",
                    help="pretrain with each of these methods and finetune M2 and M4 from each "
                    "(e.g. simclr byol swav: M2, M2-byol, M2-swav, ...); default simclr")
-    g.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    g.add_argument("--seeds", nargs="+", type=seed, default=[0, 1, 2])
     g.add_argument("--label-fractions", nargs="+", type=label_fraction, default=None,
                    help="label fractions to finetune at (default 1.0; the demo 1.0 and 0.1)")
     g.add_argument("--out", help="the grid's folder (default runs/<dataset>)")

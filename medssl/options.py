@@ -98,6 +98,16 @@ class AnalysisOptions:
     equivalence_margin: float | None = None  # in points (default 2)
 
 
+# The settings that may differ between a run and its resume, or its reuse by `compare`: where
+# and how fast it runs, where it writes, how it shows progress. Every other setting is part of
+# the run's identity (medssl.identity): changing it means another run.
+MAY_CHANGE = frozenset({
+    "accelerator", "devices", "num_nodes", "strategy", "deterministic", "compile",  # hardware
+    "num_workers", "workers", "cache", "progress", "checkpoint_interval",  # loading, logging
+    "data_root", "out", "base", "resume", "force", "allow_other_dataset",  # places, run control
+})
+
+
 def part_of(obj, *parts) -> dict:
     """The values of `obj` for every field of `parts`, as keyword arguments for another config."""
     return {f.name: getattr(obj, f.name) for part in parts for f in fields(part)}

@@ -46,6 +46,8 @@ CURVES = "metrics.csv"
 SSL_OUTPUTS = (BACKBONE, BACKBONE_JSON)
 FINETUNE_OUTPUTS = (METRICS, "val_predictions.csv", "test_predictions.csv")  # predictions_file
 ANALYSIS = "analysis.json"
+IDENTITY = "identity.json"  # what makes the run's result what it is (medssl.identity)
+SPLIT_IDENTITY = "split.json"  # the flags a grid's shared split was made with
 SKIPPED = "skipped.json"  # a grid's models skipped, with why (compare writes, report reads)
 DEFAULT_MARGIN = 2.0  # points: the equivalence margin where none is declared
 

@@ -75,6 +75,24 @@ def interrupted_run(folder: Path, garbage: bool = False) -> None:
     (folder / "checkpoints" / "last.ckpt").write_bytes(b"garbage" if garbage else b"PK\x03\x04")
 
 
+def resnet18_run_to_resume(folder: Path) -> None:
+    """An interrupted resnet18 run: a checkpoint to resume from, and the identity it recorded."""
+    from medssl.identity import run_identity, write_identity
+    from medssl.training.finetune import FinetuneConfig, resolve
+
+    (folder / "checkpoints").mkdir(parents=True)
+    torch.save({"epoch": 0, "global_step": 1}, folder / "checkpoints" / "last.ckpt")
+    made = resolve(FinetuneConfig(dataset="covid19", model="M1", arch="resnet18", image_size=32,
+                                  batch_size=8, epochs=1, out=str(folder)))
+    write_identity(folder, run_identity(made))
+
+
+def one_class(root: Path) -> None:
+    (root / "cat").mkdir(parents=True)
+    for i in range(4):
+        (root / "cat" / f"{i}.jpg").write_bytes(fx.picture(f"cat{i}"))
+
+
 def truncated_grid(folder: Path) -> None:
     run = folder / "M1" / "seed0"
     finished_run(run)
@@ -198,6 +216,30 @@ CASES = [
                                  "--csv-split-column", "fold"], ["no column 'fold'"]),
     ("decompression-bomb", [*CHECK], ["decompression bombs", "MEDSSL_MAX_IMAGE_PIXELS"],
      {"MEDSSL_MAX_IMAGE_PIXELS": "100"}),
+    # Issue 32: values that reached an internal error, and a resume of another run
+    ("split-seed-negative", [*CHECK, "--split-seed", "-3"], ["--split-seed", "[0, 4294967295]"]),
+    ("split-seed-above-2-32", [*CHECK, "--split-seed", str(2 ** 32)], ["--split-seed"]),
+    ("grid-seeds-negative", [*GRID, "--out", "{tmp}/grid", "--seeds", "-1", "0"],
+     ["--seeds", "whole numbers from 0"]),
+    ("max-image-pixels-text", [*CHECK], ["MEDSSL_MAX_IMAGE_PIXELS='lots'", "Fix"],
+     {"MEDSSL_MAX_IMAGE_PIXELS": "lots"}),
+    ("batch-size-one", [*FT, "--out", "{tmp}/run", "--batch-size", "1"],
+     ["--batch-size 1", "two or more images per batch"]),
+    ("resume-with-another-arch", [*FT, "--out", "{tmp}/run", "--arch", "resnet34", "--resume"],
+     ["Cannot resume", "arch: 'resnet18' -> 'resnet34'", "Fix"], None,
+     lambda t: resnet18_run_to_resume(t / "run")),
+    ("method-opt-nan", [*PT, "--method-opt", "temperature=nan"],
+     ["temperature=nan", "finite number"]),
+    ("method-opt-out-of-range", [*PT, "--out", "{tmp}/run", "--method-opt", "temperature=-1"],
+     ["--method-opt temperature=-1", "(0, inf)", "Fix"]),
+    ("method-opt-count-fraction", [*PT, "--out", "{tmp}/run", "--method", "moco",
+                                   "--method-opt", "queue_size=0.5"],
+     ["queue_size", "whole number of at least 1"]),
+    ("one-class-dataset", ["check", "--dataset", "folder", "--data-root", "{tmp}/one"],
+     ["one class only (cat)", "two or more", "usable: no"], None, lambda t: one_class(t / "one")),
+    ("one-class-training", ["finetune", "--dataset", "folder", "--data-root", "{tmp}/one",
+                            "--model", "M1", "--out", "{tmp}/run", *FAST],
+     ["one class only (cat)", "Fix"], None, lambda t: one_class(t / "one")),
     ("gpu-without-gpu", [*FT, "--accelerator", "gpu"], ["--accelerator gpu", "no CUDA GPU",
                                                         "--accelerator cpu"]),
     ("grid-gpu-without-gpu", [*GRID, "--out", "{tmp}/grid", "--accelerator", "gpu"],

@@ -1,6 +1,7 @@
 """The fast input pipeline: the image cache, and batched SimCLR views equivalent to lightly's."""
 
 import os
+import shutil
 import time
 
 import numpy as np
@@ -55,6 +56,26 @@ def test_cache_rows_equal_decoding_and_only_changed_sources_are_decoded_again(tm
     assert "1 decoded, 4 reused" in caplog.text
     assert (cache.get(names[2]) == [255, 0, 0]).all()
     assert np.array_equal(cache.get(names[1]), shrink(tmp_path / "img" / names[1], 16))
+
+
+def test_a_picture_replaced_keeping_its_size_and_mtime_is_decoded_again(tmp_path, caplog):
+    # `cp -p` and rsync keep the mtime, and two BMPs of one shape have one byte size: the cache
+    # must still serve the new picture, not the stale row.
+    folder = tmp_path / "img"
+    folder.mkdir()
+    for name, colour in (("a.bmp", (255, 0, 0)), ("b.bmp", (0, 0, 255))):
+        Image.new("RGB", (60, 40), colour).save(folder / name)
+    cache = ImageCache.build(folder, ["a.bmp", "b.bmp"], side=16, progress=False)
+    assert (cache.get("a.bmp") == [255, 0, 0]).all()
+    kept = (folder / "a.bmp").stat()
+    shutil.copyfile(folder / "b.bmp", folder / "a.bmp")  # the new picture, over the old file
+    os.utime(folder / "a.bmp", ns=(kept.st_atime_ns, kept.st_mtime_ns))  # its old mtime kept
+    now = (folder / "a.bmp").stat()
+    assert (now.st_size, now.st_mtime_ns) == (kept.st_size, kept.st_mtime_ns)
+    caplog.set_level("INFO", logger="medssl")
+    cache = ImageCache.build(folder, ["a.bmp", "b.bmp"], side=16, progress=False)
+    assert "1 decoded, 1 reused" in caplog.text
+    assert (cache.get("a.bmp") == [0, 0, 255]).all()
 
 
 def test_an_interrupted_cache_build_is_never_taken_as_finished(tmp_path, monkeypatch):

@@ -9,10 +9,10 @@ it is exactly the usual resize-and-centre-crop.
 
 Storage: one flat uint8 file per dataset and size, `images.u8` (the rows one after the other, each
 height*width*3 bytes), and `index.json` naming each row's source path, byte size, modification
-time, offset and shape. Why one file rather than a folder of PNG/JPEG files: a row is read with a
+time, inode and ctime, offset and shape. Why one file rather than a folder of PNG/JPEG files: a row is read with a
 single `pread` and no decoding at all, and reads go through the page cache without mapping the
-file, so a worker's memory does not grow with the dataset. A source whose size or mtime changed is
-decoded again; the index is written last, through a temporary name, so an interrupted build is
+file, so a worker's memory does not grow with the dataset. A source whose size, mtime, inode or
+ctime changed is decoded again; the index is written last, through a temporary name, so an interrupted build is
 never taken for a finished one.
 """
 
@@ -69,8 +69,11 @@ def _shapes(args) -> list[tuple[int, int]]:
 
 
 def _source_stamp(path: Path) -> list[int]:
+    """What tells that a source changed: its size and mtime, and its inode and ctime. A copy that
+    keeps the mtime (`cp -p`, rsync) still gets a new ctime (and a new file a new inode), and
+    nothing can set a ctime back: a picture replaced by another of the same size is noticed."""
     st = path.stat()
-    return [st.st_size, st.st_mtime_ns]
+    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
 
 
 def _decode_rows(args) -> int:

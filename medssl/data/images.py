@@ -13,6 +13,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from medssl.data.fingerprint import SMALL, Fingerprint, fingerprint
 from medssl.data.registry import Problem
+from medssl.errors import MedsslError
 
 # Decompression-bomb guard stays on, but fundus photographs (4288x2848) are far below it.
 # $MEDSSL_MAX_IMAGE_PIXELS raises it for a dataset of genuinely huge pictures (slides, say).
@@ -20,12 +21,22 @@ MAX_PIXELS = 200_000_000
 
 
 def max_pixels() -> int:
-    import os
+    """$MEDSSL_MAX_IMAGE_PIXELS, a whole number above 0, else MAX_PIXELS."""
+    text = os.environ.get("MEDSSL_MAX_IMAGE_PIXELS") or str(MAX_PIXELS)
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise MedsslError(f"MEDSSL_MAX_IMAGE_PIXELS={text!r} is not a number of pixels. Fix: a "
+                          f"whole number above 0 (default {MAX_PIXELS}), or unset it.")
+    return value
 
-    return int(os.environ.get("MEDSSL_MAX_IMAGE_PIXELS") or MAX_PIXELS)
 
-
-Image.MAX_IMAGE_PIXELS = max_pixels()
+try:  # decoding anywhere allows what the check allows
+    Image.MAX_IMAGE_PIXELS = max_pixels()
+except MedsslError:  # said where images are checked (check_image calls max_pixels again)
+    pass
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

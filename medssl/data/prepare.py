@@ -45,6 +45,10 @@ def read_layout(cfg: DataConfig) -> tuple[DatasetAdapter, SampleTable]:
     if table.samples.empty:
         raise MedsslError(f"No usable images found for {cfg.dataset} under {table.root}."
                           + _listing(table.problems, cfg.dataset))
+    if len(table.classes) < 2:  # nothing to tell apart: an error in `check` and in training
+        table.problems.append(Problem(
+            str(table.root), f"one class only ({', '.join(table.classes)}): a classifier needs "
+            "two or more. Fix: point --data-root at the folder that holds every class"))
     return adapter, table
 
 

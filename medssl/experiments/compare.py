@@ -27,6 +27,8 @@ from medssl.errors import MedsslError
 from medssl.experiments.grid import (Cell, cell_runs, depends_on, extra_runs, finetune_config,
                                      finished, plan, pretrain_config, pretraining_dir)
 from medssl.experiments.lr_search import adopt, check_grid, same_choice, search_lr
+from medssl.identity import (FIX_REUSE, check_same_run, differences, read_identity,
+                             run_identity, write_identity)
 from medssl.models.backbones import imagenet_state_dict
 from medssl.names import method_names, model_name, prior_of, task_metrics
 from medssl.options import (AnalysisOptions, DataOptions, HardwareOptions, ModelOptions,
@@ -34,13 +36,14 @@ from medssl.options import (AnalysisOptions, DataOptions, HardwareOptions, Model
 from medssl.oserrors import writable_folder
 from medssl.presets import preset_for
 from medssl.records import UnreadableRecord, read_run_record
-from medssl.runs import (BACKBONE, SKIPPED, SPLIT, cleaned_up_on_failure, dataset_dir,
+from medssl.runs import (BACKBONE, SKIPPED, SPLIT, SPLIT_IDENTITY, cleaned_up_on_failure, dataset_dir,
                          declare_analysis, finetune_dir, finetune_finished, is_interrupted,
                          last_checkpoint, ssl_finished)
 from medssl.training.checks import (check_hardware, check_lr, check_places,
                                     imagenet_weights_for)
 from medssl.training.distributed import is_rank_zero, wait_for_rank_zero
-from medssl.training.finetune import check_distillation, run_finetune
+from medssl.training import finetune, pretrain
+from medssl.training.finetune import FinetuneConfig, check_distillation, run_finetune
 from medssl.training.pretrain import run_pretrain
 
 log = logging.getLogger("medssl")
@@ -175,13 +178,14 @@ def check_runnable(cfg: CompareConfig, base: Path, cell: Cell, cells: list[Cell]
 def run_pretrain_cell(cfg: CompareConfig, base: Path, cell: Cell, common: dict) -> None:
     """A pretraining, unless it finished or every run that starts from it is finished."""
     run = pretraining_dir(base, cell.model, cell.label_fraction, cell.seed, not cfg.shared_ssl)
-    if not pretraining_needed(cfg, base, run):
-        return
-    if ssl_finished(run):
+    pre = pretrain_config(cfg, base, cell, common, cfg.resume and last_checkpoint(run).is_file())
+    if ssl_finished(run):  # checked even where nothing trains from it: it is in the results
+        check_same_run(run, pretrain.identity_of(pretrain.resolve(replace(pre))), "reuse")
         log.info("reusing finished pretraining %s", run)
         return
+    if not pretraining_needed(cfg, base, run):
+        return
     prior = prior_of(cell.model)
-    pre = pretrain_config(cfg, base, cell, common, cfg.resume and last_checkpoint(run).is_file())
     log.info("%s pretraining from %s init, seed %d -> %s (cell %s)", prior.method, prior.init,
              pre.seed, run, cell.name)
     run_pretrain(pre)
@@ -211,13 +215,13 @@ def run_finetune_cell(cfg: CompareConfig, base: Path, cell: Cell, common: dict) 
     for run, run_cfg in zip(runs.values(), cfgs.values()):
         check_same_prior(run, base, run_cfg.ssl_checkpoint)
     if all(finetune_finished(run) for run in runs.values()):
-        for run in runs.values():
-            log.info("reusing finished %s", run)
+        for seed, run in runs.items():
+            reuse(run, cfgs[seed], cfg.recipe.lr_grid)
         return
     if not cfg.recipe.lr_grid:
         for seed, run in runs.items():
             if finetune_finished(run):
-                log.info("reusing finished %s", run)
+                reuse(run, cfgs[seed], None)
             else:
                 run_finetune(replace(cfgs[seed],
                                      resume=cfg.resume and last_checkpoint(run).is_file()))
@@ -229,7 +233,7 @@ def run_finetune_cell(cfg: CompareConfig, base: Path, cell: Cell, common: dict) 
         # A seed finished by an earlier call reuses its run only where the choice over the
         # seeds now is the one it was made at: a row never mixes two rates.
         if finetune_finished(run) and same_choice(run, lr, record):
-            log.info("reusing finished %s", run)
+            reuse(run, cfgs[seed], cfg.recipe.lr_grid)
         else:
             adopt(search[lr][seed], run, cfg.recipe.lr_grid, lr, record)
 
@@ -240,13 +244,26 @@ def run_extra_cell(cfg: CompareConfig, base: Path, cell: Cell, common: dict,
     if cell.model in skipped:  # it needs a skipped model (extra_skips)
         return
     run = finetune_dir(base, cell.model, cell.seed, cell.label_fraction)
+    run_cfg = finetune_config(cfg, base, cell, cell.seed, common)
     if finetune_finished(run):
-        log.info("reusing finished %s", run)
+        reuse(run, run_cfg, None)  # its rate is the one chosen for its models: in run_cfg
         return
     log.info("%s seed %d label fraction %g -> %s (cell %s)", cell.model, cell.seed,
              cell.label_fraction, run, cell.name)
-    run_finetune(replace(finetune_config(cfg, base, cell, cell.seed, common),
-                         resume=cfg.resume and last_checkpoint(run).is_file()))
+    run_finetune(replace(run_cfg, resume=cfg.resume and last_checkpoint(run).is_file()))
+
+
+def reuse(run: Path, run_cfg: FinetuneConfig, grid: list[float] | None) -> None:
+    """Reuse the finished `run` only where it is the run `run_cfg` would make now (medssl.identity);
+    after an lr search, at the rate the search chose, among the same rates."""
+    if grid:
+        done = read_run_record(run)
+        if done.lr_grid != list(grid):
+            raise MedsslError(f"Cannot reuse {run}: its rate was chosen among {done.lr_grid}, "
+                              f"and this grid searches {list(grid)}. {FIX_REUSE}")
+        run_cfg = replace(run_cfg, lr=done.lr, lr_grid=None, assigned=None)
+    check_same_run(run, finetune.identity_of(finetune.resolve(replace(run_cfg))), "reuse")
+    log.info("reusing finished %s", run)
 
 
 def expected_runs(base: Path, models, seeds, fractions, per_seed: bool = False) -> list[Path]:
@@ -268,11 +285,22 @@ def imagenet_unavailable(arch: str, weights: str) -> str | None:
 def shared_split(cfg: CompareConfig, base: Path) -> Path:
     """The split every pretraining and finetuning of the grid uses, written once."""
     path = base / SPLIT
+    made_with = run_identity(DataOptions(**part_of(cfg, DataOptions)),
+                             {"split_file": cfg.split_file})
     if not is_rank_zero():  # the other processes of a distributed run read rank 0's
         wait_for_rank_zero(path)
     elif not path.is_file():
         table = open_dataset(data_config(cfg), cfg.workers, progress=cfg.progress)
         write_split_csv(table.samples, path, cfg.duplicates)
+        write_identity(base, made_with, SPLIT_IDENTITY)
+    elif read_identity(base, SPLIT_IDENTITY) is None:  # a grid made before splits recorded theirs
+        write_identity(base, made_with, SPLIT_IDENTITY)
+    else:
+        changed = differences(read_identity(base, SPLIT_IDENTITY), made_with)
+        if changed:
+            raise MedsslError(f"{path} was made with other split settings ({'; '.join(changed)}), "
+                              "and every run of the grid uses it. Fix: pass the split settings it "
+                              "was made with, or --out another folder for a grid on a new split.")
     return path
 
 

@@ -23,6 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from medssl.errors import MedsslError
+from medssl.identity import check_same_run
 from medssl.names import model_folder
 from medssl.records import UnreadableRecord, read_run_record, write_run_record
 from medssl.runs import (CHECKPOINTS, FINETUNE_OUTPUTS, dataset_dir, finetune_dir,
@@ -91,6 +92,8 @@ def search_lr(cfgs: dict, base: Path) -> tuple[float, dict, dict[float, dict[int
         for seed, cfg in cfgs.items():
             run = search_dir(base, model_folder(name), cfg.label_fraction, lr, seed)
             if finetune_finished(run):
+                search_run = replace(cfg, lr=lr, lr_grid=None, assigned=None, out=str(run))
+                check_same_run(run, finetune.identity_of(finetune.resolve(search_run)), "reuse")
                 log.info("reusing finished lr-search run %s", run)
             else:
                 log.info("lr search: %s seed %d at lr %g -> %s", name, seed, lr, run)

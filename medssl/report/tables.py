@@ -16,6 +16,7 @@ import pandas as pd
 
 from medssl.atomic import atomic_write
 from medssl.errors import MedsslError
+from medssl.identity import differences, read_identity
 from medssl.records import RunRecord, UnreadableRecord, read_run_record
 from medssl.report.answer import answer
 from medssl.report.comparisons import (METRIC_TITLES, REFERENCES, Task, adjust, comparisons,
@@ -92,8 +93,32 @@ def collect_runs(base: Path) -> tuple[pd.DataFrame, list[str]]:
             duplicates = m.data.get("duplicates") or {}
             row["duplicate_policy"] = duplicates.get("policy")
             row["duplicates"] = json.dumps(duplicates, sort_keys=True)
+            row["identity"] = read_identity(run)  # None: made before runs recorded theirs
             rows.append(row)
-    return pd.DataFrame(rows), skipped
+    check_pooled(rows)
+    return pd.DataFrame(rows).drop(columns="identity", errors="ignore"), skipped
+
+
+def check_pooled(rows: list[dict]) -> None:
+    """A row of the table pools the seeds of one model at one label fraction: their runs must
+    differ in nothing but the seed (and the seed's own pretraining). Runs made with other
+    settings into the same folders are refused, naming the settings."""
+    first: dict[tuple, dict] = {}
+    for row in rows:
+        if row["identity"] is None:
+            continue
+        settings = {k: v for k, v in row["identity"]["settings"].items() if k != "seed"}
+        key = (row["label_fraction"], row["model"])
+        if key not in first:
+            first[key] = {"run": row["run"], "settings": settings}
+            continue
+        changed = differences({"settings": first[key]["settings"]}, {"settings": settings})
+        if changed:
+            raise MedsslError(
+                f"{row['model']} at label fraction {row['label_fraction']:g} would pool runs made "
+                f"with other settings: {first[key]['run']} and {row['run']} differ in "
+                f"{'; '.join(changed[:6])}. Fix: rerun one of them with the other's settings, or "
+                "keep grids of other settings in other folders (--out).")
 
 
 def _number(value) -> float:

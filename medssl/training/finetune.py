@@ -26,18 +26,19 @@ from medssl.data.splits import label_subset, write_split_csv
 from medssl.data.transforms import Normalize, eval_crop, finetune_crops
 from medssl.errors import MedsslError
 from medssl.models import feature_dim
-from medssl.models.priors import load_prior
+from medssl.identity import run_identity
+from medssl.models.priors import load_prior, ssl_backbone_path
 from medssl.names import SELECT_METRICS, dml_name, kd_name, member_folder, prior_of
 from medssl.options import DataOptions, HardwareOptions, ModelOptions, RecipeOptions
 from medssl.presets import preset_for
-from medssl.runs import (FINETUNE_OUTPUTS, LABELLED, SELECTION_VAL, SPLIT, best_checkpoint,
+from medssl.runs import (IDENTITY, FINETUNE_OUTPUTS, LABELLED, SELECTION_VAL, SPLIT, best_checkpoint,
                          cleaned_up_on_failure, dataset_dir, finetune_dir, member_checkpoint)
 from medssl.training.checks import check_run, imagenet_weights_for
 from medssl.training.classifier import Classifier
 from medssl.training.cohort import Cohort
 from medssl.training.distributed import barrier, is_rank_zero
 from medssl.training.finetune_results import RunResults, write_cohort
-from medssl.training.harness import RunStart, fit, make_trainer, open_run
+from medssl.training.harness import RunStart, fit, keep_identity, make_trainer, open_run
 from medssl.training.loaders import fill_training_defaults, make_loader, open_cache
 from medssl.training.objectives import objective_for
 from medssl.training.run_logs import epoch_curves
@@ -245,6 +246,7 @@ class Loaders:
 
 def _train(cfg: FinetuneConfig) -> Path:
     run = open_run(cfg, FINETUNE_OUTPUTS)
+    keep_identity(run, identity_of(cfg))
     members = members_of(cfg)
     if cfg.mutual and run.writer:  # members' folders are written from the cohort's checkpoints, last
         for member in members:
@@ -273,6 +275,18 @@ def _train(cfg: FinetuneConfig) -> Path:
                           base_models=[cfg.model] if cfg.teachers else None)
     barrier()  # the other ranks return once the results are there
     return run.out
+
+
+def identity_of(cfg: FinetuneConfig) -> dict:
+    """The run's identity (medssl.identity) from its resolved config: its settings, and by
+    content its split file, each member's SSL backbone and each teacher (its own identity)."""
+    given = assigned(cfg)
+    priors = {f"prior {m}": ssl_backbone_path(m, cfg.dataset, (given.member_checkpoints or {})
+                                              .get(m, cfg.ssl_checkpoint), Path(cfg.base))
+              for m in members_of(cfg) if prior_of(m).ssl}
+    files = {"split_file": cfg.split_file, **priors,
+             "teachers": [Path(t) / IDENTITY for t in cfg.teachers or []]}
+    return run_identity(cfg, files, {"member_lrs": given.member_lrs} if given.member_lrs else {})
 
 
 def load_priors(cfg: FinetuneConfig, members: list[str]) -> tuple[dict, dict]:

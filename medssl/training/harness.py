@@ -18,6 +18,7 @@ from lightning_fabric.plugins import TorchCheckpointIO
 from medssl.atomic import atomic_write
 from medssl.data.sampling import EpochSampler
 from medssl.errors import Interrupted, MedsslError
+from medssl.identity import check_same_run, write_identity
 from medssl.runs import LAST, last_checkpoint, open_run_folder
 from medssl.training.distributed import is_rank_zero, trainer_options
 from medssl.training.run_logs import run_loggers
@@ -41,6 +42,16 @@ def open_run(cfg, outputs: tuple[str, ...]) -> RunStart:
     writer = is_rank_zero()
     resume_from = open_run_folder(out, outputs, cfg.force, cfg.resume, owner=writer)
     return RunStart(out, writer, resume_from, resume_point(resume_from), time.time())
+
+
+def keep_identity(run: RunStart, identity: dict) -> None:
+    """A resumed run goes on only as the run it was (its identity.json, medssl.identity); a fresh
+    one records what it is before it trains."""
+    if run.resume_from is not None:
+        check_same_run(run.out, identity, "resume")
+    elif run.writer:
+        run.out.mkdir(parents=True, exist_ok=True)
+        write_identity(run.out, identity)
 
 
 def make_trainer(cfg, run: RunStart, checkpoints=(), callbacks=(), **options) -> pl.Trainer:

@@ -31,8 +31,10 @@ def fill_training_defaults(cfg, preset, epochs: int, batch_size: int, lr: float)
         cfg.num_workers = default_workers(cfg.accelerator, cfg.cache, os.cpu_count() or 1)
     if cfg.epochs < 1:
         raise MedsslError(f"--epochs must be at least 1, got {cfg.epochs}.")
-    if cfg.batch_size < 1:
-        raise MedsslError(f"--batch-size must be at least 1, got {cfg.batch_size}.")
+    if cfg.batch_size < 2:  # BatchNorm in training mode needs two values per channel
+        raise MedsslError(f"--batch-size {cfg.batch_size}: training needs two or more images "
+                          "per batch (BatchNorm normalises over the batch). Fix: --batch-size 2 "
+                          "or more.")
     return cfg
 
 

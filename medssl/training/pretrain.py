@@ -23,6 +23,7 @@ from medssl.data.prepare import data_config
 from medssl.data.splits import label_subset, write_split_csv
 from medssl.data.transforms import Normalize, eval_crop, method_views, simclr_settings
 from medssl.errors import MedsslError
+from medssl.identity import run_identity
 from medssl.models import build_backbone, feature_dim, save_backbone
 from medssl.names import INITS
 from medssl.options import DataOptions, HardwareOptions, ModelOptions, SSLOptions
@@ -33,7 +34,7 @@ from medssl.runs import (BACKBONE, LABELLED, SPLIT, SSL_OUTPUTS, cleaned_up_on_f
 from medssl.training.checks import check_run, imagenet_weights_for
 from medssl.training.distributed import (barrier, gpu_hours, is_rank_zero, planned_world_size,
                                          scaled_lr, scaling_rule)
-from medssl.training.harness import RunStart, fit, make_trainer, open_run
+from medssl.training.harness import RunStart, fit, keep_identity, make_trainer, open_run
 from medssl.training.knn import KNNMonitor
 from medssl.training.loaders import fill_training_defaults, make_loader, open_cache
 from medssl.training.methods import get_method
@@ -72,6 +73,11 @@ def resolve(cfg: PretrainConfig) -> PretrainConfig:
     if unknown:
         raise MedsslError(f"{cfg.method} has no setting {unknown[0]}. Its settings: "
                           f"{', '.join(method.defaults)}.")
+    for key, value in cfg.method_options.items():
+        problem = setting_problem(key, value, method.defaults[key])
+        if problem:
+            raise MedsslError(f"--method-opt {key}={value}: {problem}. Fix: a value like its "
+                              f"default, {key}={method.defaults[key]}.")
     if cfg.label_fraction != 1.0 and not method.uses_labels:
         raise MedsslError(f"--label-fraction {cfg.label_fraction}: {cfg.method} uses no labels, so "
                           "a label fraction would change nothing. Fix: drop it, or use a method "
@@ -91,6 +97,22 @@ def resolve(cfg: PretrainConfig) -> PretrainConfig:
     check_run(cfg)
     simclr_settings(cfg.image_size, cfg.augment, **cfg.augment_overrides)  # checks the knobs
     return cfg
+
+
+def setting_problem(key: str, value, default) -> str | None:
+    """What is wrong with a method's setting, judged by its default: a finite number; a count
+    (an int default) a whole number, at least 1 for sizes (dims, prototypes, the queue), else at
+    least 0; a rate (a float default) above 0, and a momentum at most 1."""
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        return "not a finite number"
+    if isinstance(default, int):
+        least = 1 if key.endswith("_dim") or key in ("prototypes", "queue_size") else 0
+        if not float(value).is_integer() or value < least:
+            return f"{key} is a count: a whole number of at least {least}"
+        return None
+    if value <= 0 or ("momentum" in key and value > 1):
+        return f"{key} must lie in (0, {'1]' if 'momentum' in key else 'inf)'}"
+    return None
 
 
 STUDY_WEIGHT_DECAY = 1e-6  # the study's Adam
@@ -148,6 +170,7 @@ def fitted_options(method, options: dict, asked: dict, train_images: int, batch_
 
 def _train(cfg: PretrainConfig) -> Path:
     run = open_run(cfg, SSL_OUTPUTS)
+    keep_identity(run, identity_of(cfg))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     table, data_info = prepare_split(cfg, run)
     method = get_method(cfg.method)
@@ -177,6 +200,11 @@ def _train(cfg: PretrainConfig) -> Path:
         mark_finished(run.out, SSL_OUTPUTS)
     barrier()  # the other ranks return once the backbone is there (compare goes on to use it)
     return run.out
+
+
+def identity_of(cfg: PretrainConfig) -> dict:
+    """The run's identity (medssl.identity): its resolved settings and its split file's content."""
+    return run_identity(cfg, {"split_file": cfg.split_file})
 
 
 def prepare_split(cfg: PretrainConfig, run: RunStart):

@@ -405,8 +405,9 @@ def test_a_distilled_students_lr_search_is_its_own(tmp_path):
 
 
 def test_a_student_added_later_trains_at_the_fixed_rate_its_base_had(tmp_path, cli):
-    """M1 trained at a fixed --lr, then a distillation row added with the default search: the
-    student takes M1's rate, and records no search it did not have."""
+    """M1 trained at a fixed --lr, then a distillation row added: the student takes M1's rate,
+    and records no search it did not have. (Asked with a search instead, the fixed-rate M1 is
+    not reused as if searched: run identity, issue 32.)"""
     import json
 
     from medssl.data import fixtures as fx
@@ -420,6 +421,9 @@ def test_a_student_added_later_trains_at_the_fixed_rate_its_base_had(tmp_path, c
     assert code == 0, err
     code, _, err = cli(*common, "--models", "M1", "--distill", "M3:M1", "--imagenet-weights",
                        imagenet_file(tmp_path), "--lr-grid", "1e-3", "1e-4")
+    assert code == 2 and "ran at the fixed rate 0.001" in err and "--lr 0.001" in err
+    code, _, err = cli(*common, "--models", "M1", "--distill", "M3:M1", "--imagenet-weights",
+                       imagenet_file(tmp_path), "--lr", "1e-3")
     assert code == 0, err
     kd = json.loads((out / "KD-M3-to-M1" / "seed0" / "metrics.json").read_text())
     assert kd["lr"] == 1e-3 and kd["lr_selected"] is None and kd["lr_grid"] is None

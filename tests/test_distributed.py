@@ -182,7 +182,8 @@ def test_two_process_pretraining_and_finetuning_write_one_set_of_outputs(tmp_pat
         preds = pd.read_csv(run / f"{name}_predictions.csv")
         assert len(preds) == m[name]["n"] == (split["split"] == name).sum()
         assert preds["path"].is_unique
-    assert sorted(p.name for p in run.glob("*.json")) == ["finished.json", "metrics.json"]
+    assert sorted(p.name for p in run.glob("*.json")) == ["finished.json", "identity.json",
+                                                           "metrics.json"]
 
     # A checkpoint two processes wrote resumes in one.
     (ssl / "finished.json").unlink()

@@ -227,9 +227,11 @@ def test_compare_runs_the_grid_skips_imagenet_offline_reuses_and_reports(tmp_pat
     assert len(stamps) == 4 + 12  # 2 models x 2 seeds, and their lr-search runs (3 rates)
     caplog.clear()
     code, _, err = cli(*args)
-    # The 4 finetunings reused; the pretrainings not even looked at: nothing trains from them.
-    assert code == 0 and caplog.text.count("reusing finished") == 4
-    assert "pretraining" not in caplog.text
+    # The 4 finetunings reused; the 2 pretrainings checked (their identity: another --ssl-*
+    # flag must not pass for these results) and reused, never trained again.
+    assert code == 0 and caplog.text.count("reusing finished") == 4 + 2
+    assert caplog.text.count("reusing finished pretraining") == 2
+    assert "pretraining from" not in caplog.text
     assert stamps == {p: p.stat().st_mtime_ns for p in out.rglob("metrics.json")}
     # `report` rebuilds the same table from the finished runs alone.
     before = (out / "results.md").read_text()

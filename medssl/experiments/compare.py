@@ -258,6 +258,11 @@ def reuse(run: Path, run_cfg: FinetuneConfig, grid: list[float] | None) -> None:
     after an lr search, at the rate the search chose, among the same rates."""
     if grid:
         done = read_run_record(run)
+        if done.lr_grid is None:
+            raise MedsslError(f"Cannot reuse {run}: it ran at the fixed rate {done.lr:g}, and "
+                              f"this grid searches {' '.join(f'{v:g}' for v in grid)}. Fix: pass "
+                              f"--lr {done.lr:g} to reuse it, or delete the folder to search, or "
+                              "--out another folder.")
         if done.lr_grid != list(grid):
             raise MedsslError(f"Cannot reuse {run}: its rate was chosen among {done.lr_grid}, "
                               f"and this grid searches {list(grid)}. {FIX_REUSE}")

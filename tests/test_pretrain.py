@@ -81,9 +81,13 @@ def test_resume_continues_from_last_checkpoint(tmp_path, cli):
     assert cli(*base, "--epochs", "1")[0] == 0
     first = json.loads((out / "backbone.json").read_text())
     (out / "backbone.pt").unlink()  # as if the run had been cut off before its export
-    assert cli(*base, "--epochs", "2", "--resume")[0] == 0
+    # Resumed as another run (more epochs: another schedule for the epochs already trained)
+    # it is refused, naming the setting (run identity, issue 32); as itself it finishes.
+    code, _, err = cli(*base, "--epochs", "2", "--resume")
+    assert code == 2 and "Cannot resume" in err and "epochs: 1 -> 2" in err
+    assert cli(*base, "--epochs", "1", "--resume")[0] == 0
     second = json.loads((out / "backbone.json").read_text())
-    assert second["epochs"] == 2 and second["steps"] == 2 * first["steps"]
+    assert second["epochs"] == 1 and second["steps"] == first["steps"]
     # The prior's own scores come from the checkpoint, not from the half-trained weights.
     assert second["initial_knn_acc"] == first["initial_knn_acc"]
     assert second["initial_fewshot_acc"] == first["initial_fewshot_acc"]

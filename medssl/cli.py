@@ -14,6 +14,7 @@ from medssl.errors import Interrupted, MedsslError
 from medssl.options import (AnalysisOptions, DataOptions, HardwareOptions, ModelOptions,
                             RecipeOptions, SSLOptions)
 from medssl.oserrors import describe, writable_file, writable_folder
+from medssl.runs import finetune_finished
 from medssl.names import (ACCELERATORS, ARCHS, AUGMENT_PRESETS, DUPLICATE_POLICIES, HEADS, INITS,
                           LR_SCALING, LR_SCHEDULES, OPTIMIZERS, PRECISIONS, PRIMARY_CHOICES,
                           SELECT_METRICS, STRATEGIES, method_names, parse_cohort, parse_distill,
@@ -585,6 +586,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     from medssl.report.build import build_report  # lazy: matplotlib, Lightning
 
     grids = [Path(r) for r in args.runs]
+    if len(grids) == 1 and not args.out and finetune_finished(grids[0]):  # one run, not a grid
+        from medssl.report.build import describe_run  # lazy: matplotlib, Lightning
+
+        print(describe_run(grids[0]))
+        return 0
     for runs in grids:
         if not runs.is_dir():
             what = "is a file, not a grid folder" if runs.exists() else "does not exist"

@@ -40,12 +40,14 @@ def describe(exc: OSError, path=None, fix: str | None = None) -> str:
             f"Fix: {fix or 'choose a place you can write to (--out), or change its permissions'}.")
 
 
-def writable_folder(path, flag: str, fix: str | None = None) -> Path:
+def writable_folder(path, flag: str, fix: str | None = None, typed=None) -> Path:
     """Refuse, before anything is written, a folder medssl cannot create or write into. Creates
     nothing: the nearest existing folder above `path` is probed with a temporary file, removed
     at once (permission bits alone do not tell: root ignores them, a read-only mount does not
-    show in them, and /proc refuses files whatever they say)."""
+    show in them, and /proc refuses files whatever they say). `typed`: the value as the user
+    gave it, where it is not `path` itself (a file in that folder)."""
     path = Path(path).expanduser()
+    typed = path if typed is None else typed
     fix = fix or f"pass {flag} a folder you can write to"
     if path.exists() and not path.is_dir():
         raise MedsslError(f"{flag} {path} is a file, not a folder. Fix: {fix}, or move the file away.")
@@ -55,14 +57,14 @@ def writable_folder(path, flag: str, fix: str | None = None) -> Path:
             break
         probe = probe.parent
     if not probe.is_dir():
-        raise MedsslError(f"{flag} {path}: {probe} is a file, not a folder, so nothing can be "
+        raise MedsslError(f"{flag} {typed}: {probe} is a file, not a folder, so nothing can be "
                           f"created below it. Fix: {fix}.")
     try:
         fd, name = tempfile.mkstemp(prefix=".medssl-write-test-", dir=probe)
         os.close(fd)
         os.unlink(name)
     except OSError as exc:
-        raise MedsslError(f"{flag} {path} cannot be written: {WHAT.get(exc.errno, exc.strerror)} "
+        raise MedsslError(f"{flag} {typed} cannot be written: {WHAT.get(exc.errno, exc.strerror)} "
                           f"(in {probe}). Fix: {fix}.") from None
     return path
 
@@ -72,5 +74,6 @@ def writable_file(path, flag: str) -> Path:
     path = Path(path).expanduser()
     if path.is_dir():
         raise MedsslError(f"{flag} {path} is a folder. Fix: name a file, e.g. {path / 'split.csv'}.")
-    writable_folder(path.parent, flag, f"pass {flag} a file in a folder you can write to")
+    writable_folder(path.parent, flag, f"pass {flag} a file in a folder you can write to",
+                    typed=path)
     return path

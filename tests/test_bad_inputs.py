@@ -87,6 +87,14 @@ def resnet18_run_to_resume(folder: Path) -> None:
     write_identity(folder, run_identity(made))
 
 
+def csv_naming_a_folder(root: Path) -> None:
+    (root / "sub").mkdir(parents=True)
+    for i in range(10):
+        fx.write(root / f"{i}.jpg", fx.picture(f"folder-row/{i}"))
+    rows = [f"{i}.jpg,{'xy'[i % 2]}" for i in range(10)] + ["sub,y"]
+    (root / "labels.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+
+
 def one_class(root: Path) -> None:
     (root / "cat").mkdir(parents=True)
     for i in range(4):
@@ -122,7 +130,7 @@ CASES = [
     ("grid-cache-unwritable", [*GRID, "--out", "{tmp}/grid"], ["--no-cache"],
      {"MEDSSL_CACHE_DIR": "/proc/medssl-cache"}),
     ("split-out-unwritable", [*CHECK, "--split-out", "/proc/medssl/split.csv"],
-     ["--split-out", "cannot be written"]),
+     ["--split-out /proc/medssl/split.csv cannot be written"]),
     ("split-out-is-a-folder", [*CHECK, "--split-out", "{w}/weights_dir"], ["is a folder"]),
     ("report-images-dir-unwritable", ["report", "{tmp}/grid", "--images-dir", "/proc/medssl-img"],
      ["--images-dir", "cannot be written"], None, lambda t: truncated_grid(t / "grid")),
@@ -235,6 +243,28 @@ CASES = [
     ("method-opt-count-fraction", [*PT, "--out", "{tmp}/run", "--method", "moco",
                                    "--method-opt", "queue_size=0.5"],
      ["queue_size", "whole number of at least 1"]),
+    ("folder-of-dicoms", ["check", "--dataset", "folder", "--data-root", "{tmp}/scans"],
+     ["does not hold the ImageFolder tree layout", "not read: .dcm: 3 files (DICOM"], None,
+     lambda t: [fx.write(t / "scans" / "p1" / f"{i}.dcm", b"DICM") for i in range(3)]),
+    ("data-root-is-a-yaml-file", ["check", "--dataset", "folder", "--data-root", "{tmp}/c.yaml"],
+     ["--data-root", "c.yaml is a .yaml file, not a folder", "Fix"], None,
+     lambda t: (t / "c.yaml").write_text("data: here\n")),
+    ("class-folders-beside-split-folders", ["check", "--dataset", "folder", "--data-root",
+                                            "{tmp}/tree"],
+     ["train/, test/ are read as split folders", "(normal/) are not read",
+      "rename the class folder"], None,
+     lambda t: [fx.write(t / "tree" / c / f"{i}.png", fx.picture(f"{c}{i}", "PNG"))
+                for c in ("train/covid", "train/normal", "test/covid", "test/normal", "normal")
+                for i in range(3)]),
+    ("csv-row-names-a-folder", ["check", "--dataset", "csv", "--data-root", "{tmp}/c"],
+     ["sub", "as an image, but it is a folder", "Fix"], None,
+     lambda t: csv_naming_a_folder(t / "c")),
+    ("grid-out-inside-the-data", [*GRID, "--out", "{root}/runs"],
+     ["--out", "lies inside the dataset's folder", "Fix"]),
+    ("out-inside-the-data", [*FT, "--out", "{root}/run"], ["lies inside the dataset's folder"]),
+    ("split-file-is-a-yaml-file", [*FT, "--out", "{tmp}/run", "--split-file", "{tmp}/s.yaml"],
+     ["--split-file", "s.yaml is a .yaml file, not a split table", "Fix"], None,
+     lambda t: (t / "s.yaml").write_text("split: here\n")),
     ("one-class-dataset", ["check", "--dataset", "folder", "--data-root", "{tmp}/one"],
      ["one class only (cat)", "two or more", "usable: no"], None, lambda t: one_class(t / "one")),
     ("one-class-training", ["finetune", "--dataset", "folder", "--data-root", "{tmp}/one",

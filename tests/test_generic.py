@@ -176,3 +176,46 @@ def test_doubtful_labels_are_warnings_in_check(tmp_path, check_json):
     code, report = check_json("--dataset", "csv", "--data-root", tmp_path / "c")
     warnings = [p["problem"] for p in report["problems"] if p["severity"] == "warning"]
     assert any("class 'c' has no train images (2 in test)" in w for w in warnings), warnings
+
+
+def test_labels_that_are_one_number_are_warned_about(tmp_path, check_json):
+    # A CSV's `1` and `1.0` (or `01`) become two classes: said, as case-only differences are.
+    lines = ["path,label"] + [f"{i}.png,{('1', '1.0', '01', '2')[i % 4]}" for i in range(16)]
+    for i in range(16):
+        fx.write(tmp_path / "n" / f"{i}.png", fx.picture(f"numeric/{i}", "PNG"))
+    (tmp_path / "n" / "labels.csv").write_text("\n".join(lines) + "\n")
+    code, report = check_json("--dataset", "csv", "--data-root", tmp_path / "n")
+    warnings = [p["problem"] for p in report["problems"] if p["severity"] == "warning"]
+    assert code == 0 and any("'01' and '1' and '1.0' are the same number" in w
+                             for w in warnings), warnings
+    assert not any("'2'" in w for w in warnings)
+
+
+def test_files_no_adapter_reads_are_counted_by_kind_in_check(tmp_path, check_json):
+    # 20 PNGs read, 6 DICOMs and 2 GIFs beside them: said, by kind, never skipped in silence.
+    root = make_tree(tmp_path / "mine", n=10)
+    for i in range(6):
+        fx.write(root / "cats" / f"scan{i}.dcm", b"DICM")
+    for i in range(2):
+        fx.write(root / "dogs" / f"anim{i}.gif", b"GIF89a")
+    code, report = check_json("--dataset", "folder", "--data-root", root)
+    assert code == 0 and report["total"] == 20
+    assert any("not read: .dcm: 6 files (DICOM" in n and ".gif: 2 files (GIF" in n
+               for n in report["notes"]), report["notes"]
+
+
+def test_a_semicolon_separated_csv_is_read(tmp_path, check_json):
+    # A spreadsheet export in many locales: `path;label`, not one column named 'path;label'.
+    lines = ["path;label"] + [f"{i}.png;{'ab'[i % 2]}" for i in range(10)]
+    for i in range(10):
+        fx.write(tmp_path / "s" / f"{i}.png", fx.picture(f"semicolon/{i}", "PNG"))
+    (tmp_path / "s" / "labels.csv").write_text("\n".join(lines) + "\n")
+    code, report = check_json("--dataset", "csv", "--data-root", tmp_path / "s")
+    assert code == 0 and report["classes"] == ["a", "b"] and report["total"] == 10
+
+
+def test_a_class_folder_named_like_a_split_is_a_class(tmp_path, check_json):
+    # `test/` of images beside `control/`: two classes, not a test split with one class beside.
+    root = make_tree(tmp_path / "mine", classes=("test", "control"), n=6)
+    code, report = check_json("--dataset", "folder", "--data-root", root)
+    assert code == 0 and report["classes"] == ["control", "test"] and report["total"] == 12

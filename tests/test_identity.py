@@ -48,6 +48,10 @@ def test_resume_with_another_recipe_is_refused_naming_the_fields(tmp_path, cli):
     # What may change on resume (here the loader workers) does not stop it.
     code, _, err = finetune("--lr", "1e-5", "--num-workers", "1", "--resume")
     assert code == 0, err
+    # `report` on this one run (not a grid) reports it, without an interval.
+    code, text, err = cli("report", out)
+    assert code == 0, err
+    assert text.startswith("M1 on covid19, seed 0, label fraction 1") and "balanced accuracy" in text
 
 
 def test_a_rerun_of_a_grid_with_another_recipe_or_split_is_refused(tmp_path, cli):

@@ -82,7 +82,10 @@ class CsvDataset(DatasetAdapter):
                 continue
             seen.add(key)
             labels[key] = label
-            if not (root / key).is_file():
+            if (root / key).is_dir():
+                problems.append(Problem(key, f"named in {csv_path.name} (row {i}) as an image, but "
+                                        "it is a folder. Fix: name the image file inside it"))
+            elif not (root / key).is_file():
                 problems.append(Problem(key, f"named in {csv_path.name} (row {i}) but missing on disk"))
                 continue
             group = rec.get(group_column, "") if group_column else ""

@@ -12,6 +12,20 @@ JUNK_DIRS = {"__MACOSX", ".ipynb_checkpoints"}
 JUNK_FILES = {".ds_store", "thumbs.db", "desktop.ini"}
 
 
+# Files a dataset may hold beside its images that are read as tables, or are documents.
+TABLES = {".csv", ".tsv", ".txt", ".json", ".xlsx", ".xls", ".md", ".pdf", ".html", ".yaml",
+          ".yml"}
+# What each kind of file no adapter reads is, and what to do with it.
+UNREAD_KINDS = {
+    ".dcm": "DICOM: not read yet; convert to PNG (e.g. with pydicom)",
+    ".dicom": "DICOM: not read yet; convert to PNG (e.g. with pydicom)",
+    ".gif": "GIF: not read; convert to PNG",
+    ".nii": "NIfTI volumes: not read; export slices as PNG",
+    ".gz": "compressed: unpack it",
+    ".zip": "an archive: unpack it",
+}
+
+
 def is_junk(name: str) -> bool:
     """True for archive debris: AppleDouble `._*`, `.DS_Store`, `Thumbs.db`, hidden files."""
     return name.startswith(".") or name.lower() in JUNK_FILES or name in JUNK_DIRS
@@ -19,6 +33,30 @@ def is_junk(name: str) -> bool:
 
 def is_image_name(name: str) -> bool:
     return not is_junk(name) and Path(name).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def unread_kinds(root: Path) -> dict[str, int]:
+    """The files below `root` that no adapter reads (neither images, nor tables, nor junk), by
+    suffix: what `check` counts so that nothing is skipped in silence."""
+    counts: dict[str, int] = {}
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not is_junk(d)]
+        for name in files:
+            suffix = Path(name).suffix.lower()
+            if is_junk(name) or suffix in IMAGE_EXTENSIONS or suffix in TABLES:
+                continue
+            counts[suffix or "(no suffix)"] = counts.get(suffix or "(no suffix)", 0) + 1
+    return counts
+
+
+def unread_note(counts: dict[str, int]) -> str | None:
+    """`check`'s line for `unread_kinds`: each kind, how many, what it is; None when none."""
+    if not counts:
+        return None
+    return "not read: " + "; ".join(
+        f"{suffix}: {n} file{'s' if n > 1 else ''}"
+        + (f" ({UNREAD_KINDS[suffix]})" if suffix in UNREAD_KINDS else "")
+        for suffix, n in sorted(counts.items()))
 
 
 def subdirs(folder: Path) -> list[Path]:

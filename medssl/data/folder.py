@@ -85,10 +85,8 @@ or <root>/{train,val,test}/<class>/*        (the splits you made are kept)
 """
 
     def is_root(self, path: Path) -> bool:
-        dirs = split_dirs(path)
-        if dirs:
-            return any(has_class_folders(d) for d in dirs.values())
-        return has_class_folders(path)
+        return any(has_class_folders(d) for d in split_dirs(path).values()) \
+            or has_class_folders(path)
 
     def candidates(self, given: Path) -> list[Path]:
         # A parent folder would look like a tree whose classes are datasets: take the root as given.
@@ -96,11 +94,25 @@ or <root>/{train,val,test}/<class>/*        (the splits you made are kept)
 
     def read(self, root: Path, options: ReadOptions) -> SampleTable:
         rows, problems = [], []
-        dirs = split_dirs(root) or {"": root}
+        # Folders named like splits are splits when they hold class folders; a `test/` of
+        # images beside other classes is a class of its own.
+        dirs = {s: d for s, d in split_dirs(root).items() if has_class_folders(d)} or {"": root}
         for split, folder in dirs.items():
             r, p, _ = scan_class_folders(root, folder, split)
             rows += r
             problems += p
+        notes = []
+        if "" not in dirs:  # split folders: say so, and refuse class folders beside them
+            named = ", ".join(f"{d.name}/" for d in dirs.values())
+            notes.append(f"{named} read as the splits you made (their subfolders are classes)")
+            beside = [d.name for d in subdirs(root) if d not in dirs.values() and images_in(d)]
+            if beside:
+                problems.append(Problem(str(root), (
+                    f"{named} {'is' if len(dirs) == 1 else 'are'} read as split folders, so the "
+                    f"folders beside them ({', '.join(f'{b}/' for b in beside)}) are not read. "
+                    "Fix: if they are all classes, rename the class folder that is named like a "
+                    "split (say test/ to test_group/); else put every class inside the split "
+                    "folders")))
         samples = make_samples(rows)
         classes = sorted(samples["label"].unique())
-        return SampleTable(self.name, root, classes, samples, problems)
+        return SampleTable(self.name, root, classes, samples, problems, notes)

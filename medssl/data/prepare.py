@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 
 import pandas as pd
 
 from medssl.data.duplicates import find_duplicates
+from medssl.data.files import unread_kinds, unread_note
 from medssl.data.images import inspect_images
 from medssl.data.registry import SPLITS, DatasetAdapter, Problem, ReadOptions, SampleTable, get_adapter
 from medssl.data.splits import EXCLUDED, assign_splits, read_split_csv, reason_kind
@@ -45,6 +47,10 @@ def read_layout(cfg: DataConfig) -> tuple[DatasetAdapter, SampleTable]:
     if table.samples.empty:
         raise MedsslError(f"No usable images found for {cfg.dataset} under {table.root}."
                           + _listing(table.problems, cfg.dataset))
+    unread = unread_note(unread_kinds(table.root))
+    if unread:  # nothing skipped in silence (a folder of DICOMs beside the PNGs, say)
+        table.notes.append(unread)
+        log.warning("%s: %s", table.root, unread)
     if len(table.classes) < 2:  # nothing to tell apart: an error in `check` and in training
         table.problems.append(Problem(
             str(table.root), f"one class only ({', '.join(table.classes)}): a classifier needs "
@@ -132,17 +138,14 @@ def prepare(cfg: DataConfig, skip_bad_images: bool = False, workers: int | None 
 
 def doubtful(table: SampleTable) -> list[Problem]:
     """Labels that work but are rarely meant, as warnings: classes whose names differ only by
-    case (`covid` and `Covid` are two classes), and a class no train image has (no model can
+    case (`covid` and `Covid` are two classes) or are the same number (`1`, `1.0`), and a class no train image has (no model can
     learn it, yet val and test count it)."""
     found = []
-    by_lower: dict[str, list[str]] = {}
-    for c in table.classes:
-        by_lower.setdefault(c.lower(), []).append(c)
-    for names in by_lower.values():
-        if len(names) > 1:
-            found.append(Problem("labels", f"{' and '.join(repr(n) for n in names)} differ only by "
-                                 "case, so they are separate classes. Fix: spell them alike in the "
-                                 "folders or the CSV if they are one class", "warning"))
+    for names, how in ((alike(table.classes, str.lower), "differ only by case"),
+                       (alike(table.classes, as_number), "are the same number")):
+        found += [Problem("labels", f"{' and '.join(repr(n) for n in group)} {how}, so they are "
+                          "separate classes. Fix: spell them alike in the folders or the CSV if "
+                          "they are one class", "warning") for group in names]
     counts = pd.crosstab(table.samples["label"], table.samples["split"])
     for c in table.classes:
         row = counts.loc[c] if c in counts.index else pd.Series(dtype=int)
@@ -153,6 +156,26 @@ def doubtful(table: SampleTable) -> list[Problem]:
                                  "can learn it. Fix: add train images of it, or leave it out of "
                                  "the dataset", "warning"))
     return found
+
+
+def alike(classes: list[str], key) -> list[list[str]]:
+    """The groups of two or more class names that `key` maps to one value (None: no value)."""
+    groups: dict = {}
+    for c in classes:
+        value = key(c)
+        if value is not None:
+            groups.setdefault(value, []).append(c)
+    return [names for names in groups.values() if len(names) > 1]
+
+
+def as_number(name: str) -> float | None:
+    """A label's value as a number (`1`, `1.0`, `01` -> 1.0), None for one that is none; read
+    from a CSV, `1` and `1.0` are two classes unless someone says so."""
+    try:
+        value = float(name)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
 
 
 def duplicates_info(table: SampleTable) -> dict:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from medssl.errors import MedsslError
-from medssl.data.files import subdirs
+from medssl.data.files import subdirs, unread_kinds, unread_note
 
 COLUMNS = ["path", "label", "group", "split"]
 SPLITS = ("train", "val", "test")
@@ -106,10 +106,17 @@ class DatasetAdapter:
         given = given.expanduser()
         if not given.exists():
             raise MedsslError(self.missing_message(given, f"{given} does not exist."))
+        if given.is_file():
+            kind = f"a {given.suffix} file" if given.suffix else "a file"
+            raise MedsslError(f"--data-root {given} is {kind}, not a folder. Fix: pass the folder "
+                              f"the {self.title} download unpacks to.")
         for candidate in self.candidates(given):
             if self.is_root(candidate):
                 return candidate.resolve()
-        raise MedsslError(self.missing_message(given, f"{given} does not hold the {self.title} layout."))
+        unread = unread_note(unread_kinds(given))  # a folder of DICOMs, say: say so
+        found = f" Found there but {unread}." if unread else ""
+        raise MedsslError(self.missing_message(
+            given, f"{given} does not hold the {self.title} layout.{found}"))
 
     def candidates(self, given: Path) -> list[Path]:
         return [given, *subdirs(given)]

@@ -207,6 +207,10 @@ def read_split_csv(path: Path, table: SampleTable, policy: str = "drop") -> pd.D
     if not path.is_file():
         raise MedsslError(f"Split file {path} does not exist. Fix: pass the split.csv a run saved, "
                           "or one written by `medssl check --split-out`.")
+    if path.suffix.lower() not in ("", ".csv", ".tsv", ".txt"):
+        raise MedsslError(f"--split-file {path} is a {path.suffix} file, not a split table. Fix: "
+                          "pass the split.csv a run saved, or one `medssl check --split-out` "
+                          "wrote.")
     saved = read_table(path, COLUMNS)
     for column in SPLIT_FILE_COLUMNS[len(COLUMNS):]:  # older split files have neither
         if column not in saved:

@@ -1,7 +1,8 @@
 """Reading the metadata tables that downloads ship, with the quirks they really have.
 
-Seen in the wild: a UTF-8 byte-order mark, CRLF line endings, tab-separated `.tab` copies and files
-with no extension, trailing spaces in header names, runs of empty trailing columns, blank lines.
+Seen in the wild: a UTF-8 byte-order mark, CRLF line endings, tab-separated `.tab` copies,
+semicolon-separated spreadsheet exports, files with no extension, trailing spaces in header names,
+runs of empty trailing columns, blank lines.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ def read_table(path: Path, required: list[str], what: str = "",
     except OSError as exc:
         raise MedsslError(f"Cannot read {path}: {exc.strerror or exc}.") from None
     first_line = text.split("\n", 1)[0]
-    sep = "\t" if first_line.count("\t") > first_line.count(",") else ","
+    # The header's most frequent of comma, semicolon (spreadsheets in many locales) and tab.
+    sep = max((",", ";", "\t"), key=first_line.count)
     try:
         # Blank lines are kept as rows for now, so that every row knows its line in the file.
         df = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False,

@@ -318,7 +318,7 @@ def check_grid_flags(cfg: CompareConfig, base: Path) -> None:
     if cfg.recipe.lr_grid:
         check_grid(cfg.recipe.lr_grid, cfg.recipe.lr)
     check_hardware(cfg)
-    check_places(base, cfg.cache)
+    check_places(base, cfg.cache, cfg)
     if cfg.images_dir:
         writable_folder(cfg.images_dir, "--images-dir")
 

@@ -10,9 +10,25 @@ from pathlib import Path
 from medssl.errors import MedsslError
 from medssl.report.figures import write_figures
 from medssl.report.tables import collect_runs, write_results
+from medssl.records import read_run_record
 from medssl.runs import SKIPPED, unfinished_reason
 
 log = logging.getLogger("medssl")
+
+
+def describe_run(run: Path) -> str:
+    """`medssl report RUN` on one finished finetuning run: what it is and what it scored on
+    test, without an interval (one run has none)."""
+    m = read_run_record(run)
+    test = m.test
+    scores = ", ".join(f"{title} {test[key]:.3f}" for key, title in (
+        ("acc", "accuracy"), ("balanced_acc", "balanced accuracy"), ("macro_f1", "macro-F1"),
+        ("auroc", "AUROC")) if isinstance(test.get(key), (int, float)))
+    return (f"{m.model} on {m.dataset}, seed {m.seed}, label fraction {m.label_fraction:g} "
+            f"({run})\nselected epoch {m.selection.get('epoch')} by "
+            f"{m.selection.get('metric')}; test ({test.get('n', '?')} images): {scores}.\n"
+            "One run has no interval: `medssl compare` trains the seeds and compares the models "
+            "(results.md).")
 
 
 def build_report(base: Path, dataset: str | None = None,

@@ -65,22 +65,44 @@ def check_hardware(cfg) -> None:
                               f"machine (it has {gpus}, numbered from 0).")
 
 
-def check_places(out, cache: bool) -> None:
-    """The run folder and, when the image cache is used, the cache can be written."""
+def check_places(out, cache: bool, data=None) -> None:
+    """The run folder and, when the image cache is used, the cache can be written; and with
+    `data` (the run's DataOptions), the run folder is not inside the dataset's folder, where its
+    files would be read as images or classes."""
     from medssl.data.files import cache_dir  # lazy: the data package loads pandas, PIL and numpy
 
     writable_folder(out, "--out")
+    if data is not None:
+        check_outside_data(out, data)
     if cache:
         writable_folder(cache_dir(), "the image cache $MEDSSL_CACHE_DIR",
                         "set $MEDSSL_CACHE_DIR to a folder you can write to, or pass --no-cache "
                         "to decode the original images on every read instead")
 
 
+def check_outside_data(out, data) -> None:
+    """Refuse an --out inside the dataset's folder (a dataset that cannot be found is said by
+    the run itself, later)."""
+    from pathlib import Path
+
+    from medssl.data.registry import get_adapter  # lazy: the data package loads pandas, PIL
+
+    try:
+        root = get_adapter(data.dataset).find_root(data.data_root)
+    except MedsslError:
+        return
+    where = Path(out).expanduser().resolve()
+    if where == root or root in where.parents:
+        raise MedsslError(f"--out {out} lies inside the dataset's folder {root}: what a run writes "
+                          "there would be read as images and classes. Fix: --out a folder outside "
+                          "it.")
+
+
 def check_run(cfg) -> None:
     """Everything above, for a resolved PretrainConfig or FinetuneConfig."""
     check_lr(cfg.lr)
     check_hardware(cfg)
-    check_places(cfg.out, cfg.cache)
+    check_places(cfg.out, cfg.cache, cfg)
 
 
 def imagenet_weights_for(init: str, weights, what: str):

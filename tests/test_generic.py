@@ -178,13 +178,19 @@ def test_doubtful_labels_are_warnings_in_check(tmp_path, check_json):
     assert any("class 'c' has no train images (2 in test)" in w for w in warnings), warnings
 
 
+def csv_dataset(root, labels: list[str], sep: str = ","):
+    """A CSV dataset of one picture per label: `path<sep>label` rows in labels.csv."""
+    for i in range(len(labels)):
+        fx.write(root / f"{i}.png", fx.picture(f"{root.name}/{i}", "PNG"))
+    rows = [f"path{sep}label"] + [f"{i}.png{sep}{label}" for i, label in enumerate(labels)]
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
 def test_labels_that_are_one_number_are_warned_about(tmp_path, check_json):
     # A CSV's `1` and `1.0` (or `01`) become two classes: said, as case-only differences are.
-    lines = ["path,label"] + [f"{i}.png,{('1', '1.0', '01', '2')[i % 4]}" for i in range(16)]
-    for i in range(16):
-        fx.write(tmp_path / "n" / f"{i}.png", fx.picture(f"numeric/{i}", "PNG"))
-    (tmp_path / "n" / "labels.csv").write_text("\n".join(lines) + "\n")
-    code, report = check_json("--dataset", "csv", "--data-root", tmp_path / "n")
+    root = csv_dataset(tmp_path / "n", [("1", "1.0", "01", "2")[i % 4] for i in range(16)])
+    code, report = check_json("--dataset", "csv", "--data-root", root)
     warnings = [p["problem"] for p in report["problems"] if p["severity"] == "warning"]
     assert code == 0 and any("'01' and '1' and '1.0' are the same number" in w
                              for w in warnings), warnings
@@ -206,11 +212,8 @@ def test_files_no_adapter_reads_are_counted_by_kind_in_check(tmp_path, check_jso
 
 def test_a_semicolon_separated_csv_is_read(tmp_path, check_json):
     # A spreadsheet export in many locales: `path;label`, not one column named 'path;label'.
-    lines = ["path;label"] + [f"{i}.png;{'ab'[i % 2]}" for i in range(10)]
-    for i in range(10):
-        fx.write(tmp_path / "s" / f"{i}.png", fx.picture(f"semicolon/{i}", "PNG"))
-    (tmp_path / "s" / "labels.csv").write_text("\n".join(lines) + "\n")
-    code, report = check_json("--dataset", "csv", "--data-root", tmp_path / "s")
+    root = csv_dataset(tmp_path / "s", ["ab"[i % 2] for i in range(10)], sep=";")
+    code, report = check_json("--dataset", "csv", "--data-root", root)
     assert code == 0 and report["classes"] == ["a", "b"] and report["total"] == 10
 
 

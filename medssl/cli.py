@@ -13,36 +13,28 @@ from medssl import __version__
 from medssl.errors import Interrupted, MedsslError
 from medssl.options import (AnalysisOptions, DataOptions, HardwareOptions, ModelOptions,
                             RecipeOptions, SSLOptions)
+from medssl.ranges import RANGES
 from medssl.oserrors import describe, writable_file, writable_folder
 from medssl.runs import finetune_finished
 from medssl.names import (ACCELERATORS, ARCHS, AUGMENT_PRESETS, DUPLICATE_POLICIES, HEADS, INITS,
                           LR_SCALING, LR_SCHEDULES, OPTIMIZERS, PRECISIONS, PRIMARY_CHOICES,
                           SELECT_METRICS, STRATEGIES, method_names, parse_cohort, parse_distill,
                           prior_of)
-from medssl.training.checks import lr_problem
 from medssl.training.distributed import is_rank_zero
 
 
-def fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"{text} must lie strictly between 0 and 1")
-    return value
+def ranged(name: str):
+    """An argparse type for the number `name` of the table of ranges (medssl.ranges.RANGES),
+    which the configurations' check reads too: a value is refused at parse, naming it and the
+    range."""
+    rng = RANGES[name]
 
-
-def int_at_least(minimum: int):
-    """An argparse type: a whole number no smaller than `minimum`, with a message that says so."""
-    def parse(text: str) -> int:
+    def parse(text: str):
         try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{text} must be at least {minimum}")
-        return value
+            return rng.parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    parse.__name__ = name  # argparse names the type in some of its messages
     return parse
 
 
@@ -65,45 +57,6 @@ def augment_override(text: str):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def learning_rate(text: str) -> float:
-    """`--lr`: a finite number above 0 (checks.lr_problem, which configurations use too)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-    why = lr_problem(value)
-    if why:
-        raise argparse.ArgumentTypeError(f"{why}; a learning rate such as 1e-3 or 1e-5")
-    return value
-
-
-positive_int = int_at_least(1)
-non_negative_int = int_at_least(0)
-
-
-def seconds(text: str) -> float:
-    """A finite number of seconds, 0 or more."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-    if not 0 <= value < float("inf"):  # also refuses nan
-        raise argparse.ArgumentTypeError(f"{text} must be 0 or more seconds, such as 60")
-    return value
-
-
-def margin_points(text: str) -> float:
-    """`--equivalence-margin`: a finite number of points above 0 and below 100."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-    if not 0 < value < 100:  # also refuses nan and inf
-        raise argparse.ArgumentTypeError(f"{text} must lie in (0, 100): a difference in points "
-                                         "of the primary metric, such as 2")
-    return value
-
-
 def data_options() -> argparse.ArgumentParser:
     """Flags every command that reads a dataset shares."""
     p = argparse.ArgumentParser(add_help=False)
@@ -111,11 +64,11 @@ def data_options() -> argparse.ArgumentParser:
     g.add_argument("--dataset", required=True, help="a name from `medssl datasets`")
     g.add_argument("--data-root", help="the unpacked download, or the folder above it "
                    "(default: $MEDSSL_DATA_ROOT or ./data)")
-    g.add_argument("--split-seed", type=seed, default=0,
+    g.add_argument("--split-seed", type=ranged("split_seed"), default=0,
                    help="seed of the carved val/test splits (default 0)")
-    g.add_argument("--val-fraction", type=fraction, default=None,
+    g.add_argument("--val-fraction", type=ranged("val_fraction"), default=None,
                    help="share of the training pool carved out for validation (default 0.15)")
-    g.add_argument("--test-fraction", type=fraction, default=None,
+    g.add_argument("--test-fraction", type=ranged("test_fraction"), default=None,
                    help="share carved out for test where the download has no test split (default 0.2)")
     g.add_argument("--split-file", help="reuse the split.csv of an earlier run exactly")
     g.add_argument("--duplicates", choices=DUPLICATE_POLICIES, default="drop",
@@ -131,7 +84,7 @@ def data_options() -> argparse.ArgumentParser:
     g.add_argument("--csv-group-column", default=None,
                    help="csv dataset: the patient/lesion id column for grouped splits (default: "
                    "the CSV's `group` column when it has one; `none` ignores it)")
-    g.add_argument("--workers", type=positive_int, default=None,
+    g.add_argument("--workers", type=ranged("workers"), default=None,
                    help="processes that decode images (default: all CPU cores)")
     return p
 
@@ -228,41 +181,15 @@ def print_check(report: dict, split_out: str | None) -> None:
               (f"; split not written to {split_out}" if split_out else ""))
 
 
-SEED_LIMIT = 2 ** 32  # numpy's seeds, and the split's, lie in [0, 2**32)
-
-
-def seed(text: str) -> int:
-    """`--seed`, `--seeds`, `--split-seed`: a whole number in [0, 2**32)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if not 0 <= value < SEED_LIMIT:
-        raise argparse.ArgumentTypeError(f"{text} must lie in [0, {SEED_LIMIT - 1}]: seeds are "
-                                         "whole numbers from 0, e.g. 0 1 2")
-    return value
-
-
-def label_fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"{text} must lie in (0, 1]: the share of labelled "
-                                         "train images to finetune on")
-    return value
-
-
 def training_options() -> argparse.ArgumentParser:
     """Flags every command that trains shares (unset values come from the dataset's preset)."""
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("model and hardware (unset values come from the dataset's preset)")
     g.add_argument("--arch", choices=ARCHS, default=None)
-    g.add_argument("--image-size", type=positive_int, default=None)
-    g.add_argument("--epochs", type=positive_int, default=None)
-    g.add_argument("--batch-size", type=positive_int, default=None)
-    g.add_argument("--lr", type=learning_rate, default=None)
+    g.add_argument("--image-size", type=ranged("image_size"), default=None)
+    g.add_argument("--epochs", type=ranged("epochs"), default=None)
+    g.add_argument("--batch-size", type=ranged("batch_size"), default=None)
+    g.add_argument("--lr", type=ranged("lr"), default=None)
     g.add_argument("--imagenet-weights", default=None,
                    help="for an ImageNet init: IMAGENET1K_V1 (default), IMAGENET1K_V2, or a "
                    "state_dict file")
@@ -271,7 +198,7 @@ def training_options() -> argparse.ArgumentParser:
     g.add_argument("--devices", type=devices_flag, default=1,
                    help="devices per node: N, a list such as 0,2, or auto (all); more than one "
                    "(or --num-nodes above 1) runs DDP, see docs/distributed.md")
-    g.add_argument("--num-nodes", type=positive_int, default=1)
+    g.add_argument("--num-nodes", type=ranged("num_nodes"), default=1)
     g.add_argument("--strategy", choices=STRATEGIES, default="auto",
                    help="auto (DDP when there are several devices) or ddp")
     g.add_argument("--lr-scaling", choices=LR_SCALING, default="auto",
@@ -281,7 +208,7 @@ def training_options() -> argparse.ArgumentParser:
     g.add_argument("--precision", choices=PRECISIONS, default=None, metavar="PRECISION",
                    help="one of " + ", ".join(PRECISIONS[:6]) + " (default: bf16-mixed on a GPU, "
                    "else 32-true)")
-    g.add_argument("--num-workers", type=non_negative_int, default=None,
+    g.add_argument("--num-workers", type=ranged("num_workers"), default=None,
                    help="DataLoader workers (default: the CPU count, at most 8; none when "
                    "training on the CPU from the image cache, where they only slow it)")
     g.add_argument("--skip-bad-images", action="store_true",
@@ -292,7 +219,7 @@ def training_options() -> argparse.ArgumentParser:
     g.add_argument("--compile", action="store_true", help="torch.compile the backbone")
     g.add_argument("--deterministic", action="store_true",
                    help="deterministic algorithms only: identical reruns on GPUs too, but slower")
-    g.add_argument("--checkpoint-interval", type=seconds, default=60.0, metavar="SECONDS",
+    g.add_argument("--checkpoint-interval", type=ranged("checkpoint_interval"), default=60.0, metavar="SECONDS",
                    help="save checkpoints/last.ckpt (for --resume) at the end of an epoch once "
                    "this many seconds have passed since the last save, and after the last epoch "
                    "(default 60; 0: every epoch). A resumed run is exact either way")
@@ -314,7 +241,7 @@ def finetune_recipe_options() -> argparse.ArgumentParser:
                    "per class, as a user with that few labels would have)")
     g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant",
                    help="finetuning learning rate: constant (the study's) or cosine decay to 0")
-    g.add_argument("--lr-grid", type=float, nargs="+", metavar="LR",
+    g.add_argument("--lr-grid", type=ranged("lr_grid"), nargs="+", metavar="LR",
                    help="choose each model's learning rate among these on val (compare: the mean "
                    "over all seeds; default there: the preset's grid, e.g. 1e-5 1e-4 1e-3); "
                    "--lr fixes one rate instead")
@@ -322,15 +249,15 @@ def finetune_recipe_options() -> argparse.ArgumentParser:
                    help="weight the training loss by inverse class frequency")
     g.add_argument("--balanced-sampling", action="store_true",
                    help="draw every class equally often during training")
-    g.add_argument("--freeze-epochs", type=non_negative_int, default=0,
+    g.add_argument("--freeze-epochs", type=ranged("freeze_epochs"), default=0,
                    help="train only the head for this many epochs first (the study's warm-up)")
     g.add_argument("--bn-eval", action="store_true",
                    help="keep the backbone's BatchNorm in eval mode throughout (the study's "
                    "setting; leaves a random backbone without normalisation)")
-    g.add_argument("--kd-temperature", type=float, default=4.0,
+    g.add_argument("--kd-temperature", type=ranged("kd_temperature"), default=4.0,
                    help="knowledge distillation (--teacher, compare --distill): temperature "
                    "(default 4)")
-    g.add_argument("--kd-alpha", type=float, default=0.9,
+    g.add_argument("--kd-alpha", type=ranged("kd_alpha"), default=0.9,
                    help="knowledge distillation: weight of the teachers' term, 1 - alpha on the "
                    "labels (default 0.9)")
     return p
@@ -361,11 +288,11 @@ def add_ssl_flags(g, prefix: str = "") -> None:
     `ssl-` prefix in `compare` (where --epochs, --batch-size and --lr are finetuning's)."""
     f, what = f"--{prefix}", "pretraining " if prefix else ""
     if prefix:  # `pretrain` takes these three from the shared training flags
-        g.add_argument(f"{f}epochs", type=positive_int, default=None,
+        g.add_argument(f"{f}epochs", type=ranged("epochs"), default=None,
                        help="pretraining epochs (default: the preset's)")
-        g.add_argument(f"{f}batch-size", type=positive_int, default=None,
+        g.add_argument(f"{f}batch-size", type=ranged("batch_size"), default=None,
                        help="pretraining batch size (default: the preset's)")
-        g.add_argument(f"{f}lr", type=learning_rate, default=None,
+        g.add_argument(f"{f}lr", type=ranged("lr"), default=None,
                        help="pretraining learning rate (default: the preset's)")
     else:
         g.add_argument("--method", choices=method_names(), default="simclr",
@@ -375,7 +302,7 @@ def add_ssl_flags(g, prefix: str = "") -> None:
                    metavar="KEY=VALUE", dest=f"{prefix.replace('-', '_')}method_options",
                    help=f"one setting of the {what}method, e.g. temperature=0.2 (repeatable; "
                    "docs/methods.md lists each method's)")
-    g.add_argument(f"{f}warmup-epochs", type=non_negative_int, default=None,
+    g.add_argument(f"{f}warmup-epochs", type=ranged("warmup_epochs"), default=None,
                    help="linear warm-up epochs (default: the preset's, at most a tenth of the run)")
     g.add_argument(f"{f}optimizer", choices=OPTIMIZERS, default=None,
                    help=f"{what}optimiser (default: Adam, the study's; simsiam: its authors' SGD, "
@@ -393,11 +320,11 @@ def add_ssl_flags(g, prefix: str = "") -> None:
 def add_pretrain_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("pretraining")
     add_ssl_flags(g)
-    g.add_argument("--label-fraction", type=label_fraction, default=1.0,
+    g.add_argument("--label-fraction", type=ranged("label_fraction"), default=1.0,
                    help="supcon only: learn from this seeded, stratified share of the labels")
     g.add_argument("--init", choices=INITS, default="random",
                    help="initial weights before pretraining: random (for M2) or imagenet (for M4)")
-    g.add_argument("--seed", type=seed, default=0, help="training seed (default 0)")
+    g.add_argument("--seed", type=ranged("seed"), default=0, help="training seed (default 0)")
     run_folder_flags(g, "output folder (default runs/<dataset>/ssl-<init> for simclr, "
                      "ssl-<method>-<init> for the others)")
 
@@ -478,8 +405,8 @@ def add_finetune_args(p: argparse.ArgumentParser) -> None:
                    "(default runs/<dataset>/ssl-random or ssl-imagenet)")
     g.add_argument("--allow-other-dataset", action="store_true",
                    help="accept an SSL backbone pretrained on another dataset")
-    g.add_argument("--seed", type=seed, default=0, help="training seed (default 0)")
-    g.add_argument("--label-fraction", type=label_fraction, default=1.0,
+    g.add_argument("--seed", type=ranged("seed"), default=0, help="training seed (default 0)")
+    g.add_argument("--label-fraction", type=ranged("label_fraction"), default=1.0,
                    help="finetune on this seeded, stratified share of the labelled train split")
     g.add_argument("--teacher", nargs="+", dest="teachers", metavar="RUN",
                    help="knowledge distillation from these finished runs of the same split (their "
@@ -515,8 +442,8 @@ def add_compare_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ssl-methods", nargs="+", default=None, metavar="METHOD",
                    help="pretrain with each of these methods and finetune M2 and M4 from each "
                    "(e.g. simclr byol swav: M2, M2-byol, M2-swav, ...); default simclr")
-    g.add_argument("--seeds", nargs="+", type=seed, default=[0, 1, 2])
-    g.add_argument("--label-fractions", nargs="+", type=label_fraction, default=None,
+    g.add_argument("--seeds", nargs="+", type=ranged("seeds"), default=[0, 1, 2])
+    g.add_argument("--label-fractions", nargs="+", type=ranged("label_fractions"), default=None,
                    help="label fractions to finetune at (default 1.0; the demo 1.0 and 0.1)")
     g.add_argument("--out", help="the grid's folder (default runs/<dataset>)")
     g.add_argument("--images-dir", help="also copy the figures here (e.g. Images/)")
@@ -550,7 +477,7 @@ def analysis_flags(g) -> None:
     g.add_argument("--primary-metric", choices=PRIMARY_CHOICES,
                    help="the metric the answer is judged by, Holm-adjusted (default: the "
                    "preset's; QWK for graded labels, AUROC for two classes, else balanced_acc)")
-    g.add_argument("--equivalence-margin", type=margin_points, metavar="POINTS",
+    g.add_argument("--equivalence-margin", type=ranged("equivalence_margin"), metavar="POINTS",
                    help="call two priors equivalent only where the adjusted interval of their "
                    "difference lies within ± this many points (default 2)")
 

@@ -134,12 +134,18 @@ def test_alpha_zero_finetunes_bit_for_bit_as_plain_and_mismatched_teachers_are_r
         run_finetune(replace(base, seed=1, out=str(tmp_path / "bad2"), teachers=[str(tmp_path)]))
 
 
-@pytest.mark.parametrize("flag, value, said", [("--kd-alpha", "1.5", "--kd-alpha must lie in [0, 1]"),
-                                               ("--kd-temperature", "0", "--kd-temperature must be above 0")])
-def test_bad_distillation_flags_are_refused_before_anything_runs(cli, tmp_path, flag, value, said):
-    code, _, err = cli("finetune", "--dataset", "demo", "--model", "M1", "--teacher", tmp_path,
-                       flag, value, "--out", tmp_path / "r")
-    assert code == 2 and said in err and not (tmp_path / "r").exists()
+@pytest.mark.parametrize("flag, value, said", [
+    ("--kd-alpha", "1.5", "argument --kd-alpha: 1.5: must lie in [0, 1]"),
+    ("--kd-temperature", "0", "argument --kd-temperature: 0: must be above 0"),
+    # nan passed `temperature <= 0` before the table of ranges, and reached the loss
+    ("--kd-temperature", "nan", "argument --kd-temperature: nan: not a finite number")])
+def test_bad_distillation_flags_are_refused_before_anything_runs(cli, capsys, tmp_path, flag,
+                                                                 value, said):
+    with pytest.raises(SystemExit) as exit_:  # refused by argparse, from the table of ranges
+        cli("finetune", "--dataset", "demo", "--model", "M1", "--teacher", tmp_path, flag, value,
+            "--out", tmp_path / "r")
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and said in err and not (tmp_path / "r").exists()
 
 
 def test_mutual_loss_equals_a_hand_computed_value_with_peers_detached():

@@ -1,6 +1,8 @@
 """Finetuning M1-M4: the prior is really loaded, selection never sees test, the grid reuses runs."""
 
 import json
+import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -333,3 +335,18 @@ def test_allow_other_dataset_finetunes_on_the_target_datasets_own_split(tmp_path
     assert not split["path"].str.startswith("ISIC").any() and len(split) == 36
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["prior"]["ssl_dataset"] == "isic"
+
+
+def test_a_last_training_batch_of_one_image_is_left_out(tmp_path, caplog):
+    """At 32 px ResNet's last feature map is 1x1, where BatchNorm refuses a batch of one image:
+    a train split of k * batch + 1 images ran into an internal error before its last batch was
+    left out."""
+    root = csv_dataset(tmp_path / "data", False)
+    first = run_finetune(replace(finetune_cfg(root, tmp_path / "a"), epochs=1))
+    n = json.loads((first / "metrics.json").read_text())["labelled_train_images"]
+    assert n > 3  # so that batches of n - 1 leave one image over
+    caplog.clear()
+    caplog.set_level(logging.INFO, logger="medssl")
+    run = run_finetune(replace(finetune_cfg(root, tmp_path / "b"), epochs=1, batch_size=n - 1))
+    assert (run / "finished.json").exists()
+    assert f"{n} training images in batches of {n - 1}: the last batch, of one image" in caplog.text

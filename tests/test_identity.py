@@ -95,3 +95,18 @@ def test_a_run_without_a_recorded_identity_is_not_reused_blindly(tmp_path):
     (tmp_path / "old").mkdir()
     with pytest.raises(MedsslError, match="records no identity.*Fix"):
         check_same_run(tmp_path / "old", run_identity(FinetuneConfig(dataset="covid19")), "reuse")
+
+
+def test_an_lr_search_run_is_not_reused_by_a_search_with_another_recipe(tmp_path, cli,
+                                                                        monkeypatch):
+    """`finetune --lr-grid` keeps its search runs under <base>/lr-search and reuses a finished
+    one; a later search with another recipe must not choose among the old runs' values."""
+    root = fx.make_covid19(tmp_path, per_class=8)
+    monkeypatch.chdir(tmp_path)  # the search runs go under runs/covid19/, beside the cwd
+    search = ["finetune", "--dataset", "covid19", "--data-root", root, "--model", "M1",
+              "--lr-grid", "1e-3", "1e-2", *FAST]
+    code, _, err = cli(*search, "--epochs", "1", "--out", tmp_path / "first")
+    assert code == 0, err
+    code, _, err = cli(*search, "--epochs", "2", "--out", tmp_path / "second")
+    assert code == 2 and "Cannot reuse" in err and "epochs: 1 -> 2" in err, err
+    assert not (tmp_path / "second" / MARKER).exists()

@@ -14,6 +14,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from medssl.data.fingerprint import SMALL, Fingerprint, fingerprint
 from medssl.data.registry import Problem
 from medssl.errors import MedsslError
+from medssl.ranges import RANGES
 
 # Decompression-bomb guard stays on, but fundus photographs (4288x2848) are far below it.
 # $MEDSSL_MAX_IMAGE_PIXELS raises it for a dataset of genuinely huge pictures (slides, say).
@@ -24,12 +25,11 @@ def max_pixels() -> int:
     """$MEDSSL_MAX_IMAGE_PIXELS, a whole number above 0, else MAX_PIXELS."""
     text = os.environ.get("MEDSSL_MAX_IMAGE_PIXELS") or str(MAX_PIXELS)
     try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise MedsslError(f"MEDSSL_MAX_IMAGE_PIXELS={text!r} is not a number of pixels. Fix: a "
-                          f"whole number above 0 (default {MAX_PIXELS}), or unset it.")
+        value = RANGES["MEDSSL_MAX_IMAGE_PIXELS"].parse(text)
+    except ValueError as exc:
+        raise MedsslError(f"MEDSSL_MAX_IMAGE_PIXELS={text!r} is not a number of pixels ({exc}). "
+                          f"Fix: a whole number above 0 (default {MAX_PIXELS}), or unset it.") \
+            from None
     return value
 
 

@@ -35,15 +35,15 @@ from medssl.options import (AnalysisOptions, DataOptions, HardwareOptions, Model
                             RecipeOptions, SSLOptions, part_of)
 from medssl.oserrors import writable_folder
 from medssl.presets import preset_for
+from medssl.ranges import check_values
 from medssl.records import UnreadableRecord, read_run_record
 from medssl.runs import (BACKBONE, SKIPPED, SPLIT, SPLIT_IDENTITY, cleaned_up_on_failure, dataset_dir,
                          declare_analysis, finetune_dir, finetune_finished, is_interrupted,
                          last_checkpoint, ssl_finished)
-from medssl.training.checks import (check_hardware, check_lr, check_places,
-                                    imagenet_weights_for)
+from medssl.training.checks import check_hardware, check_places, imagenet_weights_for
 from medssl.training.distributed import is_rank_zero, wait_for_rank_zero
 from medssl.training import finetune, pretrain
-from medssl.training.finetune import FinetuneConfig, check_distillation, run_finetune
+from medssl.training.finetune import FinetuneConfig, run_finetune
 from medssl.training.pretrain import run_pretrain
 
 log = logging.getLogger("medssl")
@@ -311,10 +311,7 @@ def shared_split(cfg: CompareConfig, base: Path) -> Path:
 
 def check_grid_flags(cfg: CompareConfig, base: Path) -> None:
     """What every run of the grid would refuse, refused once before the grid starts."""
-    for flag, lr in (("--lr", cfg.recipe.lr), ("--ssl-lr", cfg.ssl.lr)):
-        if lr is not None:
-            check_lr(lr, flag)
-    check_distillation(cfg.recipe)
+    check_values(cfg)  # every number of the grid and its parts against its range
     if cfg.recipe.lr_grid:
         check_grid(cfg.recipe.lr_grid, cfg.recipe.lr)
     check_hardware(cfg)

@@ -25,11 +25,11 @@ from pathlib import Path
 from medssl.errors import MedsslError
 from medssl.identity import check_same_run
 from medssl.names import model_folder
+from medssl.ranges import check_value
 from medssl.records import UnreadableRecord, read_run_record, write_run_record
 from medssl.runs import (CHECKPOINTS, FINETUNE_OUTPUTS, dataset_dir, finetune_dir,
                          finetune_finished, last_checkpoint, mark_finished)
 from medssl.training import finetune  # called as finetune.run_finetune: tests replace it
-from medssl.training.checks import check_lr
 
 log = logging.getLogger("medssl")
 SEARCH_FOLDER = "lr-search"
@@ -45,7 +45,7 @@ def check_grid(grid: list[float], lr: float | None) -> list[float]:
         raise MedsslError(f"--lr {lr:g} and --lr-grid both given. Fix: pass one; with --lr-grid "
                           "the learning rate is chosen among the grid's.")
     for value in grid:
-        check_lr(value, "--lr-grid")
+        check_value("lr_grid", value)
     if len(set(grid)) != len(grid):
         raise MedsslError(f"--lr-grid lists a learning rate twice: {' '.join(map(str, grid))}.")
     return list(grid)

@@ -9,30 +9,12 @@ run folder is half made, and with a traceback from deep inside the Trainer or a 
 from __future__ import annotations
 
 import logging
-import math
 
 from medssl.errors import MedsslError
 from medssl.names import ACCELERATORS, PRECISIONS
 from medssl.oserrors import writable_folder
 
 log = logging.getLogger("medssl")
-
-
-
-def lr_problem(value: float) -> str | None:
-    """Why `value` cannot be a learning rate (None when it can): it must be finite and positive."""
-    if not math.isfinite(value):
-        return f"{value} is not a finite number"
-    if value <= 0:
-        return f"{value} is not above 0"
-    return None
-
-
-def check_lr(value: float, flag: str = "--lr") -> None:
-    why = lr_problem(value)
-    if why:
-        raise MedsslError(f"{flag} {value}: {why}. Fix: a learning rate such as 1e-3 (SimCLR) "
-                          "or 1e-5 (finetuning a pretrained network).")
 
 
 def check_hardware(cfg) -> None:
@@ -99,8 +81,8 @@ def check_outside_data(out, data) -> None:
 
 
 def check_run(cfg) -> None:
-    """Everything above, for a resolved PretrainConfig or FinetuneConfig."""
-    check_lr(cfg.lr)
+    """Everything above, for a resolved PretrainConfig or FinetuneConfig (whose numbers
+    fill_training_defaults checked against their ranges)."""
     check_hardware(cfg)
     check_places(cfg.out, cfg.cache, cfg)
 

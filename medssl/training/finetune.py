@@ -84,12 +84,9 @@ def resolve(cfg: FinetuneConfig) -> FinetuneConfig:
     p = preset_for(cfg.dataset)
     fill_training_defaults(cfg, p, p.finetune_epochs, p.finetune_batch_size, p.finetune_lr)
     cfg.base = cfg.base or str(dataset_dir(cfg.dataset))
-    if not 0 < cfg.label_fraction <= 1:
-        raise MedsslError(f"--label-fraction must lie in (0, 1], got {cfg.label_fraction}.")
     if cfg.select not in SELECT_METRICS:
         raise MedsslError(f"--select '{cfg.select}' is not one of {', '.join(SELECT_METRICS)}.")
     check_members(cfg)
-    check_distillation(cfg)
     if cfg.teachers is not None and not cfg.teachers:
         raise MedsslError("--teacher needs at least one finished run.")
     name = run_name(cfg)  # a teacher that is no finished run is refused here, by its folder
@@ -104,14 +101,6 @@ def resolve(cfg: FinetuneConfig) -> FinetuneConfig:
                     "only the head (a linear probe)", cfg.freeze_epochs, cfg.epochs)
     check_run(cfg)
     return cfg
-
-
-def check_distillation(recipe) -> None:
-    """--kd-alpha and --kd-temperature, for a finetuning run or a grid's recipe."""
-    if not 0 <= recipe.kd_alpha <= 1:
-        raise MedsslError(f"--kd-alpha must lie in [0, 1], got {recipe.kd_alpha}.")
-    if recipe.kd_temperature <= 0:
-        raise MedsslError(f"--kd-temperature must be above 0, got {recipe.kd_temperature}.")
 
 
 def check_members(cfg: FinetuneConfig) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import os
 
 import torch
@@ -15,13 +16,15 @@ from medssl.data.cache import ImageCache, cache_side
 from medssl.data.sampling import EpochSampler, ShardSampler
 from medssl.data.splits import EXCLUDED
 from medssl.data.torch_dataset import ImageDataset
-from medssl.errors import MedsslError
+from medssl.ranges import check_values
+from medssl.training.distributed import planned_world_size
 
 log = logging.getLogger("medssl")
 
 
 def fill_training_defaults(cfg, preset, epochs: int, batch_size: int, lr: float):
-    """Unset arch, image size, epochs, batch size, lr and workers from the preset's values."""
+    """Unset arch, image size, epochs, batch size, lr and workers from the preset's values; then
+    every number of `cfg` checked against its range (medssl.ranges)."""
     cfg.arch = cfg.arch or preset.arch
     cfg.image_size = cfg.image_size or preset.image_size
     cfg.epochs = epochs if cfg.epochs is None else cfg.epochs
@@ -29,12 +32,7 @@ def fill_training_defaults(cfg, preset, epochs: int, batch_size: int, lr: float)
     cfg.lr = lr if cfg.lr is None else cfg.lr  # an lr of 0 given is refused, never replaced
     if cfg.num_workers is None:
         cfg.num_workers = default_workers(cfg.accelerator, cfg.cache, os.cpu_count() or 1)
-    if cfg.epochs < 1:
-        raise MedsslError(f"--epochs must be at least 1, got {cfg.epochs}.")
-    if cfg.batch_size < 2:  # BatchNorm in training mode needs two values per channel
-        raise MedsslError(f"--batch-size {cfg.batch_size}: training needs two or more images "
-                          "per batch (BatchNorm normalises over the batch). Fix: --batch-size 2 "
-                          "or more.")
+    check_values(cfg)  # every number against the table of ranges, the CLI's too
     return cfg
 
 
@@ -90,6 +88,14 @@ def make_loader(table, rows, transform, cfg, cache=None, train: bool = False,
     if train and batch_size < asked:
         log.warning("--batch-size %d is above the %d training images: batches of %d instead",
                     asked, len(dataset), batch_size)
+    share = math.ceil(len(dataset) / planned_world_size(cfg))  # each process's training images
+    if train and not drop_last and share % batch_size == 1:
+        # A last batch of one image fails in BatchNorm wherever a feature map is 1x1 (ResNet's
+        # last stage at 32-63 px: "Expected more than 1 value per channel"), and its statistics
+        # of one image are noise elsewhere: it is left out of that epoch, as drop_last does.
+        log.info("%d training images in batches of %d: the last batch, of one image, is left "
+                 "out of each epoch (BatchNorm needs two)", share, batch_size)
+        drop_last = True
     return DataLoader(dataset, batch_size=batch_size,
                       sampler=sampler, drop_last=drop_last,
                       num_workers=cfg.num_workers,

@@ -28,6 +28,7 @@ from medssl.models import build_backbone, feature_dim, save_backbone
 from medssl.names import INITS
 from medssl.options import DataOptions, HardwareOptions, ModelOptions, SSLOptions
 from medssl.presets import preset_for
+from medssl.ranges import method_setting
 from medssl.records import BackboneRecord
 from medssl.runs import (BACKBONE, LABELLED, SPLIT, SSL_OUTPUTS, cleaned_up_on_failure,
                          dataset_dir, mark_finished, ssl_dir)
@@ -74,16 +75,15 @@ def resolve(cfg: PretrainConfig) -> PretrainConfig:
         raise MedsslError(f"{cfg.method} has no setting {unknown[0]}. Its settings: "
                           f"{', '.join(method.defaults)}.")
     for key, value in cfg.method_options.items():
-        problem = setting_problem(key, value, method.defaults[key])
+        rng = method_setting(key, method.defaults[key])
+        problem = rng.problem(value)
         if problem:
-            raise MedsslError(f"--method-opt {key}={value}: {problem}. Fix: a value like its "
-                              f"default, {key}={method.defaults[key]}.")
+            raise MedsslError(f"--method-opt {key}={value}: {problem} ({rng.why}). Fix: a value "
+                              f"like its default, {rng.example}.")
     if cfg.label_fraction != 1.0 and not method.uses_labels:
         raise MedsslError(f"--label-fraction {cfg.label_fraction}: {cfg.method} uses no labels, so "
                           "a label fraction would change nothing. Fix: drop it, or use a method "
                           "that learns from labels (supcon).")
-    if not 0 < cfg.label_fraction <= 1:
-        raise MedsslError(f"--label-fraction must lie in (0, 1], got {cfg.label_fraction}.")
     # The study's 10 warm-up epochs suit its 200-500-epoch runs; a short run warms up for at most
     # a tenth of its epochs, or it would spend most of them warming up.
     asked = cfg.warmup_epochs
@@ -97,22 +97,6 @@ def resolve(cfg: PretrainConfig) -> PretrainConfig:
     check_run(cfg)
     simclr_settings(cfg.image_size, cfg.augment, **cfg.augment_overrides)  # checks the knobs
     return cfg
-
-
-def setting_problem(key: str, value, default) -> str | None:
-    """What is wrong with a method's setting, judged by its default: a finite number; a count
-    (an int default) a whole number, at least 1 for sizes (dims, prototypes, the queue), else at
-    least 0; a rate (a float default) above 0, and a momentum at most 1."""
-    if not isinstance(value, (int, float)) or not math.isfinite(value):
-        return "not a finite number"
-    if isinstance(default, int):
-        least = 1 if key.endswith("_dim") or key in ("prototypes", "queue_size") else 0
-        if not float(value).is_integer() or value < least:
-            return f"{key} is a count: a whole number of at least {least}"
-        return None
-    if value <= 0 or ("momentum" in key and value > 1):
-        return f"{key} must lie in (0, {'1]' if 'momentum' in key else 'inf)'}"
-    return None
 
 
 STUDY_WEIGHT_DECAY = 1e-6  # the study's Adam

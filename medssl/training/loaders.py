@@ -88,7 +88,8 @@ def make_loader(table, rows, transform, cfg, cache=None, train: bool = False,
     if train and batch_size < asked:
         log.warning("--batch-size %d is above the %d training images: batches of %d instead",
                     asked, len(dataset), batch_size)
-    share = math.ceil(len(dataset) / planned_world_size(cfg))  # each process's training images
+    # each process's training images
+    share = math.ceil(len(dataset) / planned_world_size(cfg)) if train else len(dataset)
     if train and not drop_last and share % batch_size == 1:
         # A last batch of one image fails in BatchNorm wherever a feature map is 1x1 (ResNet's
         # last stage at 32-63 px: "Expected more than 1 value per channel"), and its statistics

@@ -311,6 +311,10 @@ def add_ssl_flags(g, prefix: str = "") -> None:
                    help="no weight decay on BatchNorm parameters and biases")
     g.add_argument(f"{f}augment", choices=AUGMENT_PRESETS, default=None,
                    help=f"{what}augmentation preset (default: the dataset's)")
+    g.add_argument(f"{f}min-gain", type=ranged("min_gain"), default=None, metavar="POINTS",
+                   help="refuse a pretraining whose val read-outs (kNN and few-shot, balanced) "
+                   "gain less than this many points over a random init of the network (default: "
+                   "warn when it gains nothing, and mark its rows in results.md)")
     g.add_argument(f"{f}aug", type=augment_override, action="append", default=[],
                    metavar="KEY=VALUE", dest=f"{prefix.replace('-', '_')}augment_overrides",
                    help="override one knob of the augmentation preset, e.g. min_scale=0.3 "

@@ -68,6 +68,9 @@ class SSLOptions:
     exclude_bn_bias: bool = False
     augment: str | None = None  # augmentation preset: study or xray (default: the dataset's)
     augment_overrides: dict = field(default_factory=dict)  # lightly SimCLRTransform knobs
+    # Refuse a pretraining whose val read-outs gain less than this many points over a random
+    # init (None: say so, go on); a judgement of the result, not part of it (MAY_CHANGE).
+    min_gain: float | None = None
 
 
 @dataclass(kw_only=True)
@@ -105,6 +108,7 @@ MAY_CHANGE = frozenset({
     "accelerator", "devices", "num_nodes", "strategy", "deterministic", "compile",  # hardware
     "num_workers", "workers", "cache", "progress", "checkpoint_interval",  # loading, logging
     "data_root", "out", "base", "resume", "force", "allow_other_dataset",  # places, run control
+    "min_gain",  # how a finished pretraining is judged, not what it is
 })
 
 

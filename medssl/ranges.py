@@ -105,6 +105,8 @@ RANGES: dict[str, Range] = {
     "num_workers": Range(0, whole=True, example="4"),
     "workers": Range(1, whole=True, example="2"),
     "num_nodes": Range(1, whole=True, example="1"),
+    "min_gain": Range(-100, 100, example="1",
+                      why="points of the val read-outs over a random init of the network"),
     "MEDSSL_MAX_IMAGE_PIXELS": Range(1, whole=True, example="178956970",
                                      why="the most pixels one image may have"),
 }

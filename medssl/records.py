@@ -185,6 +185,13 @@ class BackboneRecord(_Record):
     initial_fewshot_acc: float | None = None  # few-shot accuracy before training
     initial_knn_balanced_acc: float | None = None  # kNN balanced accuracy before training
     initial_fewshot_balanced_acc: float | None = None  # few-shot balanced accuracy before
+    random_knn_acc: float | None = None  # kNN accuracy of a random init of the network
+    random_fewshot_acc: float | None = None  # few-shot accuracy of a random init
+    random_knn_balanced_acc: float | None = None  # kNN balanced accuracy of a random init
+    random_fewshot_balanced_acc: float | None = None  # few-shot balanced accuracy of one
+    # Points over the random init: the mean of the balanced kNN and few-shot gains (knn.readout_gain)
+    readout_gain: float | None = None
+    learned: bool | None = None  # readout_gain above 0 (None: not measured, older files)
     seed: int | None = None  # the pretraining seed
     split_file: str = "split.csv"  # its split, relative to its folder
     data: dict = field(default_factory=dict)  # what preparing the data found (duplicates, ...)

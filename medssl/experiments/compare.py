@@ -36,7 +36,7 @@ from medssl.options import (AnalysisOptions, DataOptions, HardwareOptions, Model
 from medssl.oserrors import writable_folder
 from medssl.presets import preset_for
 from medssl.ranges import check_values
-from medssl.records import UnreadableRecord, read_run_record
+from medssl.records import UnreadableRecord, read_backbone_record, read_run_record
 from medssl.runs import (BACKBONE, SKIPPED, SPLIT, SPLIT_IDENTITY, cleaned_up_on_failure, dataset_dir,
                          declare_analysis, finetune_dir, finetune_finished, is_interrupted,
                          last_checkpoint, ssl_finished)
@@ -182,13 +182,17 @@ def run_pretrain_cell(cfg: CompareConfig, base: Path, cell: Cell, common: dict) 
     if ssl_finished(run):  # checked even where nothing trains from it: it is in the results
         check_same_run(run, pretrain.identity_of(pretrain.resolve(replace(pre))), "reuse")
         log.info("reusing finished pretraining %s", run)
+        pretrain.check_gain(run, read_backbone_record(run / BACKBONE), cfg.ssl.min_gain,
+                            "--ssl-min-gain")
         return
     if not pretraining_needed(cfg, base, run):
         return
     prior = prior_of(cell.model)
     log.info("%s pretraining from %s init, seed %d -> %s (cell %s)", prior.method, prior.init,
              pre.seed, run, cell.name)
-    run_pretrain(pre)
+    run_pretrain(replace(pre, min_gain=None))  # judged here, where the flag is --ssl-min-gain
+    pretrain.check_gain(run, read_backbone_record(run / BACKBONE), cfg.ssl.min_gain,
+                        "--ssl-min-gain")
 
 
 def pretraining_needed(cfg: CompareConfig, base: Path, run: Path) -> bool:

@@ -81,5 +81,8 @@ def load_prior(model: str, options: ModelOptions, dataset: str, ssl_checkpoint=N
                       "ssl_dataset": meta.get("dataset"), "ssl_epochs": meta.get("epochs"),
                       "ssl_images_seen": meta.get("images_seen"),
                       "ssl_gpu_hours": meta.get("gpu_hours"),
+                      # whether its val read-outs rose above a random init's (report marks it)
+                      "ssl_readout_gain": meta.get("readout_gain"),
+                      "ssl_learned": meta.get("learned"),
                       "ssl_split_file": str(path.parent / meta.get("split_file", SPLIT)),
                       "ssl_duplicate_policy": meta.get("data", {}).get("duplicates", {}).get("policy")}

@@ -74,7 +74,10 @@ def collect_runs(base: Path) -> tuple[pd.DataFrame, list[str]]:
                    # Older runs recorded no method: M2/M4 were SimCLR's.
                    "method": m.prior.get("method", "simclr" if m.prior.get("ssl_checkpoint")
                                          else None),
-                   "supervised_prior": bool(m.prior.get("supervised_prior", False))}
+                   "supervised_prior": bool(m.prior.get("supervised_prior", False)),
+                   # False: its pretraining ended at or below a random init (None: not measured)
+                   "prior_learned": m.prior.get("ssl_learned"),
+                   "prior_gain": m.prior.get("ssl_readout_gain")}
             row.update({col: getattr(m, split)[metric] for col, split, metric in COLUMNS})
             row.update({col: _number((getattr(m, part) or {}).get(key))
                         for col, (part, key) in EXTRA_COLUMNS.items()})
@@ -213,9 +216,33 @@ def task_head(summary: pd.DataFrame) -> list[tuple[str, str, bool]]:
     return out
 
 
-def markdown_table(summary: pd.DataFrame, skipped_models: dict[str, str] | None = None) -> str:
+def unlearned_priors(runs: pd.DataFrame) -> dict[str, list[str]]:
+    """The models whose pretraining (of any seed) ended at or below a random init on its val
+    read-outs, with each such seed's gain in points."""
+    out: dict[str, list[str]] = {}
+    for _, r in runs[runs["prior_learned"].eq(False)].iterrows():
+        seen = f"seed {r['seed']}: {r['prior_gain']:+.1f}"
+        if seen not in out.setdefault(r["model"], []):
+            out[r["model"]].append(seen)
+    return out
+
+
+def unlearned_note(unlearned: dict[str, list[str]]) -> str:
+    """Said under the table for every model marked ‡ in it."""
+    if not unlearned:
+        return ""
+    lines = [f"{model} ‡: its pretraining ended at or below a random init of the network on the "
+             f"val read-outs (points over it, {'; '.join(gains)}), so this row reflects the "
+             "pretraining recipe, not the method. Fix: more SSL epochs, larger crops "
+             "(`--ssl-aug min_scale=0.5`) or the method's settings (docs/methods.md); "
+             "`--ssl-min-gain` refuses such a pretraining." for model, gains in unlearned.items()]
+    return "\n" + "\n".join(lines) + "\n"
+
+
+def markdown_table(summary: pd.DataFrame, skipped_models: dict[str, str] | None = None,
+                   unlearned: set[str] = frozenset()) -> str:
     """The table as Markdown: accuracies in %, losses as is, the primary metric's differences
-    in points with their Holm-adjusted intervals."""
+    in points with their Holm-adjusted intervals; models whose pretraining did not learn ‡."""
     primary = summary["primary_metric"].iloc[0]
     extra = task_head(summary)
     head = ["label fraction", "model", "seeds", "train acc %", "train loss", "test acc %",
@@ -226,7 +253,8 @@ def markdown_table(summary: pd.DataFrame, skipped_models: dict[str, str] | None 
         head.append(f"Δ {METRIC_TITLES[primary]} vs own base")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in summary.iterrows():
-        cells = [f"{r['label_fraction']:g}", r["model"], str(r["seeds"])]
+        model = r["model"] + (" ‡" if r["model"] in unlearned else "")
+        cells = [f"{r['label_fraction']:g}", model, str(r["seeds"])]
         for col, _, metric in COLUMNS:
             cells.append(_pm(r[f"{col}_mean"], r[f"{col}_sd"], metric != "loss"))
         cells += [_pm(r[f"{col}_mean"], r[f"{col}_sd"], pct) for _, col, pct in extra]
@@ -424,9 +452,11 @@ def write_results(base: Path, skipped_models: dict[str, str] | None = None,
     task, margin, how, margin_how = judged_by(runs, base, analysis)
     summary = summarise(runs, task)
     summary["duplicate_policy"] = runs["duplicate_policy"].iloc[0]
+    unlearned = unlearned_priors(runs)
     md = (answer(summary, runs, margin, how, margin_how) + "\n## Results\n\n"
-          + markdown_table(summary, skipped_models) + "\n" + duplicates_line(runs) + "\n"
-          + recipe_notes(runs, summary))
+          + markdown_table(summary, skipped_models, set(unlearned)) + "\n"
+          + duplicates_line(runs) + "\n" + recipe_notes(runs, summary)
+          + unlearned_note(unlearned))
     supervised = sorted(runs.loc[runs["supervised_prior"], "model"].unique())
     if supervised:  # not self-supervised: a fair reader must know which priors saw labels
         md += (f"\n{', '.join(supervised)}: a supervised prior (its pretraining learned from the "

@@ -4,8 +4,10 @@
   (lightly's weighted vote), logged as `val_knn_acc` and `val_knn_balanced_acc`;
 - few-shot linear probe: logistic regression on 5 labelled train images per class, averaged over
   10 draws, logged as `val_fewshot_acc` and `val_fewshot_balanced_acc`.
-Both are measured once before the first step (the prior's own score, the baseline to beat) and
-after every epoch, in eval mode without augmentation.
+Both are measured once before the first step (the prior's own score) and after every epoch, in
+eval mode without augmentation; and once for a random init of the same network (`random`): the bar
+a pretraining must clear for its prior to mean anything (`readout_gain`). For a pretraining from
+random init that is its own start; from ImageNet, a random backbone made for the purpose.
 """
 
 from __future__ import annotations
@@ -76,13 +78,26 @@ def evaluate_features(backbone: torch.nn.Module, train_loader, val_loader, num_c
             "fewshot_acc": shot["acc"], "fewshot_balanced_acc": shot["balanced_acc"]}
 
 
+def readout_gain(scores: dict | None, random: dict | None) -> float | None:
+    """Points over a random init: the mean of the kNN and few-shot balanced accuracy gains on
+    val (one number from both read-outs: either alone moves by a draw's noise), x 100."""
+    if not scores or not random:
+        return None
+    keys = ("knn_balanced_acc", "fewshot_balanced_acc")
+    return round(100 * sum(scores[k] - random[k] for k in keys) / len(keys), 2)
+
+
 class KNNMonitor(pl.Callback):
     def __init__(self, train_loader, val_loader, num_classes: int, k: int = 20, shots: int = 5,
-                 normalize=None):
+                 normalize=None, random_backbone=None):
+        """`random_backbone`: a function making a random init of the network, where the run
+        starts from another (ImageNet); None where the run's own start is the random init."""
         self.train_loader, self.val_loader = train_loader, val_loader
         self.normalize = normalize
         self.num_classes, self.k, self.shots = num_classes, k, shots
+        self.random_backbone = random_backbone
         self.initial: dict | None = None  # the prior's scores, before any pretraining step
+        self.random: dict | None = None  # a random init's scores
         self.last: dict | None = None
 
     def measure(self, backbone: torch.nn.Module, device) -> dict:
@@ -95,6 +110,12 @@ class KNNMonitor(pl.Callback):
             log.info("before %s: val kNN %.3f, few-shot %.3f",
                      getattr(pl_module, "title", "pretraining"), self.initial["knn_acc"],
                      self.initial["fewshot_acc"])
+            self.random = self.initial
+            if self.random_backbone is not None:
+                self.random = self.measure(self.random_backbone().to(pl_module.device),
+                                           pl_module.device)
+                log.info("a random init reads: val kNN %.3f, few-shot %.3f",
+                         self.random["knn_acc"], self.random["fewshot_acc"])
 
     def on_train_epoch_end(self, trainer, pl_module):
         self.last = self.measure(pl_module.backbone, pl_module.device)
@@ -110,7 +131,8 @@ class KNNMonitor(pl.Callback):
     # Both kept in checkpoints: a run resumed after its last epoch trains nothing more, yet
     # reports the prior's scores and the last epoch's.
     def state_dict(self) -> dict:
-        return {"initial": self.initial, "last": self.last}
+        return {"initial": self.initial, "random": self.random, "last": self.last}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.initial, self.last = state_dict.get("initial"), state_dict.get("last")
+        self.random = state_dict.get("random")

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import LearningRateMonitor
 
 from medssl import __version__
@@ -29,14 +30,15 @@ from medssl.names import INITS
 from medssl.options import DataOptions, HardwareOptions, ModelOptions, SSLOptions
 from medssl.presets import preset_for
 from medssl.ranges import method_setting
-from medssl.records import BackboneRecord
+from medssl.records import BackboneRecord, read_backbone_record
 from medssl.runs import (BACKBONE, LABELLED, SPLIT, SSL_OUTPUTS, cleaned_up_on_failure,
                          dataset_dir, mark_finished, ssl_dir)
 from medssl.training.checks import check_run, imagenet_weights_for
 from medssl.training.distributed import (barrier, gpu_hours, is_rank_zero, planned_world_size,
                                          scaled_lr, scaling_rule)
 from medssl.training.harness import RunStart, fit, keep_identity, make_trainer, open_run
-from medssl.training.knn import KNNMonitor
+from medssl.training.guards import Guard
+from medssl.training.knn import KNNMonitor, readout_gain
 from medssl.training.loaders import fill_training_defaults, make_loader, open_cache
 from medssl.training.methods import get_method
 
@@ -175,15 +177,50 @@ def _train(cfg: PretrainConfig) -> Path:
     backbone = build_backbone(cfg.arch, cfg.init, cfg.imagenet_weights)
     module = method(backbone, feature_dim(cfg.arch), cfg, cfg, seed=cfg.seed,
                     batch_transform=colour, **options)
-    trainer = make_trainer(cfg, run, callbacks=[knn, LearningRateMonitor("step")])
+    guard = Guard(method.title, cfg.lr, method.guard_hint)
+    trainer = make_trainer(cfg, run, callbacks=[knn, guard, LearningRateMonitor("step")])
     fit(trainer, run.out, module, train_loader, ckpt_path=run.resume_from, weights_only=True)
     if trainer.is_global_zero:
         used = Used(method, options, views, settings, batch_size, len(rows), data_info)
-        save_backbone(module.backbone, run.out / BACKBONE,
-                      backbone_record(cfg, used, trainer, module, knn, run.started))
+        record = backbone_record(cfg, used, trainer, module, knn, run.started)
+        save_backbone(module.backbone, run.out / BACKBONE, record)
         mark_finished(run.out, SSL_OUTPUTS)
+        say_readout(record)
     barrier()  # the other ranks return once the backbone is there (compare goes on to use it)
+    check_gain(run.out, read_backbone_record(run.out / BACKBONE), cfg.min_gain)
     return run.out
+
+
+def say_readout(record: BackboneRecord) -> None:
+    """One line on whether the pretraining learned: its val read-outs against a random init's."""
+    if record.readout_gain is None:
+        return
+    what = (f"val kNN {record.random_knn_acc:.3f} -> {record.final_knn_acc:.3f}, few-shot "
+            f"{record.random_fewshot_acc:.3f} -> {record.final_fewshot_acc:.3f} (a random init "
+            "-> this backbone)")
+    if record.learned:
+        log.info("%s: %+.1f points over a random init (%s)", record.method_title,
+                 record.readout_gain, what)
+    else:
+        log.warning("%s ended at or below a random init: %+.1f points (%s). A model finetuned "
+                    "from it measures this pretraining recipe, not %s. Fix: more epochs "
+                    "(--epochs), larger crops (--aug min_scale=0.5), or the method's settings "
+                    "(docs/methods.md)", record.method_title, record.readout_gain, what,
+                    record.method_title)
+
+
+def check_gain(run: Path, record: BackboneRecord, min_gain: float | None,
+               flag: str = "--min-gain") -> None:
+    """`--min-gain`: refuse a pretraining whose read-out gain over a random init is below it
+    (it stays finished: a rerun with another --min-gain judges it again without training)."""
+    if min_gain is None or record.readout_gain is None or record.readout_gain >= min_gain:
+        return
+    raise MedsslError(f"The pretraining in {run} ({record.method_title}) ends "
+                      f"{record.readout_gain:+.1f} points over a random init on the val "
+                      f"read-outs, below {flag} {min_gain:g}: nothing will be finetuned "
+                      "from it. Fix: a recipe that learns on this data (more --epochs, "
+                      "--aug min_scale=0.5, the method's settings: docs/methods.md), or a lower "
+                      f"{flag} to accept it.")
 
 
 def identity_of(cfg: PretrainConfig) -> dict:
@@ -231,6 +268,23 @@ def batch_for(cfg: PretrainConfig, n_train: int) -> int:
     return cfg.batch_size
 
 
+def random_scores(cfg: PretrainConfig, knn: KNNMonitor) -> dict | None:
+    """A random init's read-outs: measured by the monitor, or, for a run from random init resumed
+    from a checkpoint made before the monitor measured them apart, its own start's."""
+    return knn.random or (knn.initial if cfg.init == "random" else None)
+
+
+def random_init(cfg: PretrainConfig):
+    """A function making a random init of the run's network (the read-outs' bar, for a run that
+    starts from ImageNet), drawn from the run's seed in a forked generator so that the run's own
+    random stream stays what it was."""
+    def make():
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            return build_backbone(cfg.arch, "random", None)
+    return make
+
+
 def knn_monitor(cfg: PretrainConfig, table, cache, batch_size: int) -> KNNMonitor:
     """The kNN and few-shot read-outs on val, each epoch. Each process embeds a share; every
     process then holds all the features (knn.embed). Its loaders are iterated by the monitor,
@@ -239,7 +293,8 @@ def knn_monitor(cfg: PretrainConfig, table, cache, batch_size: int) -> KNNMonito
     p = preset_for(cfg.dataset)
     return KNNMonitor(*(make_loader(table, split, plain, cfg, cache, shard=True, persistent=False,
                                     batch_size=batch_size) for split in ("train", "val")),
-                      num_classes=len(table.classes), normalize=Normalize(p.mean, p.std))
+                      num_classes=len(table.classes), normalize=Normalize(p.mean, p.std),
+                      random_backbone=random_init(cfg) if cfg.init != "random" else None)
 
 
 @dataclass
@@ -262,6 +317,8 @@ def backbone_record(cfg: PretrainConfig, used: Used, trainer, module, knn,
     p = preset_for(cfg.dataset)
     method, batch_size = used.method, used.batch_size
     loss = module.last_epoch_loss
+    random = random_scores(cfg, knn)
+    gain = readout_gain(knn.last, random)  # points over a random init on the val read-outs
     return BackboneRecord(**{
         "method": cfg.method, "method_title": method.title, "method_settings": used.options,
         "method_settings_asked": {**method.defaults, **cfg.method_options},
@@ -288,8 +345,9 @@ def backbone_record(cfg: PretrainConfig, used: Used, trainer, module, knn,
         "augment_overrides": cfg.augment_overrides, "augmentation": used.settings,
         "final_loss": float(loss) if loss is not None else None,
         **{f"{when}_{key}": (scores or {}).get(key)
-           for when, scores in (("final", knn.last), ("initial", knn.initial))
+           for when, scores in (("final", knn.last), ("initial", knn.initial), ("random", random))
            for key in ("knn_acc", "fewshot_acc", "knn_balanced_acc", "fewshot_balanced_acc")},
+        "readout_gain": gain, "learned": None if gain is None else gain > 0,
         "seed": cfg.seed, "split_file": SPLIT,
         "data": used.data_info, "medssl_version": __version__,
         "wall_time_s": round(time.time() - started, 1),

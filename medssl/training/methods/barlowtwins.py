@@ -11,6 +11,7 @@ from medssl.training.methods.base import SSLMethod
 @register
 class BarlowTwins(SSLMethod):
     name = "barlowtwins"
+    guard_hint = "a smaller lambda_param (--method-opt lambda_param=0.002)"
     defaults = {"projection_dim": 2048, "lambda_param": 5e-3}
 
     def build(self, feature_dim, projection_dim=2048, lambda_param=5e-3):

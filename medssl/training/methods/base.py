@@ -27,6 +27,7 @@ import pytorch_lightning as pl
 import torch
 from lightly.utils.lars import LARS
 from lightly.utils.scheduler import cosine_warmup_schedule
+import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MeanMetric
 
@@ -94,6 +95,14 @@ def multi_crop(image_size: int, colour: dict, local_views: int, local_scale: flo
                    for _ in range(local_views)]
 
 
+def spread(x: torch.Tensor) -> torch.Tensor:
+    """How far apart a batch's rows are: the std across the batch of the L2-normalised rows,
+    averaged over the dimensions (SimSiam's collapse measure). 0 when every row points the same
+    way, or is 0; a random ResNet on real pictures, and every pretrained one measured, lies far
+    above training.guards.COLLAPSE_SPREAD."""
+    return F.normalize(x.detach().float().flatten(1), dim=1).std(dim=0).mean()
+
+
 def augment_seed(seed: int, step: int) -> int:
     """The seed of one step's colour augmentation: from (seed, step), so a resumed run draws what
     an uninterrupted one would; and from the rank under DDP, so that each process draws its own
@@ -113,6 +122,10 @@ class SSLMethod(pl.LightningModule):
     # The optimiser the method's authors publish, {"optimizer", "lr_per_256", "weight_decay"}:
     # empty for a method that trains with the study's Adam (`pretrain.optimiser_recipe`).
     recipe: dict = {}
+    # Besides a lower lr, the setting to change when the method diverges or collapses
+    # (training.guards names it).
+    guard_hint: str = ""
+    embedding_head = "projection_head"  # the head whose output the loss compares
 
     def __init__(self, backbone: nn.Module, feature_dim: int, recipe: SSLOptions | None = None,
                  hardware: HardwareOptions | None = None, seed: int = 0,
@@ -133,6 +146,10 @@ class SSLMethod(pl.LightningModule):
         # channels-last is the layout convolutions run fastest in with mixed precision on GPUs.
         self.backbone = backbone.to(memory_format=torch.channels_last)
         self.epoch_loss = MeanMetric()
+        # Of the last training batch: the backbone's features (encode) and the embedding the
+        # loss works on (the head named by `embedding_head`), for training.guards.
+        self.feature_spread: torch.Tensor | None = None
+        self.embedding_spread: torch.Tensor | None = None
         self.last_epoch_loss: float | None = None
         # Colour jitter, grayscale, blur, solarize and normalisation of each uint8 view, per
         # batch, on the accelerator (medssl.data.batch_augment.ViewColour).
@@ -141,6 +158,10 @@ class SSLMethod(pl.LightningModule):
         # second registration would write every weight twice into checkpoints.
         self.__dict__["_encode"] = torch.compile(self.backbone) if compile_model else self.backbone
         self.build(feature_dim, **settings)
+        # After build: the momentum copies it made carry no hook (a deep copy would copy it).
+        head = getattr(self, self.embedding_head, None)
+        if head is not None:
+            head.register_forward_hook(self._keep_embedding_spread)
 
     # What a method defines --------------------------------------------------------------
     def build(self, feature_dim: int, **settings) -> None:
@@ -164,7 +185,15 @@ class SSLMethod(pl.LightningModule):
 
     # What every method shares -----------------------------------------------------------
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self._encode(x)
+        out = self._encode(x)
+        if self.training:  # read by training.guards: near 0 when every image looks alike
+            self.feature_spread = spread(out)
+        return out
+
+    def _keep_embedding_spread(self, module, inputs, output) -> None:
+        """A forward hook on the embedding head: its output's spread, for training.guards."""
+        if self.training and torch.is_tensor(output):
+            self.embedding_spread = spread(output)
 
     @staticmethod
     def momentum_copy(module: nn.Module) -> nn.Module:

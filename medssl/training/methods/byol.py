@@ -12,6 +12,7 @@ from medssl.training.methods.base import SSLMethod, two_views
 @register
 class BYOL(SSLMethod):
     name = "byol"
+    guard_hint = "a slower target (--method-opt momentum=0.996)"
     defaults = {"momentum": 0.99, "hidden_dim": 4096, "projection_dim": 256}
 
     def build(self, feature_dim, momentum=0.99, hidden_dim=4096, projection_dim=256):

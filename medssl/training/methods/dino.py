@@ -12,6 +12,8 @@ from medssl.training.methods.base import SSLMethod, fit_local_views, multi_crop
 @register
 class DINO(SSLMethod):
     name = "dino"
+    embedding_head = "student_head"
+    guard_hint = "a slower teacher (--method-opt momentum=0.998)"
     defaults = {"output_dim": 2048, "momentum": 0.996, "local_views": 6, "warmup_teacher_temp_epochs": 0}
 
     def build(self, feature_dim, output_dim=2048, momentum=0.996, local_views=6,

@@ -12,6 +12,7 @@ from medssl.training.methods.base import SSLMethod
 @register
 class MoCo(SSLMethod):
     name = "moco"
+    guard_hint = "a larger temperature (--method-opt temperature=0.3)"
     defaults = {"temperature": 0.2, "queue_size": 4096, "momentum": 0.99, "projection_dim": 128}
 
     @staticmethod

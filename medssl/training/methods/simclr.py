@@ -12,6 +12,7 @@ from medssl.training.methods.base import SSLMethod
 @register
 class SimCLR(SSLMethod):
     name = "simclr"
+    guard_hint = "a larger temperature (--method-opt temperature=0.2)"
     defaults = {"temperature": 0.1, "projection_dim": 128}
 
     def build(self, feature_dim, temperature=0.1, projection_dim=128):

@@ -11,6 +11,7 @@ from medssl.training.methods.base import SSLMethod
 @register
 class SimSiam(SSLMethod):
     name = "simsiam"
+    guard_hint = "its authors' optimiser (leave --optimizer unset: SGD)"
     defaults = {"projection_dim": 2048, "prediction_dim": 512}
     # The paper's optimiser (SGD, 0.05 per 256 images, weight decay 1e-4). On the digits set the
     # study's Adam at 1e-3 took SimSiam from kNN 0.944 to 0.806, this to 0.926 (docs/methods.md).

@@ -29,6 +29,7 @@ def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float) -> to
 @register
 class SupCon(SSLMethod):
     name = "supcon"
+    guard_hint = "a larger temperature (--method-opt temperature=0.2)"
     uses_labels = True
     defaults = {"temperature": 0.1, "projection_dim": 128}
 

@@ -14,6 +14,7 @@ from medssl.training.methods.base import SSLMethod, fit_local_views, multi_crop
 @register
 class SwAV(SSLMethod):
     name = "swav"
+    guard_hint = "a larger temperature (--method-opt temperature=0.2) or fewer prototypes"
     defaults = {"prototypes": 512, "projection_dim": 128, "local_views": 6, "temperature": 0.1,
                 "freeze_prototypes_steps": 0}
 

@@ -11,12 +11,18 @@ from medssl.training.methods.base import SSLMethod
 @register
 class VICReg(SSLMethod):
     name = "vicreg"
-    defaults = {"projection_dim": 2048}
+    guard_hint = "a larger variance_weight (--method-opt variance_weight=25, its default)"
+    # The loss's three weights as published (lambda, mu, nu): the variance term is what keeps
+    # the embeddings apart; without it a constant embedding is a minimum (it collapses).
+    defaults = {"projection_dim": 2048, "invariance_weight": 25.0, "variance_weight": 25.0,
+                "covariance_weight": 1.0}
 
-    def build(self, feature_dim, projection_dim=2048):
+    def build(self, feature_dim, projection_dim=2048, invariance_weight=25.0,
+              variance_weight=25.0, covariance_weight=1.0):
         # lightly's VICReg example uses the Barlow Twins head: the paper's 3-layer expander.
         self.projection_head = BarlowTwinsProjectionHead(feature_dim, projection_dim, projection_dim)
-        self.criterion = VICRegLoss(gather_distributed=True)
+        self.criterion = VICRegLoss(lambda_param=invariance_weight, mu_param=variance_weight,
+                                    nu_param=covariance_weight, gather_distributed=True)
 
     def loss(self, views, labels):
         z0, z1 = (self.projection_head(self.encode(v)) for v in views)

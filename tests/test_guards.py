@@ -82,6 +82,7 @@ def test_a_pretraining_that_did_not_learn_is_said_recorded_marked_and_refused(tm
     assert "SimCLR ended at or below a random init: -3.2 points" in caplog.text
     md = (tmp_path / "grid" / "results.md").read_text()
     assert "| M2 ‡ |" in md and "| M1 |" in md
+    assert "M2: the pretraining ended at or below a random init" in md.split("## Results")[0]
     assert "M2 ‡: its pretraining ended at or below a random init of the network on the val " \
            "read-outs (points over it, seed 0: -3.2)" in md
     # The same grid, now refusing a pretraining below +1 point: judged again, nothing trained.

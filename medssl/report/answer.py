@@ -106,6 +106,17 @@ def cost_line(rows: pd.DataFrame, primary: str, grid_size: int) -> str:
             "ImageNet's own pretraining not counted): " + "; ".join(parts) + ".")
 
 
+def unlearned_priors(runs: pd.DataFrame) -> dict[str, list[str]]:
+    """The models whose pretraining (of any seed) ended at or below a random init on its val
+    read-outs, with each such seed's gain in points."""
+    out: dict[str, list[str]] = {}
+    for _, r in runs[runs["prior_learned"].eq(False)].iterrows():
+        seen = f"seed {r['seed']}: {r['prior_gain']:+.1f}"
+        if seen not in out.setdefault(r["model"], []):
+            out[r["model"]].append(seen)
+    return out
+
+
 def answer(summary: pd.DataFrame, runs: pd.DataFrame, margin: float, declared: str,
            margin_how: str = "declared before the runs") -> str:
     """The `## Answer` section of results.md."""
@@ -145,6 +156,11 @@ def answer(summary: pd.DataFrame, runs: pd.DataFrame, margin: float, declared: s
                      f"estimated ({max(seeds - 1, 0)} degree(s) of freedom): the intervals use a "
                      "t quantile for it, which widens them where seeds disagree. Five or more "
                      "seeds give a firmer answer.\n")
+    unlearned = unlearned_priors(runs)
+    if unlearned:  # a difference of such a row is the recipe's, whatever its verdict above
+        lines.append(f"{', '.join(unlearned)}: the pretraining ended at or below a random init "
+                     "of the network on its val read-outs (‡ in the table), so what is said of "
+                     "it above measures that pretraining recipe, not the method.\n")
     lines.append("Secondary metrics (the differences table) are unadjusted and describe; they do "
                  "not add findings. Nothing here holds beyond this split, these images and this "
                  "recipe (docs/statistics.md).\n")

@@ -18,7 +18,7 @@ from medssl.atomic import atomic_write
 from medssl.errors import MedsslError
 from medssl.identity import differences, read_identity
 from medssl.records import RunRecord, UnreadableRecord, read_run_record
-from medssl.report.answer import answer
+from medssl.report.answer import answer, unlearned_priors
 from medssl.report.comparisons import (METRIC_TITLES, REFERENCES, Task, adjust, comparisons,
                                        default_primary, store)
 from medssl.runs import DEFAULT_MARGIN, MARKER, SPLIT, declared_analysis, finetune_finished
@@ -213,17 +213,6 @@ def task_head(summary: pd.DataFrame) -> list[tuple[str, str, bool]]:
         out.append((f"sensitivity % at {target * 100:.3g}% val specificity", "test_sens_at_spec",
                     True))
         out.append(("specificity % reached on test", "test_spec_reached", True))
-    return out
-
-
-def unlearned_priors(runs: pd.DataFrame) -> dict[str, list[str]]:
-    """The models whose pretraining (of any seed) ended at or below a random init on its val
-    read-outs, with each such seed's gain in points."""
-    out: dict[str, list[str]] = {}
-    for _, r in runs[runs["prior_learned"].eq(False)].iterrows():
-        seen = f"seed {r['seed']}: {r['prior_gain']:+.1f}"
-        if seen not in out.setdefault(r["model"], []):
-            out[r["model"]].append(seen)
     return out
 
 

@@ -178,7 +178,8 @@ def _train(cfg: PretrainConfig) -> Path:
     module = method(backbone, feature_dim(cfg.arch), cfg, cfg, seed=cfg.seed,
                     batch_transform=colour, **options)
     guard = Guard(method.title, cfg.lr, method.guard_hint)
-    trainer = make_trainer(cfg, run, callbacks=[knn, guard, LearningRateMonitor("step")])
+    # The guard first: its epoch-end look comes before the read-outs, which a NaN would break.
+    trainer = make_trainer(cfg, run, callbacks=[guard, knn, LearningRateMonitor("step")])
     fit(trainer, run.out, module, train_loader, ckpt_path=run.resume_from, weights_only=True)
     if trainer.is_global_zero:
         used = Used(method, options, views, settings, batch_size, len(rows), data_info)

@@ -149,6 +149,7 @@ class BackboneRecord(_Record):
     method_title: str | None = None  # its name in words (SimCLR, MoCo v2, ...)
     method_settings: dict | None = None  # the settings it trained with (after fitting)
     method_settings_asked: dict | None = None  # its defaults with the user's --method-opt
+    method_source: str | None = None  # where its recipe comes from (SSLMethod.source)
     supervised: bool = False  # whether it learned from labels (supcon)
     label_fraction: float = 1.0  # the share of labelled train images a supervised method saw
     labelled_train_images: int | None = None  # how many (0 for a self-supervised method)

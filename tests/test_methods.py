@@ -95,6 +95,7 @@ def test_pretrain_records_the_method_and_its_views(name, tmp_path, cli, caplog):
     assert code == 0, err
     meta = json.loads((tmp_path / "run" / "backbone.json").read_text())
     assert meta["method"] == name and meta["supervised"] == (name == "supcon")
+    assert meta["method_source"] == get_method(name).source  # where its recipe comes from
     # SimSiam trains with its authors' SGD (SimSiam.recipe); the others with the study's Adam.
     assert (meta["optimizer"], meta["optimizer_from"]) == \
         (("sgd", "method") if name == "simsiam" else ("adam", "study"))
@@ -289,3 +290,11 @@ def test_multi_crop_keeps_global_crops_above_the_presets_floor_and_local_ones_be
     crops, _ = method_views(views, SIZE, settings, IMAGENET_MEAN, IMAGENET_STD)
     drawn = crops(torch.randint(0, 256, (3, SIZE * 8 // 7, SIZE * 8 // 7), dtype=torch.uint8))
     assert [tuple(v.shape[-2:]) for v in drawn] == [(v.size, v.size) for v in views]
+
+
+@pytest.mark.parametrize("name", method_names())
+def test_every_method_says_where_its_recipe_comes_from(name):
+    """Each method's file names its source (the paper or benchmark) and what medssl changed:
+    backbone.json records it, docs/methods.md explains it."""
+    source = get_method(name).source
+    assert len(source) > 40 and any(str(year) in source for year in range(2018, 2024))

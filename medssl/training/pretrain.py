@@ -323,6 +323,7 @@ def backbone_record(cfg: PretrainConfig, used: Used, trainer, module, knn,
     return BackboneRecord(**{
         "method": cfg.method, "method_title": method.title, "method_settings": used.options,
         "method_settings_asked": {**method.defaults, **cfg.method_options},
+        "method_source": method.source,
         "supervised": method.uses_labels, "label_fraction": cfg.label_fraction,
         "labelled_train_images": used.n_train if method.uses_labels else 0,
         "views": [{"size": v.size, "scale": list(v.scale), "colour": v.colour}

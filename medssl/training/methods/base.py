@@ -125,6 +125,9 @@ class SSLMethod(pl.LightningModule):
     # Besides a lower lr, the setting to change when the method diverges or collapses
     # (training.guards names it).
     guard_hint: str = ""
+    # Where its defaults come from (the paper or benchmark) and what medssl changed and why,
+    # recorded in backbone.json as `method_source`.
+    source: str = ""
     embedding_head = "projection_head"  # the head whose output the loss compares
 
     def __init__(self, backbone: nn.Module, feature_dim: int, recipe: SSLOptions | None = None,

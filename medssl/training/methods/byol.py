@@ -12,6 +12,11 @@ from medssl.training.methods.base import SSLMethod, two_views
 @register
 class BYOL(SSLMethod):
     name = "byol"
+    # The recipe's source: the paper or benchmark, and what medssl changed and why
+    source = (
+        "Grill et al. 2020 (asymmetric blur and solarize, 4096-256 heads, momentum 0.99 rising to "
+        "1 as lightly's benchmarks); the study's Adam (the paper's LARS at batch 4096 does not "
+        "fit these batches)")
     guard_hint = "a slower target (--method-opt momentum=0.996)"
     defaults = {"momentum": 0.99, "hidden_dim": 4096, "projection_dim": 256}
 

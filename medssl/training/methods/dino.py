@@ -12,6 +12,10 @@ from medssl.training.methods.base import SSLMethod, fit_local_views, multi_crop
 @register
 class DINO(SSLMethod):
     name = "dino"
+    # The recipe's source: the paper or benchmark, and what medssl changed and why
+    source = (
+        "Caron et al. 2021 (2048 outputs, teacher momentum 0.996 rising to 1, multi-crop as "
+        "SwAV's); the study's Adam: its authors' ResNet SGD did worse here (docs/methods.md)")
     embedding_head = "student_head"
     guard_hint = "a slower teacher (--method-opt momentum=0.998)"
     defaults = {"output_dim": 2048, "momentum": 0.996, "local_views": 6, "warmup_teacher_temp_epochs": 0}

@@ -12,6 +12,10 @@ from medssl.training.methods.base import SSLMethod
 @register
 class MoCo(SSLMethod):
     name = "moco"
+    # The recipe's source: the paper or benchmark, and what medssl changed and why
+    source = (
+        "MoCo v2, Chen et al. 2020 (temperature 0.2; key momentum 0.99 rising to 1, as lightly's "
+        "benchmarks; 4096 keys, fitted to at most half the train images); the study's Adam")
     guard_hint = "a larger temperature (--method-opt temperature=0.3)"
     defaults = {"temperature": 0.2, "queue_size": 4096, "momentum": 0.99, "projection_dim": 128}
 

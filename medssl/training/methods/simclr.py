@@ -12,6 +12,10 @@ from medssl.training.methods.base import SSLMethod
 @register
 class SimCLR(SSLMethod):
     name = "simclr"
+    # The recipe's source: the paper or benchmark, and what medssl changed and why
+    source = (
+        "Chen et al. 2020 (NT-Xent at temperature 0.1, lightly's 2048-2048-128 head), trained "
+        "with the study's Adam (1e-3, weight decay 1e-6, 10 warm-up epochs), as the study did")
     guard_hint = "a larger temperature (--method-opt temperature=0.2)"
     defaults = {"temperature": 0.1, "projection_dim": 128}
 

@@ -11,6 +11,11 @@ from medssl.training.methods.base import SSLMethod
 @register
 class SimSiam(SSLMethod):
     name = "simsiam"
+    # The recipe's source: the paper or benchmark, and what medssl changed and why
+    source = (
+        "Chen & He 2021, its own optimiser (SGD at 0.05 per 256 images, weight decay 1e-4) and "
+        "2048-512 heads: with the study's Adam it fell far below its random init "
+        "(docs/methods.md)")
     guard_hint = "its authors' optimiser (leave --optimizer unset: SGD)"
     defaults = {"projection_dim": 2048, "prediction_dim": 512}
     # The paper's optimiser (SGD, 0.05 per 256 images, weight decay 1e-4). On the digits set the

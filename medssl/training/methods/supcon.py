@@ -29,6 +29,9 @@ def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float) -> to
 @register
 class SupCon(SSLMethod):
     name = "supcon"
+    # The recipe's source: the paper or benchmark, and what medssl changed and why
+    source = (
+        "Khosla et al. 2020 (temperature 0.1, SimCLR's head); the study's Adam")
     guard_hint = "a larger temperature (--method-opt temperature=0.2)"
     uses_labels = True
     defaults = {"temperature": 0.1, "projection_dim": 128}

@@ -14,6 +14,11 @@ from medssl.training.methods.base import SSLMethod, fit_local_views, multi_crop
 @register
 class SwAV(SSLMethod):
     name = "swav"
+    # The recipe's source: the paper or benchmark, and what medssl changed and why
+    source = (
+        "Caron et al. 2020 (temperature 0.1, 512 prototypes and no queue as lightly's example, 2 "
+        "+ 6 crops, two views alone below 74 px); the study's Adam: its small-batch LARS "
+        "collapsed here (docs/methods.md)")
     guard_hint = "a larger temperature (--method-opt temperature=0.2) or fewer prototypes"
     defaults = {"prototypes": 512, "projection_dim": 128, "local_views": 6, "temperature": 0.1,
                 "freeze_prototypes_steps": 0}

@@ -11,6 +11,9 @@ from medssl.training.methods.base import SSLMethod
 @register
 class VICReg(SSLMethod):
     name = "vicreg"
+    # The recipe's source: the paper or benchmark, and what medssl changed and why
+    source = (
+        "Bardes et al. 2022 (loss weights 25, 25, 1; lightly's example head); the study's Adam")
     guard_hint = "a larger variance_weight (--method-opt variance_weight=25, its default)"
     # The loss's three weights as published (lambda, mu, nu): the variance term is what keeps
     # the embeddings apart; without it a constant embedding is a minimum (it collapses).

@@ -156,6 +156,29 @@ def test_warm_up_never_takes_more_than_a_tenth_of_the_run(tmp_path):
     assert long.warmup_epochs == 10
 
 
+def test_small_pictures_get_larger_smallest_crops_unless_one_is_set(tmp_path, caplog):
+    """At 32 px the preset's 8% crop keeps 9 pixels per side: the smallest crop is raised to keep
+    24 (transforms.smallest_crop), never above half the picture, never over a value set."""
+    from medssl.data.transforms import smallest_crop
+    from medssl.training.pretrain import PretrainConfig, resolve
+
+    def fitted(size, **aug):
+        cfg = PretrainConfig(dataset="covid19", epochs=2, image_size=size, augment_overrides=aug,
+                             out=str(tmp_path / f"r{size}{len(aug)}"))
+        return resolve(cfg).augment_overrides.get("min_scale")
+
+    caplog.set_level("INFO", logger="medssl")
+    assert fitted(32) == 0.5 and "crops of at least 0.5 of the picture at 32 px" in caplog.text
+    assert fitted(64) == pytest.approx(smallest_crop(64), abs=1e-3) and 0.08 < fitted(64) < 0.5
+    assert fitted(224) is None  # the preset's 0.08 keeps 63 px per side: unchanged
+    assert fitted(32, min_scale=0.2) == 0.2  # the user's value is kept
+    # The fitted crop is part of the settings, so a run's identity (compared on resume and
+    # reuse) holds it; a fresh resolve of the same flags gives it again.
+    cfg = PretrainConfig(dataset="covid19", epochs=2, image_size=32, out=str(tmp_path / "again"))
+    assert resolve(replace(cfg)).augment_overrides == resolve(replace(cfg)).augment_overrides \
+        == {"min_scale": 0.5}
+
+
 def test_a_method_brings_its_published_optimiser_unless_one_is_set(tmp_path):
     from medssl.presets import preset_for
     from medssl.training.pretrain import PretrainConfig, resolve

@@ -22,7 +22,8 @@ from medssl import __version__
 from medssl.data import prepare
 from medssl.data.prepare import data_config
 from medssl.data.splits import label_subset, write_split_csv
-from medssl.data.transforms import Normalize, eval_crop, method_views, simclr_settings
+from medssl.data.transforms import (Normalize, eval_crop, method_views, simclr_settings,
+                                     smallest_crop)
 from medssl.errors import MedsslError
 from medssl.identity import run_identity
 from medssl.models import build_backbone, feature_dim, save_backbone
@@ -69,7 +70,8 @@ def resolve(cfg: PretrainConfig) -> PretrainConfig:
     fill_training_defaults(cfg, p, p.ssl_epochs, p.ssl_batch_size, p.ssl_lr)
     cfg.warmup_epochs = p.ssl_warmup_epochs if cfg.warmup_epochs is None else cfg.warmup_epochs
     cfg.augment = cfg.augment or p.augment
-    cfg.augment_overrides = {**dict(p.ssl_aug), **cfg.augment_overrides}
+    cfg.augment_overrides = fit_crops(cfg, {**dict(p.ssl_aug), **cfg.augment_overrides},
+                                      asked=cfg.augment_overrides)
     method = get_method(cfg.method)
     cfg.optimizer_from = optimiser_recipe(cfg, method, lr_asked)
     unknown = sorted(set(cfg.method_options) - set(method.defaults))
@@ -102,6 +104,19 @@ def resolve(cfg: PretrainConfig) -> PretrainConfig:
 
 
 STUDY_WEIGHT_DECAY = 1e-6  # the study's Adam
+
+
+def fit_crops(cfg: PretrainConfig, overrides: dict, asked: dict) -> dict:
+    """The preset's smallest crop raised for small pictures (transforms.smallest_crop), unless
+    the user set one (`--aug min_scale`)."""
+    preset = simclr_settings(cfg.image_size, cfg.augment, **overrides)["min_scale"]
+    fitted = round(smallest_crop(cfg.image_size), 3)
+    if "min_scale" in asked or fitted <= preset:
+        return overrides
+    log.info("crops of at least %g of the picture at %d px (the preset's %g would keep %d px "
+             "per side; --aug min_scale sets it)", fitted, cfg.image_size, preset,
+             round(cfg.image_size * preset ** 0.5))
+    return {**overrides, "min_scale": fitted}
 
 
 def optimiser_recipe(cfg: PretrainConfig, method, lr_asked: float | None) -> str:

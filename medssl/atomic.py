@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 from pathlib import Path
 
 from medssl.errors import MedsslError
@@ -19,10 +20,26 @@ def atomic_write(path: Path, write) -> None:
         write(tmp)
         os.replace(tmp, path)
     except BaseException as exc:
+        full = (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                or isinstance(exc, RuntimeError) and no_room(path))
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        if full:
             raise MedsslError(disk_full_message(path)) from exc
         raise
+
+
+def no_room(path: Path) -> bool:
+    """Whether the disk that holds `path` is full. torch.save reports a write that failed for
+    want of space as a RuntimeError of its zip writer ("unexpected pos 96473856 vs 96473748",
+    met in the quick start on a full disk), not as the OSError beneath: the disk itself says.
+    Asked before the temporary file is removed, while it still fills the disk."""
+    try:
+        return shutil.disk_usage(path.parent).free < NO_ROOM
+    except OSError:
+        return False
+
+
+NO_ROOM = 1 << 20  # bytes: less than this free is a full disk for a checkpoint
 
 
 def disk_full_message(path) -> str:

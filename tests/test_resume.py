@@ -257,6 +257,30 @@ def test_the_disk_filling_up_leaves_no_half_written_file(tmp_path, cli, monkeypa
     assert not list(out.rglob("*.tmp")) and not is_finished(out)
 
 
+def test_torch_saves_own_error_on_a_full_disk_is_said_as_a_full_disk(tmp_path, monkeypatch):
+    """torch.save raises RuntimeError ("unexpected pos ...") when its writes fail for want of
+    space: the quick start on a full disk ended in "internal error" with it. The disk decides."""
+    import shutil
+    from collections import namedtuple
+
+    from medssl.atomic import atomic_write
+    from medssl.errors import MedsslError
+
+    def torn(path):
+        Path(path).write_bytes(b"PK")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 96 vs 90")
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10 ** 9, 10 ** 9, 0))
+    with pytest.raises(MedsslError, match="The disk is full: .*last.ckpt.*--resume"):
+        atomic_write(tmp_path / "last.ckpt", torn)
+    assert list(tmp_path.iterdir()) == []
+    # With room on the disk the same error is not a full disk: it is raised as it is.
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10 ** 9, 0, 10 ** 9))
+    with pytest.raises(RuntimeError, match="unexpected pos"):
+        atomic_write(tmp_path / "last.ckpt", torn)
+
+
 def test_a_planted_malicious_resume_checkpoint_is_refused_and_never_runs(tmp_path, cli):
     from tests.test_pretrain import Payload
 

@@ -222,9 +222,9 @@ def unlearned_note(unlearned: dict[str, list[str]]) -> str:
         return ""
     lines = [f"{model} ‡: its pretraining ended at or below a random init of the network on the "
              f"val read-outs (points over it, {'; '.join(gains)}), so this row reflects the "
-             "pretraining recipe, not the method. Fix: more SSL epochs, larger crops "
-             "(`--ssl-aug min_scale=0.5`) or the method's settings (docs/methods.md); "
-             "`--ssl-min-gain` refuses such a pretraining." for model, gains in unlearned.items()]
+             "pretraining recipe, not the method. Fix: more SSL epochs (`--ssl-epochs`) or "
+             "the method's settings (docs/methods.md); `--ssl-min-gain` refuses such a "
+             "pretraining." for model, gains in unlearned.items()]
     return "\n" + "\n".join(lines) + "\n"
 
 

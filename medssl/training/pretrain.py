@@ -219,8 +219,8 @@ def say_readout(record: BackboneRecord) -> None:
                  record.readout_gain, what)
     else:
         log.warning("%s ended at or below a random init: %+.1f points (%s). A model finetuned "
-                    "from it measures this pretraining recipe, not %s. Fix: more epochs "
-                    "(--epochs), larger crops (--aug min_scale=0.5), or the method's settings "
+                    "from it measures this pretraining recipe, not %s. Fix: more pretraining "
+                    "epochs (pretrain --epochs, compare --ssl-epochs), or the method's settings "
                     "(docs/methods.md)", record.method_title, record.readout_gain, what,
                     record.method_title)
 
@@ -234,8 +234,8 @@ def check_gain(run: Path, record: BackboneRecord, min_gain: float | None,
     raise MedsslError(f"The pretraining in {run} ({record.method_title}) ends "
                       f"{record.readout_gain:+.1f} points over a random init on the val "
                       f"read-outs, below {flag} {min_gain:g}: nothing will be finetuned "
-                      "from it. Fix: a recipe that learns on this data (more --epochs, "
-                      "--aug min_scale=0.5, the method's settings: docs/methods.md), or a lower "
+                      "from it. Fix: a recipe that learns on this data (more pretraining "
+                      "epochs, the method's settings: docs/methods.md), or a lower "
                       f"{flag} to accept it.")
 
 

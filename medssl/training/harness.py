@@ -163,11 +163,39 @@ class SamplerEpochCheck(pl.Callback):
                                "uninterrupted one. Please report this with your Lightning version.")
 
 
+def quiet_workers_on_sigterm():
+    """On SIGTERM, before Lightning's own handler (which keeps this one, and runs it): torch's
+    SIGCHLD handler off. A SIGTERM sent to the process group kills the loader workers too, and
+    that handler raises "DataLoader worker ... is killed" wherever the main process is, once
+    inside a weakref callback, which Python prints as a traceback ("Exception ignored in ...")
+    beside the clean stop message (seen once in `.ci/run`, 2026-12-07). The run stops either
+    way; this keeps the screen to the one message. CPython handles a pending SIGTERM (15)
+    before a pending SIGCHLD (17). Returns a function that puts the earlier handler back."""
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        if callable(previous):
+            previous(signum, frame)
+        elif previous == signal.SIG_DFL and signal.getsignal(signal.SIGTERM) is handler:
+            # Lightning's handler (which stops the run after the batch) is not in place yet:
+            # end the process, as SIGTERM did before this handler.
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.raise_signal(signal.SIGTERM)
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: signals are the main thread's
+        return lambda: None
+    return lambda: signal.signal(signal.SIGTERM, previous) if previous is not None else None
+
+
 def fit(trainer, out: Path, *args, **kwargs) -> None:
     """`trainer.fit`, with Ctrl-C and SIGTERM reported as what they are. Lightning catches the KeyboardInterrupt,
     tears the run down, ignores further Ctrl-C and calls `sys.exit(1)`: without this, the user
     would get exit status 1 and no word of what was saved. Here it becomes `Interrupted` (exit
     130), which names the checkpoint to `--resume` from, if the run got as far as one."""
+    restore = quiet_workers_on_sigterm()
     try:
         trainer.fit(*args, **kwargs)
     except BaseException as exc:
@@ -190,3 +218,5 @@ def fit(trainer, out: Path, *args, **kwargs) -> None:
                               "command again with --resume to continue from there.") from None
         raise Interrupted(f"{what} before the first epoch ended: there is nothing to "
                           "resume. Run the same command again to start anew.") from None
+    finally:
+        restore()

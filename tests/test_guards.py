@@ -97,3 +97,23 @@ def test_a_pretraining_that_did_not_learn_is_said_recorded_marked_and_refused(tm
     # The same grid, now refusing a pretraining below +1 point: judged again, nothing trained.
     code, _, err = cli(*grid, "--ssl-min-gain", "1")
     assert code == 2 and "-3.2 points over a random init" in err and "below --ssl-min-gain 1" in err
+
+
+@pytest.mark.parametrize("name", ["simclr", "dino"])
+def test_a_training_step_keeps_the_spread_of_features_and_of_the_embedding(name):
+    """The guard reads both spreads: the backbone's (encode) and the embedding head's (a forward
+    hook on `embedding_head`, DINO's student head); a module in eval mode keeps none."""
+    from medssl.models import build_backbone
+    from medssl.training.methods import get_method
+
+    method = get_method(name)
+    torch.manual_seed(0)
+    module = method(build_backbone("resnet18"), 512, **method.fit_to_data(
+        dict(method.defaults), 64, 8, 32))
+    views = [torch.randn(8, 3, 32, 32) for _ in range(2)]
+    module.eval()
+    module.loss(views, torch.zeros(8, dtype=torch.long))
+    assert module.feature_spread is None and module.embedding_spread is None
+    module.train()
+    module.loss(views, torch.zeros(8, dtype=torch.long))
+    assert float(module.feature_spread) > 1e-3 and float(module.embedding_spread) > 1e-4

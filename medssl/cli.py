@@ -57,6 +57,17 @@ def augment_override(text: str):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def window_flag(text: str) -> str:
+    """`--window`: auto, minmax or C,W, as its canonical text."""
+    from medssl.data.windowing import parse_window  # numpy only
+
+    try:
+        return str(parse_window(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix(f"--window {text.lower()!r}: ")) \
+            from None
+
+
 def data_options() -> argparse.ArgumentParser:
     """Flags every command that reads a dataset shares."""
     p = argparse.ArgumentParser(add_help=False)
@@ -76,6 +87,10 @@ def data_options() -> argparse.ArgumentParser:
                    "published and leaves copies of test images, extra copies and copies under "
                    "different labels out of training; keep reproduces the published, leaky "
                    "splits (the study's protocol). Either way `medssl check` lists them")
+    g.add_argument("--window", type=window_flag, default="auto",
+                   help="DICOM and 16-bit pictures to 8 bits: auto (default: a DICOM file's own "
+                   "VOI LUT or window, else its 0.5-99.5th percentiles), minmax, or C,W (one "
+                   "centre and width for all, e.g. 40,400); see docs/medical-images.md")
     g.add_argument("--csv-path-column", default="path", help="csv dataset: image path column")
     g.add_argument("--csv-label-column", default="label", help="csv dataset: label column")
     g.add_argument("--csv-split-column", default=None,
@@ -129,13 +144,20 @@ def cmd_check(args: argparse.Namespace) -> int:
     from medssl.data import open_dataset, summary  # lazy: pandas, PIL
     from medssl.data.splits import write_split_csv  # lazy: pandas
 
-    if args.split_out:
-        writable_file(args.split_out, "--split-out")
+    for flag, path in (("--split-out", args.split_out), ("--preview", args.preview)):
+        if path:
+            writable_file(path, flag)
     table = open_dataset(data_config(args), args.workers,
                          progress=not args.json and sys.stderr.isatty())
     report = summary(table)
     if args.split_out and report["usable"]:
         write_split_csv(table.samples, args.split_out, args.duplicates)
+    if args.preview:
+        from medssl.data.preview import write_preview  # lazy: matplotlib
+
+        shown = write_preview(table, args.preview)
+        print(f"preview: {shown} picture(s) as medssl reads them, in {args.preview}",
+              file=sys.stderr if args.json else sys.stdout)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -561,6 +583,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="count images per split and class, and list every problem")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--split-out", help="write the split as CSV (path,label,group,split)")
+    p.add_argument("--preview", metavar="FILE.png",
+                   help="write a contact sheet: a few pictures per class and split as medssl "
+                   "reads them (decoded, windowed), each with its file name")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("pretrain", parents=[data_options(), training_options()],

@@ -25,6 +25,7 @@ class DataOptions:
     test_fraction: float | None = None
     read_options: object = None  # ReadOptions: csv column names
     duplicates: str = "drop"  # copies of one picture: splits.DUPLICATE_POLICIES
+    window: str = "auto"  # DICOM and 16-bit pictures to 8 bits: auto, minmax or C,W (windowing)
     skip_bad_images: bool = False
     workers: int | None = None  # processes that decode images in the check pass (default: all cores)
 

@@ -20,9 +20,9 @@ def test_every_mode_loads_as_rgb(tmp_path, mode):
         img = Image.fromarray(arr).convert(mode)
     path = tmp_path / ("x.jpg" if mode == "CMYK" else "x.png")
     img.save(path)
-    out = load_rgb(path)
+    out = load_rgb(path, window="minmax")
     assert out.mode == "RGB" and out.size == (16, 16)
-    if mode == "I;16":  # scaled from 16 bits, not clipped to white
+    if mode == "I;16":  # windowed from 16 bits (0..65535 to 0..255), not clipped to white
         assert np.asarray(out)[..., 0].max() == 255 and np.asarray(out)[0, 1, 0] == 1
 
 

@@ -156,6 +156,42 @@ def test_warm_up_never_takes_more_than_a_tenth_of_the_run(tmp_path):
     assert long.warmup_epochs == 10
 
 
+def test_a_small_dataset_gets_enough_steps_unless_epochs_are_set(tmp_path):
+    """A pretraining without --epochs makes at least the preset's ssl_min_steps optimiser steps:
+    300 images in batches of 128 make 2 steps an epoch, so the generic preset's 200 epochs
+    become 500. --epochs is kept as set, the demo's budget is its own, and a dataset with
+    enough steps an epoch keeps the preset's epochs."""
+    from medssl.presets import preset_for
+    from medssl.training.pretrain import PretrainConfig, epochs_for, resolve
+
+    def planned(dataset, share, batch, **kw):
+        cfg = resolve(PretrainConfig(dataset=dataset, out=str(tmp_path / str(len(list(
+            tmp_path.iterdir())))), **kw))
+        return epochs_for(cfg, share, batch), cfg.epochs_from
+
+    minimum = preset_for("folder").ssl_min_steps
+    assert minimum >= 900  # the digits set needed 900 steps (docs/methods.md)
+    assert planned("folder", 300, 128) == (minimum // 2, "min_steps")
+    assert planned("folder", 300, 128, epochs=30) == (30, "flag")
+    assert planned("folder", 1_000_000, 128) == (preset_for("folder").ssl_epochs, "preset")
+    assert planned("demo", 300, 32) == (preset_for("demo").ssl_epochs, "preset")
+
+
+def test_the_raised_epochs_are_run_and_recorded(tmp_path, cli):
+    # 12 train images in batches of 8: one step an epoch, so the covid19 preset's 500 epochs
+    # become ssl_min_steps; --max-steps 2 ends the run early (the lr schedule is the planned one).
+    from medssl.presets import preset_for
+
+    root = fx.make_covid19(tmp_path, per_class=6)
+    code, _, err = cli("pretrain", "--dataset", "covid19", "--data-root", root, "--arch",
+                       "resnet18", "--image-size", "32", "--batch-size", "8", "--max-steps", "2",
+                       "--num-workers", "0", "--out", tmp_path / "run")
+    assert code == 0, err
+    config = json.loads((tmp_path / "run" / "backbone.json").read_text())["config"]
+    assert (config["epochs"], config["epochs_from"]) == (preset_for("covid19").ssl_min_steps,
+                                                         "min_steps")
+
+
 def test_small_pictures_get_larger_smallest_crops_unless_one_is_set(tmp_path, caplog):
     """At 32 px the preset's 8% crop keeps 9 pixels per side: the smallest crop is raised to keep
     24 (transforms.smallest_crop), never above half the picture, never over a value set."""
@@ -280,6 +316,22 @@ def test_moco_queue_fits_a_small_dataset_unless_the_user_set_it():
     # Methods without data-dependent defaults are unchanged.
     simclr = get_method("simclr")
     assert fitted_options(simclr, dict(simclr.defaults), {}, 100, 32, 32) == simclr.defaults
+
+
+def test_swav_prototypes_fit_the_number_of_images_unless_set():
+    from medssl.training.methods.swav import IMAGES_PER_PROTOTYPE, MIN_PROTOTYPES
+    from medssl.training.pretrain import fitted_options
+
+    swav = get_method("swav")
+
+    def prototypes(n, asked=None):
+        return fitted_options(swav, {**swav.defaults, **(asked or {})}, asked or {}, n, 128,
+                              224)["prototypes"]
+
+    assert prototypes(1221) == 1221 // IMAGES_PER_PROTOTYPE  # the digits set: 122
+    assert prototypes(100) == MIN_PROTOTYPES
+    assert prototypes(1_281_167) == swav.defaults["prototypes"]  # large data: the default
+    assert prototypes(1221, {"prototypes": 512}) == 512  # a value set is kept
 
 
 @pytest.mark.parametrize("name", ["swav", "dino"])

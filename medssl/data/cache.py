@@ -31,10 +31,11 @@ from PIL import Image
 
 from medssl.atomic import atomic_write
 from medssl.data.files import cache_dir
-from medssl.data.images import load_rgb, oriented_size
+from medssl.data.images import load_rgb, picture_size
 from medssl.errors import MedsslError
 
-VERSION = 2  # 1: centre-cropped squares; 2: the whole picture, aspect ratio kept
+VERSION = 3  # 1: centre-cropped squares; 2: the whole picture, aspect ratio kept; 3: 16-bit
+# pictures windowed (`--window`), no longer divided by 257
 log = logging.getLogger("medssl")
 
 
@@ -50,16 +51,15 @@ def shrunk_size(size: tuple[int, int], side: int) -> tuple[int, int]:
     return max(side, round(w * scale)), max(side, round(h * scale))
 
 
-def shrink(path: str | Path, side: int, draft: bool = True) -> np.ndarray:
+def shrink(path: str | Path, side: int, draft: bool = True, window: str = "auto") -> np.ndarray:
     """One image as an `h x w x 3` uint8 array: the whole picture, short side resized to `side`."""
-    img = load_rgb(path, min_side=side if draft else None)
+    img = load_rgb(path, min_side=side if draft else None, window=window)
     return np.asarray(img.resize(shrunk_size(img.size, side), Image.BILINEAR), dtype=np.uint8)
 
 
 def _shape(path: str, side: int) -> tuple[int, int]:
     """The (height, width) `shrink` gives, from the file's header alone (EXIF orientation too)."""
-    with Image.open(path) as img:
-        w, h = shrunk_size(oriented_size(img), side)
+    w, h = shrunk_size(picture_size(path), side)
     return h, w
 
 
@@ -78,11 +78,11 @@ def _source_stamp(path: Path) -> list[int]:
 
 def _decode_rows(args) -> int:
     """Worker: decode `paths` into the data file at `data_path` at their byte `offsets`."""
-    data_path, side, offsets, paths, shapes = args
+    data_path, side, offsets, paths, shapes, window = args
     fd = os.open(data_path, os.O_WRONLY)
     try:
         for offset, path, shape in zip(offsets, paths, shapes):
-            pixels = shrink(path, side)
+            pixels = shrink(path, side, window=window)
             if pixels.shape[:2] != tuple(shape):  # the header promised another size
                 raise MedsslError(f"{path} decodes to {pixels.shape[1]}x{pixels.shape[0]} px "
                                   f"where its header says {shape[1]}x{shape[0]} (after shrinking). "
@@ -112,32 +112,34 @@ def _exclusive(lock_path: Path):
 class ImageCache:
     """Preprocessed images, one per relative path, read with `get(path)` as HWC uint8."""
 
-    def __init__(self, folder: Path, side: int, entries: list):
-        self.folder, self.side = Path(folder), side
+    def __init__(self, folder: Path, side: int, entries: list, window: str = "auto"):
+        self.folder, self.side, self.window = Path(folder), side, window
         # path -> (byte offset, height, width)
         self.row = {e[0]: (e[2], e[3], e[4]) for e in entries}
         self._fd: int | None = None  # opened lazily: every DataLoader worker gets its own
 
     @staticmethod
-    def folder_for(root: Path, side: int) -> Path:
-        key = hashlib.sha1(f"{Path(root).resolve()}|{side}|v{VERSION}".encode()).hexdigest()[:16]
+    def folder_for(root: Path, side: int, window: str = "auto") -> Path:
+        key = f"{Path(root).resolve()}|{side}|v{VERSION}|{window}"
+        key = hashlib.sha1(key.encode()).hexdigest()[:16]
         return cache_dir() / "images" / f"{Path(root).name}-{side}px-{key}"
 
     @classmethod
     def build(cls, root: Path, rel_paths: list[str], side: int, workers: int | None = None,
-              progress: bool = True) -> "ImageCache":
-        """Open the cache of these images at this size, decoding only what is missing or changed."""
-        root = Path(root)
-        folder = cls.folder_for(root, side)
+              progress: bool = True, window: str = "auto") -> "ImageCache":
+        """Open the cache of these images at this size and `--window`, decoding only what is
+        missing or changed."""
+        root, window = Path(root), str(window)
+        folder = cls.folder_for(root, side, window)
         folder.mkdir(parents=True, exist_ok=True)
         # One builder at a time: the ranks of a torchrun job, or two jobs on one dataset, would
         # otherwise write the same temporary file. The second finds the cache built and reuses it.
         with _exclusive(folder / ".lock"):
-            return cls._build(root, folder, rel_paths, side, workers, progress)
+            return cls._build(root, folder, rel_paths, side, workers, progress, window)
 
     @classmethod
     def _build(cls, root: Path, folder: Path, rel_paths: list[str], side: int,
-               workers: int | None, progress: bool) -> ImageCache:
+               workers: int | None, progress: bool, window: str) -> ImageCache:
         paths = sorted(set(rel_paths))
         stamps = {p: _source_stamp(root / p) for p in paths}
         index_path, data_path = folder / "index.json", folder / "images.u8"
@@ -146,7 +148,7 @@ class ImageCache:
         old_rows = {e[0]: e for e in old_entries}
         if [e[0] for e in old_entries] == paths and data_path.is_file() \
                 and all(old_rows[p][1] == stamps[p] for p in paths):
-            return cls(folder, side, old_entries)
+            return cls(folder, side, old_entries, window)
 
         reused = {p for p in paths if p in old_rows and old_rows[p][1] == stamps[p]
                   and data_path.is_file()}
@@ -169,12 +171,12 @@ class ImageCache:
                         dst.write(src.read(h * w * 3))
         row = {e[0]: e for e in entries}
         _decode(tmp, side, [row[p][2] for p in todo], [str(root / p) for p in todo],
-                [(row[p][3], row[p][4]) for p in todo], workers, progress)
+                [(row[p][3], row[p][4]) for p in todo], workers, progress, window)
         os.replace(tmp, data_path)
         index = {"version": VERSION, "root": str(root.resolve()), "side": side, "entries": entries}
         atomic_write(index_path, lambda tmp: tmp.write_text(json.dumps(index)))
         log.info("image cache %s: %d decoded, %d reused", folder, len(todo), len(reused))
-        return cls(folder, side, entries)
+        return cls(folder, side, entries, window)
 
     def get(self, rel_path: str) -> np.ndarray:
         if self._fd is None:
@@ -220,10 +222,11 @@ def _header_shapes(paths: list[str], side: int, workers: int | None) -> list[tup
 
 
 def _decode(data_path: Path, side: int, offsets: list[int], paths: list[str],
-            shapes: list[tuple[int, int]], workers: int | None, progress: bool) -> None:
+            shapes: list[tuple[int, int]], workers: int | None, progress: bool,
+            window: str = "auto") -> None:
     from tqdm.auto import tqdm
 
-    jobs = [(str(data_path), side, o, p, s)
+    jobs = [(str(data_path), side, o, p, s, window)
             for o, p, s in zip(_chunks(offsets, 16), _chunks(paths, 16), _chunks(shapes, 16))]
     bar = tqdm(total=len(paths), desc=f"caching images at {side}px", unit="img",
                disable=not progress or not paths, leave=False)

@@ -193,12 +193,12 @@ class _Union:
         return out
 
 
-def _pixel_digest(path: Path) -> bytes:
-    return hashlib.blake2b(load_rgb(path).tobytes(), digest_size=16).digest()
+def _pixel_digest(path: Path, window: str) -> bytes:
+    return hashlib.blake2b(load_rgb(path, window=window).tobytes(), digest_size=16).digest()
 
 
-def _thumb(path: Path, side: int) -> np.ndarray:
-    return grey_thumbnail(load_rgb(path, min_side=side), side)
+def _thumb(path: Path, side: int, window: str) -> np.ndarray:
+    return grey_thumbnail(load_rgb(path, min_side=side, window=window), side)
 
 
 def gate(prints: list[Fingerprint], pairs: np.ndarray) -> np.ndarray:
@@ -228,7 +228,7 @@ def gate(prints: list[Fingerprint], pairs: np.ndarray) -> np.ndarray:
 
 
 def confirmed_near(root: Path, a: str, b: str, fa: Fingerprint, fb: Fingerprint,
-                   thumbs: dict) -> bool:
+                   thumbs: dict, window: str = "auto") -> bool:
     """The finer comparison of one candidate pair: aligned detail at 64 px, then at 128 px
     where both pictures have that many pixels (decoded again; kept in `thumbs` for other pairs)."""
     for side in (THUMB, FINE):
@@ -236,7 +236,7 @@ def confirmed_near(root: Path, a: str, b: str, fa: Fingerprint, fb: Fingerprint,
             return True
         for path in (a, b):
             if (path, side) not in thumbs:
-                thumbs[(path, side)] = _thumb(root / path, side)
+                thumbs[(path, side)] = _thumb(root / path, side, window)
         if not looks_like_a_copy(thumbs[(a, side)], thumbs[(b, side)]):
             return False
     return True
@@ -251,9 +251,11 @@ def _progress(pairs: np.ndarray, enabled: bool):
 
 
 def find_duplicates(root: Path, fingerprints: dict[str, Fingerprint], image_id=None,
-                    progress: bool = False) -> list[DuplicateGroup]:
+                    progress: bool = False, window: str = "auto") -> list[DuplicateGroup]:
     """Every group of two or more paths holding one picture. `image_id(path)` names the picture
-    where the dataset's file names do (None otherwise)."""
+    where the dataset's file names do (None otherwise); `window`: the run's `--window`, so that
+    pictures are compared as training sees them (one DICOM picture in two encodings is one
+    exact copy)."""
     paths = sorted(fingerprints)
     if len(paths) < 2:
         return []
@@ -275,14 +277,14 @@ def find_duplicates(root: Path, fingerprints: dict[str, Fingerprint], image_id=N
             for u in (content, same_pixels, everything):  # byte copies: nothing to compare
                 u.join(i, j)
             continue
-        if not confirmed_near(root, a, b, prints[i], prints[j], thumbs):
+        if not confirmed_near(root, a, b, prints[i], prints[j], thumbs, window):
             continue
         content.join(i, j)
         everything.join(i, j)
         if prints[i].size == prints[j].size:  # the same picture re-saved? compare every pixel
             for p in (a, b):
                 if p not in pixels:
-                    pixels[p] = _pixel_digest(root / p)
+                    pixels[p] = _pixel_digest(root / p, window)
             if pixels[a] == pixels[b]:
                 same_pixels.join(i, j)
 

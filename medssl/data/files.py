@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+from medssl.data.dicom import DICOM_SUFFIXES, has_preamble, maybe_dicom_name
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", *DICOM_SUFFIXES}
 
 # Left behind by macOS and Windows zip tools; never data.
 JUNK_DIRS = {"__MACOSX", ".ipynb_checkpoints"}
@@ -17,8 +19,6 @@ TABLES = {".csv", ".tsv", ".txt", ".json", ".xlsx", ".xls", ".md", ".pdf", ".htm
           ".yml"}
 # What each kind of file no adapter reads is, and what to do with it.
 UNREAD_KINDS = {
-    ".dcm": "DICOM: not read yet; convert to PNG (e.g. with pydicom)",
-    ".dicom": "DICOM: not read yet; convert to PNG (e.g. with pydicom)",
     ".gif": "GIF: not read; convert to PNG",
     ".nii": "NIfTI volumes: not read; export slices as PNG",
     ".gz": "compressed: unpack it",
@@ -35,6 +35,13 @@ def is_image_name(name: str) -> bool:
     return not is_junk(name) and Path(name).suffix.lower() in IMAGE_EXTENSIONS
 
 
+def is_image_file(path: Path) -> bool:
+    """An image by its name, or a DICOM file without a DICOM suffix (`IM0001`, a UID-named
+    export) by the marker after its preamble."""
+    return is_image_name(path.name) or (not is_junk(path.name) and maybe_dicom_name(path.name)
+                                         and has_preamble(path))
+
+
 def unread_kinds(root: Path) -> dict[str, int]:
     """The files below `root` that no adapter reads (neither images, nor tables, nor junk), by
     suffix: what `check` counts so that nothing is skipped in silence."""
@@ -43,7 +50,8 @@ def unread_kinds(root: Path) -> dict[str, int]:
         dirs[:] = [d for d in dirs if not is_junk(d)]
         for name in files:
             suffix = Path(name).suffix.lower()
-            if is_junk(name) or suffix in IMAGE_EXTENSIONS or suffix in TABLES:
+            if is_junk(name) or suffix in IMAGE_EXTENSIONS or suffix in TABLES \
+                    or is_image_file(Path(folder) / name):
                 continue
             counts[suffix or "(no suffix)"] = counts.get(suffix or "(no suffix)", 0) + 1
     return counts
@@ -80,9 +88,10 @@ def images_in(folder: Path, recursive: bool = True) -> list[Path]:
     if recursive:
         for dirpath, dirnames, filenames in os.walk(folder):
             dirnames[:] = [d for d in dirnames if not is_junk(d)]
-            found.extend(Path(dirpath) / f for f in filenames if is_image_name(f))
+            found.extend(Path(dirpath) / f for f in filenames
+                         if is_image_file(Path(dirpath) / f))
     elif folder.is_dir():
-        found = [p for p in folder.iterdir() if p.is_file() and is_image_name(p.name)]
+        found = [p for p in folder.iterdir() if p.is_file() and is_image_file(p)]
     return sorted(found)
 
 

@@ -15,6 +15,7 @@ too, in the real pattern (counted from the real file lists).
 from __future__ import annotations
 
 import io
+import shutil
 import sys
 import zlib
 from functools import lru_cache
@@ -340,10 +341,42 @@ def make_digits(parent: Path, per_class: int | None = None, size: int = 32) -> P
     return root
 
 
+# pydicom's own test files (shipped inside the package), by class: CT and MR pictures and
+# colour ones, in every encoding the DICOM reader must decode. The MR files are one picture in
+# six encodings (little and big endian, implicit VR, RLE, JPEG 2000 and JPEG-LS lossless); three
+# colour files are one picture as RLE, JPEG lossless and JPEG 2000: exact copies of each other.
+# examples_ybr_color.dcm is a 30-frame ultrasound loop (its first frame is used, with a warning).
+DICOM_FILES = {
+    "ct": ["CT_small.dcm", "693_J2KI.dcm", "JPGExtended.dcm", "JPEG2000.dcm",
+           "JPEGLSNearLossless_16.dcm", "image_dfl.dcm"],
+    "mr": ["MR_small.dcm", "MR_small_bigendian.dcm", "MR_small_implicit.dcm",
+           "MR_small_RLE.dcm", "MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm",
+           "examples_overlay.dcm"],
+    "rgb": ["SC_rgb_rle.dcm", "SC_rgb_jpeg_gdcm.dcm", "SC_rgb_gdcm_KY.dcm",
+            "SC_rgb_jpeg_dcmtk.dcm", "SC_rgb_jls_lossy_line.dcm", "ExplVR_BigEnd.dcm",
+            "examples_rgb_color.dcm", "examples_jpeg2k.dcm", "examples_ybr_color.dcm"],
+}
+
+
+def make_dicom(parent: Path, per_class: int | None = None) -> Path:
+    """pydicom's bundled test files as a `folder` dataset (DICOM_FILES), plus the first MR file
+    once more under a name without a suffix (`IM0001`: found by its preamble)."""
+    from pydicom.data import get_testdata_file
+
+    root = parent / "dicom"
+    for label, names in DICOM_FILES.items():
+        folder = root / label
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in names[:per_class]:
+            shutil.copyfile(get_testdata_file(name), folder / name)
+    shutil.copyfile(get_testdata_file("MR_small.dcm"), root / "mr" / "IM0001")
+    return root
+
+
 MAKERS = {"ham10000": make_ham10000, "isic": make_isic, "covid19": make_covid19,
           "chest_xray": make_chest_xray, "idrid": make_idrid}
 # Not a fake download: a real, small labelled image set in the `folder` layout.
-OFFLINE_SETS = {"digits": make_digits}
+OFFLINE_SETS = {"digits": make_digits, "dicom": make_dicom}
 
 
 if __name__ == "__main__":

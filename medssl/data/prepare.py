@@ -10,7 +10,9 @@ import pandas as pd
 
 from medssl.data.duplicates import find_duplicates
 from medssl.data.files import unread_kinds, unread_note
+from medssl.data.dicom import patient_groups
 from medssl.data.images import inspect_images
+from medssl.data.windowing import parse_window
 from medssl.data.registry import SPLITS, DatasetAdapter, Problem, ReadOptions, SampleTable, get_adapter
 from medssl.data.splits import EXCLUDED, assign_splits, read_split_csv, reason_kind
 from medssl.errors import MedsslError
@@ -29,6 +31,7 @@ class DataConfig:
     split_file: str | None = None
     read_options: ReadOptions = field(default_factory=ReadOptions)
     duplicates: str = "drop"  # the duplicate policy: splits.DUPLICATE_POLICIES
+    window: str = "auto"  # DICOM and 16-bit pictures to 8 bits: windowing.parse_window
 
 
 def data_config(options) -> DataConfig:
@@ -36,7 +39,8 @@ def data_config(options) -> DataConfig:
     return DataConfig(dataset=options.dataset, data_root=options.data_root,
                       seed=options.split_seed, val_fraction=options.val_fraction,
                       test_fraction=options.test_fraction, split_file=options.split_file,
-                      read_options=options.read_options, duplicates=options.duplicates)
+                      read_options=options.read_options, duplicates=options.duplicates,
+                      window=options.window)
 
 
 def read_layout(cfg: DataConfig) -> tuple[DatasetAdapter, SampleTable]:
@@ -44,6 +48,11 @@ def read_layout(cfg: DataConfig) -> tuple[DatasetAdapter, SampleTable]:
     adapter = get_adapter(cfg.dataset)
     root = adapter.find_root(cfg.data_root)
     table = adapter.read(root, cfg.read_options or ReadOptions())
+    try:
+        table.window = str(parse_window(cfg.window))
+    except ValueError as exc:
+        raise MedsslError(f"{exc}. Fix: --window auto (the default), minmax, or C,W.") from None
+    patient_groups(table)  # DICOM pictures grouped by PatientID where the layout has no group
     if table.samples.empty:
         raise MedsslError(f"No usable images found for {cfg.dataset} under {table.root}."
                           + _listing(table.problems, cfg.dataset))
@@ -63,9 +72,12 @@ def scan_images(table: SampleTable, adapter: DatasetAdapter, workers: int | None
     """The one decode pass: every image decoded, the broken ones added to the table's problems
     (and returned), and the copies among the rest found (`table.duplicates`). A group of copies
     filed under different labels is also a warning."""
-    bad, prints = inspect_images(table.root, table.samples["path"].tolist(), workers, progress)
-    table.problems.extend(bad)
-    table.duplicates = find_duplicates(table.root, prints, adapter.image_id, progress)
+    found, prints = inspect_images(table.root, table.samples["path"].tolist(), workers, progress,
+                                   table.window)
+    table.problems.extend(found)
+    bad = [p for p in found if p.severity == "error"]  # warnings: a multi-frame DICOM
+    table.duplicates = find_duplicates(table.root, prints, adapter.image_id, progress,
+                                       table.window)
     label_of = dict(zip(table.samples["path"], table.samples["label"]))
     for group in table.duplicates:
         labels = sorted({label_of[p] for p in group.paths})

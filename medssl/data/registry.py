@@ -44,6 +44,7 @@ class SampleTable:
     notes: list[str] = field(default_factory=list)
     duplicates: list = field(default_factory=list)  # duplicates.DuplicateGroup, from the decode pass
     duplicate_policy: str = "drop"  # how the split treats them (splits.apply_duplicate_policy)
+    window: str = "auto"  # `--window`: how every reader maps values beyond 8 bits (windowing)
 
     @property
     def errors(self) -> list[Problem]:

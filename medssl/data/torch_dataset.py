@@ -32,6 +32,7 @@ class ImageDataset(Dataset):
         index = {c: i for i, c in enumerate(table.classes)}
         self.targets = [index[label] for label in rows["label"]]
         self.transform, self.side, self.cache = transform, side, cache
+        self.window = table.window
         self.augment_seed = augment_seed
 
     def __len__(self) -> int:
@@ -40,7 +41,8 @@ class ImageDataset(Dataset):
     def image(self, i: int) -> torch.Tensor:
         """Image i as a uint8 CHW tensor whose short side is `side`."""
         rel = self.rel_paths[i]
-        pixels = self.cache.get(rel) if self.cache else shrink(self.root / rel, self.side)
+        pixels = self.cache.get(rel) if self.cache else shrink(self.root / rel, self.side,
+                                                                  window=self.window)
         return torch.from_numpy(pixels.copy()).permute(2, 0, 1)
 
     def __getitem__(self, k: int):

@@ -54,7 +54,7 @@ def open_cache(table, cfg):
     if not cfg.cache:
         return None
     used = table.samples.loc[table.samples["split"] != EXCLUDED, "path"]  # never read: not cached
-    return ImageCache.build(table.root, list(used), cache_side(cfg.image_size),
+    return ImageCache.build(table.root, list(used), cache_side(cfg.image_size), window=table.window,
                             progress=cfg.progress)
 
 

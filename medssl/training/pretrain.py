@@ -58,6 +58,9 @@ class PretrainConfig(DataOptions, HardwareOptions, ModelOptions, SSLOptions):
     force: bool = False
     extra: dict = field(default_factory=dict)
     optimizer_from: str = ""  # resolved: flag (set), method (its published recipe) or study
+    # resolved: flag (--epochs), preset (its ssl_epochs), min_steps (raised to the preset's
+    # ssl_min_steps for a small dataset, once the train images are known: epochs_for)
+    epochs_from: str = ""
 
 
 def resolve(cfg: PretrainConfig) -> PretrainConfig:
@@ -67,6 +70,7 @@ def resolve(cfg: PretrainConfig) -> PretrainConfig:
         raise MedsslError(f"Unknown --init '{cfg.init}'. Choose one of: {', '.join(INITS)}.")
     p = preset_for(cfg.dataset)
     lr_asked = cfg.lr
+    cfg.epochs_from = cfg.epochs_from or ("flag" if cfg.epochs is not None else "preset")
     fill_training_defaults(cfg, p, p.ssl_epochs, p.ssl_batch_size, p.ssl_lr)
     cfg.warmup_epochs = p.ssl_warmup_epochs if cfg.warmup_epochs is None else cfg.warmup_epochs
     cfg.augment = cfg.augment or p.augment
@@ -177,9 +181,10 @@ def _train(cfg: PretrainConfig) -> Path:
     method = get_method(cfg.method)
     rows = train_rows(cfg, method, table, run)
     batch_size = batch_for(cfg, len(rows))
+    share = math.ceil(len(rows) / planned_world_size(cfg))  # the train images of each process
+    cfg.epochs = epochs_for(cfg, share, batch_size)
     options = fitted_options(method, {**method.defaults, **cfg.method_options},
-                             cfg.method_options, math.ceil(len(rows) / planned_world_size(cfg)),
-                             batch_size, cfg.image_size)
+                             cfg.method_options, share, batch_size, cfg.image_size)
     settings = simclr_settings(cfg.image_size, cfg.augment, **cfg.augment_overrides)
     views = method.views(cfg.image_size, settings, **options)
     p = preset_for(cfg.dataset)
@@ -271,6 +276,25 @@ def train_rows(cfg: PretrainConfig, method, table, run: RunStart):
         raise MedsslError(f"The train split of {cfg.dataset} has {len(rows)} image(s); "
                           f"{method.title} needs at least 2.")
     return rows
+
+
+def epochs_for(cfg: PretrainConfig, share: int, batch_size: int) -> int:
+    """The epochs to run: `--epochs` as given; else the preset's, raised so that the run makes at
+    least the preset's `ssl_min_steps` optimiser steps (a small dataset makes few per epoch).
+    The identity keeps the preset's value: the raise follows from the data and batch, which
+    are in it. Sets `cfg.epochs_from` to min_steps where it raised them."""
+    minimum = preset_for(cfg.dataset).ssl_min_steps
+    if cfg.epochs_from != "preset" or not minimum:
+        return cfg.epochs
+    per_epoch = max(1, share // batch_size)  # drop_last: only full batches
+    needed = math.ceil(minimum / per_epoch)
+    if needed <= cfg.epochs:
+        return cfg.epochs
+    log.info("%d epochs, not the preset's %d: %d steps an epoch (%d train images, batch %d) "
+             "and at least %d steps for a pretraining (--epochs sets it)", needed, cfg.epochs,
+             per_epoch, share, batch_size, minimum)
+    cfg.epochs_from = "min_steps"
+    return needed
 
 
 def batch_for(cfg: PretrainConfig, n_train: int) -> int:

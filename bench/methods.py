@@ -123,16 +123,19 @@ def heldout_probe(run: Path, shots: int = 3, draws: int = 20) -> dict:
     meta = json.loads((run / "backbone.json").read_text())
     cfg = meta["config"]
     table, _ = prepare(data_config(DataOptions(dataset=cfg["dataset"], data_root=cfg["data_root"],
-                                               split_file=str(run / "split.csv"))),
+                                               split_file=str(run / "split.csv"),
+                                               window=cfg.get("window", "auto"))),
                        progress=False)
     norm = Normalize(meta["normalize"]["mean"], meta["normalize"]["std"])
     size = meta["image_size"]
-    loaders = {split: DataLoader(ImageDataset(table, split, eval_crop(size), cache_side(size)),
+    channels = meta.get("in_channels", 3)
+    loaders = {split: DataLoader(ImageDataset(table, split, eval_crop(size), cache_side(size),
+                                              channels=channels),
                                  batch_size=64) for split in ("train", "test")}
-    trained = empty_backbone(meta["arch"])
+    trained = empty_backbone(meta["arch"], channels)
     load_backbone_file(trained, run / "backbone.pt")
     random = random_init(PretrainConfig(dataset=cfg["dataset"], arch=meta["arch"],
-                                        seed=meta["seed"]))()
+                                        seed=meta["seed"], in_channels=channels))()
     scores = {}
     for name, backbone in (("random", random), ("trained", trained)):
         backbone.eval()

@@ -212,6 +212,9 @@ def training_options() -> argparse.ArgumentParser:
     g.add_argument("--epochs", type=ranged("epochs"), default=None)
     g.add_argument("--batch-size", type=ranged("batch_size"), default=None)
     g.add_argument("--lr", type=ranged("lr"), default=None)
+    g.add_argument("--in-channels", type=int, choices=(1, 3), default=3,
+                   help="the backbone's input channels: 3 (default, RGB), or 1 for a grey "
+                   "dataset (a 1-channel stem; ImageNet's first convolution summed over RGB)")
     g.add_argument("--imagenet-weights", default=None,
                    help="for an ImageNet init: IMAGENET1K_V1 (default), IMAGENET1K_V2, or a "
                    "state_dict file")

@@ -52,6 +52,9 @@ class ModelOptions:
     arch: str | None = None  # unset: the preset's
     image_size: int | None = None
     imagenet_weights: str | None = None  # name or file, for an ImageNet init; default IMAGENET1K_V1
+    # The backbone's input channels: 3, or 1 for a grey dataset (a 1-channel stem; ImageNet's
+    # first convolution summed over its RGB weights, models.backbones.adapt_stem)
+    in_channels: int = 3
 
 
 @dataclass(kw_only=True)

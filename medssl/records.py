@@ -160,7 +160,9 @@ class BackboneRecord(_Record):
     dataset: str | None = None  # the dataset it was pretrained on
     imagenet_weights: str | None = None  # the ImageNet weights file (init imagenet)
     image_size: int | None = None  # pixels of a side
-    normalize: dict | None = None  # the mean and std of the input normalisation
+    in_channels: int = 3  # the input channels: 1 for a grey stem
+    stem_adapted: str | None = None  # how ImageNet's RGB stem was fitted to them, if it was
+    normalize: dict | None = None  # the mean and std of the input normalisation, per channel
     epochs: int | None = None  # epochs run
     steps: int | None = None  # optimiser steps run
     images_seen: int | None = None  # images through the network in training

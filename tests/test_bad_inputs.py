@@ -101,6 +101,15 @@ def one_class(root: Path) -> None:
         (root / "cat" / f"{i}.jpg").write_bytes(fx.picture(f"cat{i}"))
 
 
+def truncated_dicom(folder: Path) -> None:
+    """A grey DICOM dataset with one file cut short in its pixel data."""
+    fx.make_grey_dicom(folder.parent, patients=3)
+    good = next((folder.parent / "grey_dicom" / "clear").iterdir())
+    (folder.parent / "grey_dicom").rename(folder)
+    data = (folder / "clear" / good.name).read_bytes()
+    (folder / "clear" / "cut.dcm").write_bytes(data[:-300])
+
+
 def truncated_grid(folder: Path) -> None:
     run = folder / "M1" / "seed0"
     finished_run(run)
@@ -243,9 +252,18 @@ CASES = [
     ("method-opt-count-fraction", [*PT, "--out", "{tmp}/run", "--method", "moco",
                                    "--method-opt", "queue_size=0.5"],
      ["queue_size=0.5", "not a whole number", "queue_size is a count"]),
-    ("folder-of-dicoms", ["check", "--dataset", "folder", "--data-root", "{tmp}/scans"],
-     ["does not hold the ImageFolder tree layout", "not read: .dcm: 3 files (DICOM"], None,
-     lambda t: [fx.write(t / "scans" / "p1" / f"{i}.dcm", b"DICM") for i in range(3)]),
+    # Issue 34: DICOM files are read; a broken one is named with its reason
+    ("folder-of-fake-dicoms", ["check", "--dataset", "folder", "--data-root", "{tmp}/scans"],
+     ["a/0.dcm", "not a DICOM file: no DICM marker", "re-export it", "usable: no"], None,
+     lambda t: [fx.write(t / "scans" / c / f"{i}.dcm", b"DICM") for c in "ab" for i in range(3)]),
+    ("truncated-dicom-training", ["finetune", "--dataset", "folder", "--data-root", "{tmp}/grey",
+                                  "--model", "M1", "--out", "{tmp}/run", *FAST],
+     ["cut.dcm", "truncated or corrupt pixel data", "--skip-bad-images"], None,
+     lambda t: truncated_dicom(t / "grey")),
+    ("window-bogus", [*CHECK, "--window", "bright"], ["--window", "auto, minmax"]),
+    ("window-zero-width", [*FT, "--window", "40,0"], ["--window", "width at least 1"]),
+    ("in-channels-two", [*FT, "--in-channels", "2"], ["--in-channels", "invalid choice"]),
+    ("preview-unwritable", [*CHECK, "--preview", "/proc/medssl/p.png"], ["/proc/medssl/p.png"]),
     ("data-root-is-a-yaml-file", ["check", "--dataset", "folder", "--data-root", "{tmp}/c.yaml"],
      ["--data-root", "c.yaml is a .yaml file, not a folder", "Fix"], None,
      lambda t: (t / "c.yaml").write_text("data: here\n")),

@@ -17,21 +17,7 @@ from medssl.data.images import image_problem, inspect_image, load_rgb
 from medssl.data.windowing import parse_window
 
 
-def dicom_like(path, pixels: np.ndarray, patient: str = "P1", photometric: str = "MONOCHROME2",
-               window: tuple | None = None):
-    """A DICOM file with these 16-bit pixels: pydicom's MR_small.dcm with its picture, patient
-    and photometric interpretation replaced."""
-    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
-    ds.set_pixel_data(pixels.astype(np.uint16), photometric, 16)
-    ds.PatientID = patient
-    for key in ("WindowCenter", "WindowWidth"):
-        if key in ds:
-            delattr(ds, key)
-    if window:
-        ds.WindowCenter, ds.WindowWidth = window
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
-    return path
+dicom_like = fx.dicom_file  # a DICOM file with given 16-bit pixels, patient, photometric
 
 
 def test_check_reads_pydicoms_own_files_in_every_encoding(tmp_path, cli):
@@ -157,3 +143,81 @@ def test_the_fingerprint_is_of_the_windowed_picture(tmp_path):
                       window=(300, 201))
     (_, own, _), (_, wide, _) = inspect_image(path, "auto"), inspect_image(path, "minmax")
     assert own.size == wide.size == (100, 8) and own.small != wide.small
+
+
+FAST = ["--arch", "resnet18", "--image-size", "32", "--num-workers", "0", "--batch-size", "8"]
+
+
+def test_a_grey_dicom_set_trains_a_one_channel_stem_from_imagenet_weights(tmp_path, cli,
+                                                                           monkeypatch, caplog):
+    """--in-channels 1: the cache keeps one channel (a third of the bytes), ImageNet's stem is
+    summed over RGB (recorded), and the exported backbone loads strictly into a torchvision
+    ResNet whose conv1 takes one channel."""
+    import logging
+
+    import torch
+    from torch import nn
+    from torchvision.models import resnet18
+
+    from medssl.data.cache import ImageCache
+
+    caplog.set_level(logging.INFO, logger="medssl")
+    monkeypatch.setenv("MEDSSL_CACHE_DIR", str(tmp_path / "cache"))
+    root = fx.make_grey_dicom(tmp_path)
+    rgb = resnet18()  # stands in for ImageNet's weights (none offline): a file, as a user's
+    torch.save(rgb.state_dict(), tmp_path / "imagenet.pt")
+    common = ["--dataset", "folder", "--data-root", root, "--imagenet-weights",
+              tmp_path / "imagenet.pt", "--in-channels", "1", *FAST]
+    code, _, err = cli("pretrain", *common, "--init", "imagenet", "--epochs", "1",
+                       "--out", tmp_path / "ssl")
+    assert code == 0, err
+    meta = json.loads((tmp_path / "ssl" / "backbone.json").read_text())
+    assert meta["in_channels"] == 1 and "summed over its 3 RGB" in meta["stem_adapted"]
+    assert len(meta["normalize"]["mean"]) == 1
+    assert "for 1 input channel(s): conv1 summed" in caplog.text
+    plain = resnet18()
+    plain.fc = nn.Identity()
+    plain.conv1 = nn.Conv2d(1, 64, 7, 2, 3, bias=False)
+    state = torch.load(tmp_path / "ssl" / "backbone.pt", weights_only=True)
+    plain.load_state_dict(state, strict=True)
+    # The cache of this size holds one byte a pixel.
+    folders = list((tmp_path / "cache" / "images").iterdir())
+    assert len(folders) == 1
+    index = json.loads((folders[0] / "index.json").read_text())
+    rows = sum(e[3] * e[4] for e in index["entries"])
+    assert (folders[0] / "images.u8").stat().st_size == rows
+    # Finetuning M3 (ImageNet) and M4 (ImageNet -> SimCLR) on one channel.
+    code, _, err = cli("finetune", *common, "--model", "M3", "--epochs", "1", "--lr", "1e-3",
+                       "--out", tmp_path / "m3")
+    assert code == 0, err
+    code, _, err = cli("finetune", *common, "--model", "M4", "--epochs", "1", "--lr", "1e-3",
+                       "--ssl-checkpoint", tmp_path / "ssl" / "backbone.pt", "--out",
+                       tmp_path / "m4")
+    assert code == 0, err
+    # A 1-channel backbone does not fit a 3-channel run: named, with the flag.
+    code, _, err = cli("finetune", *common[:-len(FAST) - 2], *FAST, "--model", "M4", "--epochs",
+                       "1", "--lr", "1e-3", "--ssl-checkpoint", tmp_path / "ssl" / "backbone.pt",
+                       "--out", tmp_path / "m4rgb")
+    assert code == 2 and "takes 1 input channel(s), this run --in-channels 3" in err
+
+
+def test_a_csv_dataset_reads_dicom_files_with_and_without_a_suffix(tmp_path, cli):
+    rng = np.random.default_rng(2)
+    rows = ["path,label"]
+    for i in range(8):
+        name = f"scans/{i}.dcm" if i % 2 else f"scans/IM{i:04d}"  # half without a suffix
+        dicom_like(tmp_path / "c" / name, rng.integers(0, 4000, (24, 24)), patient=f"p{i}")
+        rows.append(f"{name},{'ab'[i % 2]}")
+    (tmp_path / "c" / "labels.csv").write_text("\n".join(rows) + "\n")
+    code, out, err = cli("check", "--dataset", "csv", "--data-root", tmp_path / "c", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["total"] == 8 and not report["problems"] and report["groups"] == 8
+
+
+def test_a_16_bit_tiff_is_windowed_like_a_png(tmp_path):
+    values = np.linspace(30000, 30400, 32 * 32).reshape(32, 32).astype(np.uint16)
+    Image.fromarray(values).save(tmp_path / "x.tif")
+    Image.fromarray(values).save(tmp_path / "x.png")
+    tif, png = medssl.load_image(tmp_path / "x.tif"), medssl.load_image(tmp_path / "x.png")
+    assert np.array_equal(tif, png) and tif.min() == 0 and tif.max() == 255

@@ -54,6 +54,8 @@ class MultiCrops(ViewCrops):
 
 
 def _grey(x: torch.Tensor) -> torch.Tensor:
+    if x.shape[1] == 1:  # a grey stem's one channel is its grey
+        return x
     r, g, b = x.unbind(dim=1)
     return (GREY[0] * r + GREY[1] * g + GREY[2] * b).unsqueeze(1)
 
@@ -119,10 +121,11 @@ class BatchColourBlur(nn.Module):
         self.sigmas = sigmas
         # Small chunks keep each op's working set in cache: the ops are memory-bound on a CPU.
         self.chunk = chunk
-        self.register_buffer("scale", 1 / (255 * torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)),
+        # One value per channel: 3, or 1 for a grey stem (transforms.channel_stats).
+        self.register_buffer("scale", 1 / (255 * torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)),
                              persistent=False)
-        self.register_buffer("shift", -torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-                             / torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1),
+        self.register_buffer("shift", -torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+                             / torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1),
                              persistent=False)
 
     def draw(self, n: int, generator: torch.Generator | None = None) -> dict:
@@ -166,8 +169,8 @@ class BatchColourBlur(nn.Module):
             2: lambda y, i: _blend(y, _grey(y), p["sat"][i].view(-1, 1, 1, 1)),
             3: lambda y, i: _adjust_hue(y, p["hue"][i]),
         }
-        if self.hue == 0:
-            ops.pop(3)  # the X-ray preset: no hue jitter, no HSV round trip
+        if self.hue == 0 or x.shape[1] == 1:
+            ops.pop(3)  # the X-ray preset, or one grey channel: no hue jitter, no HSV round trip
         for slot in range(4):
             for op, fn in ops.items():
                 idx = torch.nonzero(p["jitter"] & (p["order"][:, slot] == op)).flatten()
@@ -175,7 +178,7 @@ class BatchColourBlur(nn.Module):
                     x[idx] = fn(x[idx], idx)
         idx = torch.nonzero(p["grey"]).flatten()
         if len(idx):
-            x[idx] = _grey(x[idx]).expand(-1, 3, -1, -1)
+            x[idx] = _grey(x[idx]).expand(-1, x.shape[1], -1, -1)
         idx = torch.nonzero(p["blur"]).flatten()
         if len(idx):
             x[idx] = _gaussian_blur(x[idx], p["sigma"][idx])

@@ -51,10 +51,15 @@ def shrunk_size(size: tuple[int, int], side: int) -> tuple[int, int]:
     return max(side, round(w * scale)), max(side, round(h * scale))
 
 
-def shrink(path: str | Path, side: int, draft: bool = True, window: str = "auto") -> np.ndarray:
-    """One image as an `h x w x 3` uint8 array: the whole picture, short side resized to `side`."""
+def shrink(path: str | Path, side: int, draft: bool = True, window: str = "auto",
+           channels: int = 3) -> np.ndarray:
+    """One image as an `h x w x channels` uint8 array: the whole picture, short side resized to
+    `side`; with one channel its grey (luminance) picture."""
     img = load_rgb(path, min_side=side if draft else None, window=window)
-    return np.asarray(img.resize(shrunk_size(img.size, side), Image.BILINEAR), dtype=np.uint8)
+    if channels == 1:
+        img = img.convert("L")
+    pixels = np.asarray(img.resize(shrunk_size(img.size, side), Image.BILINEAR), dtype=np.uint8)
+    return pixels.reshape(*pixels.shape[:2], channels)
 
 
 def _shape(path: str, side: int) -> tuple[int, int]:
@@ -78,11 +83,11 @@ def _source_stamp(path: Path) -> list[int]:
 
 def _decode_rows(args) -> int:
     """Worker: decode `paths` into the data file at `data_path` at their byte `offsets`."""
-    data_path, side, offsets, paths, shapes, window = args
+    data_path, side, offsets, paths, shapes, window, channels = args
     fd = os.open(data_path, os.O_WRONLY)
     try:
         for offset, path, shape in zip(offsets, paths, shapes):
-            pixels = shrink(path, side, window=window)
+            pixels = shrink(path, side, window=window, channels=channels)
             if pixels.shape[:2] != tuple(shape):  # the header promised another size
                 raise MedsslError(f"{path} decodes to {pixels.shape[1]}x{pixels.shape[0]} px "
                                   f"where its header says {shape[1]}x{shape[0]} (after shrinking). "
@@ -112,34 +117,40 @@ def _exclusive(lock_path: Path):
 class ImageCache:
     """Preprocessed images, one per relative path, read with `get(path)` as HWC uint8."""
 
-    def __init__(self, folder: Path, side: int, entries: list, window: str = "auto"):
+    def __init__(self, folder: Path, side: int, entries: list, window: str = "auto",
+                 channels: int = 3):
         self.folder, self.side, self.window = Path(folder), side, window
+        self.channels = channels  # 3, or 1 for a grey stem: a third of the bytes
         # path -> (byte offset, height, width)
         self.row = {e[0]: (e[2], e[3], e[4]) for e in entries}
         self._fd: int | None = None  # opened lazily: every DataLoader worker gets its own
 
     @staticmethod
-    def folder_for(root: Path, side: int, window: str = "auto") -> Path:
-        key = f"{Path(root).resolve()}|{side}|v{VERSION}|{window}"
+    def folder_for(root: Path, side: int, window: str = "auto", channels: int = 3) -> Path:
+        key = f"{Path(root).resolve()}|{side}|v{VERSION}|{window}" + \
+            (f"|{channels}ch" if channels != 3 else "")
         key = hashlib.sha1(key.encode()).hexdigest()[:16]
         return cache_dir() / "images" / f"{Path(root).name}-{side}px-{key}"
 
     @classmethod
     def build(cls, root: Path, rel_paths: list[str], side: int, workers: int | None = None,
-              progress: bool = True, window: str = "auto") -> "ImageCache":
-        """Open the cache of these images at this size and `--window`, decoding only what is
-        missing or changed."""
+              progress: bool = True, window: str = "auto", channels: int = 3) -> "ImageCache":
+        """Open the cache of these images at this size, `--window` and number of channels,
+        decoding only what is missing or changed."""
         root, window = Path(root), str(window)
-        folder = cls.folder_for(root, side, window)
+        folder = cls.folder_for(root, side, window, channels)
         folder.mkdir(parents=True, exist_ok=True)
         # One builder at a time: the ranks of a torchrun job, or two jobs on one dataset, would
         # otherwise write the same temporary file. The second finds the cache built and reuses it.
         with _exclusive(folder / ".lock"):
-            return cls._build(root, folder, rel_paths, side, workers, progress, window)
+            return cls._build(root, folder, rel_paths, side, workers, progress,
+                              (window, channels))
 
     @classmethod
     def _build(cls, root: Path, folder: Path, rel_paths: list[str], side: int,
-               workers: int | None, progress: bool, window: str) -> ImageCache:
+               workers: int | None, progress: bool, reading: tuple) -> ImageCache:
+        """`reading`: (window, channels)."""
+        window, channels = reading
         paths = sorted(set(rel_paths))
         stamps = {p: _source_stamp(root / p) for p in paths}
         index_path, data_path = folder / "index.json", folder / "images.u8"
@@ -148,7 +159,7 @@ class ImageCache:
         old_rows = {e[0]: e for e in old_entries}
         if [e[0] for e in old_entries] == paths and data_path.is_file() \
                 and all(old_rows[p][1] == stamps[p] for p in paths):
-            return cls(folder, side, old_entries, window)
+            return cls(folder, side, old_entries, window, channels)
 
         reused = {p for p in paths if p in old_rows and old_rows[p][1] == stamps[p]
                   and data_path.is_file()}
@@ -158,7 +169,7 @@ class ImageCache:
         for p in paths:
             h, w = (old_rows[p][3], old_rows[p][4]) if p in reused else new_shapes[p]
             entries.append([p, stamps[p], offset, h, w])
-            offset += h * w * 3
+            offset += h * w * channels
         tmp = folder / "images.u8.tmp"
         with open(tmp, "wb") as f:
             f.truncate(offset)
@@ -168,22 +179,22 @@ class ImageCache:
                     if p in reused:
                         src.seek(old_rows[p][2])
                         dst.seek(at)
-                        dst.write(src.read(h * w * 3))
+                        dst.write(src.read(h * w * channels))
         row = {e[0]: e for e in entries}
         _decode(tmp, side, [row[p][2] for p in todo], [str(root / p) for p in todo],
-                [(row[p][3], row[p][4]) for p in todo], workers, progress, window)
+                [(row[p][3], row[p][4]) for p in todo], workers, progress, reading)
         os.replace(tmp, data_path)
         index = {"version": VERSION, "root": str(root.resolve()), "side": side, "entries": entries}
         atomic_write(index_path, lambda tmp: tmp.write_text(json.dumps(index)))
         log.info("image cache %s: %d decoded, %d reused", folder, len(todo), len(reused))
-        return cls(folder, side, entries, window)
+        return cls(folder, side, entries, window, channels)
 
     def get(self, rel_path: str) -> np.ndarray:
         if self._fd is None:
             self._fd = os.open(self.folder / "images.u8", os.O_RDONLY)
         offset, h, w = self.row[rel_path]
-        data = os.pread(self._fd, h * w * 3, offset)
-        return np.frombuffer(data, dtype=np.uint8).reshape(h, w, 3)
+        data = os.pread(self._fd, h * w * self.channels, offset)
+        return np.frombuffer(data, dtype=np.uint8).reshape(h, w, self.channels)
 
     def __getstate__(self):  # a file descriptor does not travel to worker processes
         state = dict(self.__dict__)
@@ -223,10 +234,10 @@ def _header_shapes(paths: list[str], side: int, workers: int | None) -> list[tup
 
 def _decode(data_path: Path, side: int, offsets: list[int], paths: list[str],
             shapes: list[tuple[int, int]], workers: int | None, progress: bool,
-            window: str = "auto") -> None:
+            reading: tuple = ("auto", 3)) -> None:
     from tqdm.auto import tqdm
 
-    jobs = [(str(data_path), side, o, p, s, window)
+    jobs = [(str(data_path), side, o, p, s, *reading)
             for o, p, s in zip(_chunks(offsets, 16), _chunks(paths, 16), _chunks(shapes, 16))]
     bar = tqdm(total=len(paths), desc=f"caching images at {side}px", unit="img",
                disable=not progress or not paths, leave=False)

@@ -373,6 +373,43 @@ def make_dicom(parent: Path, per_class: int | None = None) -> Path:
     return root
 
 
+def dicom_file(path: Path, pixels: np.ndarray, patient: str = "P1",
+               photometric: str = "MONOCHROME2", window: tuple | None = None) -> Path:
+    """A DICOM file holding these 16-bit grey pixels: pydicom's MR_small.dcm with its picture,
+    PatientID and photometric interpretation replaced (and its window, or none)."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    ds.set_pixel_data(pixels.astype(np.uint16), photometric, 16)
+    ds.PatientID = patient
+    for key in ("WindowCenter", "WindowWidth"):
+        if key in ds:
+            delattr(ds, key)
+    if window:
+        ds.WindowCenter, ds.WindowWidth = window
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def make_grey_dicom(parent: Path, patients: int = 6, per_patient: int = 2,
+                    size: int = 48) -> Path:
+    """A grey 16-bit DICOM `folder` dataset of two classes told apart by a bright or a dark
+    disc (X-ray-like backgrounds, 12-bit values), several pictures per PatientID."""
+    root = parent / "grey_dicom"
+    for c, label in enumerate(("clear", "opacity")):
+        for p in range(patients):
+            for k in range(per_patient):
+                seed = seed_of(f"{label}{p}_{k}")
+                base = np.asarray(xray_like(seed, size), dtype=np.float64) * 12
+                yy, xx = np.mgrid[:size, :size]
+                disc = (yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 5) ** 2
+                base[disc] = 3600 if c else 200
+                dicom_file(root / label / f"{label}{p}_{k}.dcm", base, patient=f"{label}-{p}")
+    return root
+
+
 MAKERS = {"ham10000": make_ham10000, "isic": make_isic, "covid19": make_covid19,
           "chest_xray": make_chest_xray, "idrid": make_idrid}
 # Not a fake download: a real, small labelled image set in the `folder` layout.

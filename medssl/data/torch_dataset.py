@@ -18,7 +18,8 @@ from medssl.data.sampling import stream_seed
 
 class ImageDataset(Dataset):
     def __init__(self, table: SampleTable, rows: str | pd.DataFrame | None, transform, side: int,
-                 cache: ImageCache | None = None, augment_seed: int | None = None):
+                 cache: ImageCache | None = None, augment_seed: int | None = None,
+                 channels: int = 3):
         """`rows`: a split name, a subset of `table.samples`, or None for every sample the
         duplicate policy did not leave out.
         `augment_seed`: seed the transform of index `epoch * len + i` by (seed, epoch, i), so a
@@ -32,17 +33,18 @@ class ImageDataset(Dataset):
         index = {c: i for i, c in enumerate(table.classes)}
         self.targets = [index[label] for label in rows["label"]]
         self.transform, self.side, self.cache = transform, side, cache
-        self.window = table.window
+        self.window, self.channels = table.window, channels  # 1: grey pictures, one channel
         self.augment_seed = augment_seed
 
     def __len__(self) -> int:
         return len(self.rel_paths)
 
     def image(self, i: int) -> torch.Tensor:
-        """Image i as a uint8 CHW tensor whose short side is `side`."""
+        """Image i as a uint8 CHW tensor (C: `channels`) whose short side is `side`."""
         rel = self.rel_paths[i]
         pixels = self.cache.get(rel) if self.cache else shrink(self.root / rel, self.side,
-                                                                  window=self.window)
+                                                                  window=self.window,
+                                                                  channels=self.channels)
         return torch.from_numpy(pixels.copy()).permute(2, 0, 1)
 
     def __getitem__(self, k: int):

@@ -186,14 +186,25 @@ def eval_crop(image_size: int) -> v2.CenterCrop:
     return v2.CenterCrop(image_size)
 
 
+def channel_stats(mean, std, channels: int = 3) -> tuple[tuple, tuple]:
+    """A preset's RGB mean and std for `channels` input channels: as they are for 3; for a grey
+    stem (1), their luminance (the weights the grey picture is made with), one value each."""
+    if channels == 3:
+        return tuple(mean), tuple(std)
+    luma = (0.299, 0.587, 0.114)  # ITU-R 601, as Pillow's convert("L")
+    return ((sum(w * m for w, m in zip(luma, mean)),),
+            (sum(w * s for w, s in zip(luma, std)),))
+
+
 class Normalize(nn.Module):
-    """uint8 batch -> normalised float batch in channels-last layout, on whatever device it is."""
+    """uint8 batch -> normalised float batch in channels-last layout, on whatever device it is.
+    `mean` and `std` have one value per channel (channel_stats)."""
 
     def __init__(self, mean, std):
         super().__init__()
-        std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
         self.register_buffer("scale", 1 / (255 * std_t), persistent=False)
-        self.register_buffer("shift", -torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) / std_t,
+        self.register_buffer("shift", -torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) / std_t,
                              persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -39,11 +39,44 @@ def _check_arch(arch: str) -> str:
     return arch
 
 
-def empty_backbone(arch: str) -> nn.Module:
-    """The torchvision model of `arch`, randomly initialised, with `fc = nn.Identity()`."""
+IN_CHANNELS = (1, 3)
+
+
+def empty_backbone(arch: str, in_channels: int = 3) -> nn.Module:
+    """The torchvision model of `arch`, randomly initialised, with `fc = nn.Identity()`; with
+    one input channel its first convolution takes one (a grey stem: the rest is unchanged, so
+    its state_dict loads strictly into a torchvision model given the same `conv1`)."""
     model = ARCHS[_check_arch(arch)][0](weights=None)
     model.fc = nn.Identity()
+    if in_channels not in IN_CHANNELS:
+        raise MedsslError(f"--in-channels {in_channels}: expected 1 (grey) or 3 (RGB).")
+    if in_channels != 3:
+        old = model.conv1
+        model.conv1 = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride,
+                                old.padding, bias=False)
     return model
+
+
+def adapt_stem(state: dict, in_channels: int) -> tuple[dict, str | None]:
+    """ImageNet's RGB weights for a stem of `in_channels`: the first convolution's weights summed
+    over their three input channels for one, as timm's `adapt_input_conv` does (a grey picture
+    fed to all three RGB inputs gives the same response). Written here because timm is not a
+    dependency. Returns the state and what was done (None: nothing)."""
+    weight = state.get("conv1.weight")
+    if weight is None or weight.shape[1] == in_channels:
+        return state, None
+    if in_channels != 1 or weight.shape[1] != 3:
+        raise MedsslError(f"Weights with a {weight.shape[1]}-channel stem cannot be adapted to "
+                          f"--in-channels {in_channels}. Fix: --in-channels {weight.shape[1]}.")
+    return {**state, "conv1.weight": weight.sum(dim=1, keepdim=True)}, ADAPTED
+
+
+ADAPTED = "conv1 summed over its 3 RGB input channels (timm's adapt_input_conv)"
+
+
+def stem_note(init: str, in_channels: int) -> str | None:
+    """What was done to ImageNet's stem for a run of this init and input channels (recorded)."""
+    return ADAPTED if init == "imagenet" and in_channels == 1 else None
 
 
 def imagenet_weights_file(arch: str, weights: str = "IMAGENET1K_V1") -> tuple[str, Path]:
@@ -89,12 +122,17 @@ def _missing(arch: str, weights: str, name: str, cache: Path, why: str) -> str:
 
 
 def build_backbone(arch: str = "resnet50", init: str = "random",
-                   imagenet_weights: str | os.PathLike | None = None) -> nn.Module:
-    """A backbone that maps images to `feature_dim(arch)` features, with the asked-for prior."""
-    model = empty_backbone(arch)
+                   imagenet_weights: str | os.PathLike | None = None,
+                   in_channels: int = 3) -> nn.Module:
+    """A backbone that maps images of `in_channels` to `feature_dim(arch)` features, with the
+    asked-for prior (ImageNet's stem adapted to one channel: adapt_stem, logged)."""
+    model = empty_backbone(arch, in_channels)
     if init == "imagenet":
-        load_strict(model, imagenet_state_dict(arch, imagenet_weights),
-                    f"ImageNet weights {imagenet_weights or DEFAULT_IMAGENET}")
+        source = f"ImageNet weights {imagenet_weights or DEFAULT_IMAGENET}"
+        state, adapted = adapt_stem(imagenet_state_dict(arch, imagenet_weights), in_channels)
+        load_strict(model, state, source)
+        if adapted:
+            log.info("%s for %d input channel(s): %s", source, in_channels, adapted)
     elif init != "random":
         raise MedsslError(f"Unknown --init '{init}'. Choose one of: {', '.join(INITS)}.")
     return model
@@ -131,6 +169,15 @@ def load_strict(model: nn.Module, state: dict, source: str) -> list[str]:
 
 def _arch_fix(state: dict) -> str:
     """Which torchvision arch the weights are, when one fits, for the fix."""
+    stem = state.get("conv1.weight")
+    if stem is not None and stem.dim() == 4 and stem.shape[1] in IN_CHANNELS:
+        for arch in ARCHS:
+            own = empty_backbone(arch, stem.shape[1]).state_dict()
+            if set(own) == set(state) and all(own[k].shape == state[k].shape for k in own):
+                if stem.shape[1] != 3:
+                    return (f"They are {arch} weights for {stem.shape[1]} input channel(s). "
+                            f"Fix: pass --arch {arch} --in-channels {stem.shape[1]}.")
+                break
     for arch in ARCHS:
         own = empty_backbone(arch).state_dict()
         if set(own) == set(state) and all(own[k].shape == state[k].shape for k in own):

@@ -16,7 +16,8 @@ from torch import nn
 from medssl.errors import MedsslError
 from medssl.names import prior_of
 from medssl.options import ModelOptions
-from medssl.models.backbones import DEFAULT_IMAGENET, build_backbone, empty_backbone, load_strict
+from medssl.models.backbones import (DEFAULT_IMAGENET, build_backbone, empty_backbone, load_strict,
+                                     stem_note)
 from medssl.models.checkpoints import read_meta, read_state_dict
 from medssl.runs import BACKBONE, SPLIT, dataset_dir, ssl_dir
 
@@ -37,11 +38,13 @@ def load_prior(model: str, options: ModelOptions, dataset: str, ssl_checkpoint=N
     `options` (the arch, its ImageNet weights) is the run's model part, resolved."""
     prior = prior_of(model)
     arch, imagenet_weights = options.arch, options.imagenet_weights
+    channels = options.in_channels
     if not prior.ssl:
-        source = {"model": model, "init": prior.init, "arch": arch}
+        source = {"model": model, "init": prior.init, "arch": arch, "in_channels": channels,
+                  "stem_adapted": stem_note(prior.init, channels)}
         if prior.init == "imagenet":
             source["imagenet_weights"] = str(imagenet_weights or DEFAULT_IMAGENET)
-        return build_backbone(arch, prior.init, imagenet_weights), source
+        return build_backbone(arch, prior.init, imagenet_weights, channels), source
 
     path = ssl_backbone_path(model, dataset, ssl_checkpoint, base)
     if not path.is_file():
@@ -63,6 +66,9 @@ def load_prior(model: str, options: ModelOptions, dataset: str, ssl_checkpoint=N
     made_by = meta.get("method", "simclr")  # backbones from before the methods were SimCLR's
     if made_by != prior.method:
         mismatches.append(f"it was pretrained with {made_by}, {model} needs {prior.method}")
+    if meta.get("in_channels", 3) != channels:
+        mismatches.append(f"it takes {meta.get('in_channels', 3)} input channel(s), this run "
+                          f"--in-channels {channels}")
     if meta.get("init") != prior.init:
         mismatches.append(f"it was pretrained from {meta.get('init')} init, {model} needs {prior.init}")
     if meta.get("dataset") != dataset and not allow_other_dataset:
@@ -70,9 +76,10 @@ def load_prior(model: str, options: ModelOptions, dataset: str, ssl_checkpoint=N
                           f"{dataset} (pass --allow-other-dataset if that is intended)")
     if mismatches:
         raise MedsslError(f"{path} does not fit {model}: " + "; ".join(mismatches) + ".")
-    backbone = empty_backbone(arch)
+    backbone = empty_backbone(arch, channels)
     load_strict(backbone, state, str(path))
     return backbone, {"model": model, "init": prior.init, "arch": arch, "method": prior.method,
+                      "in_channels": channels, "stem_adapted": meta.get("stem_adapted"),
                       "method_settings": meta.get("method_settings"),
                       "supervised_prior": bool(meta.get("supervised", False)),
                       "ssl_label_fraction": meta.get("label_fraction", 1.0),

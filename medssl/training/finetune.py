@@ -23,7 +23,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from medssl.data import prepare
 from medssl.data.prepare import data_config
 from medssl.data.splits import label_subset, write_split_csv
-from medssl.data.transforms import Normalize, eval_crop, finetune_crops
+from medssl.data.transforms import Normalize, channel_stats, eval_crop, finetune_crops
 from medssl.errors import MedsslError
 from medssl.models import feature_dim
 from medssl.identity import run_identity
@@ -369,14 +369,16 @@ def build_module(cfg: FinetuneConfig, data: Splits, loaders: Loaders, backbones:
     best = best_checkpoint(Path(cfg.out))
     if cfg.mutual:
         module = Cohort({m: classifier(m) for m in cfg.mutual}, objective,
-                        input_transform=Normalize(p.mean, p.std), seed=cfg.seed,
+                        input_transform=Normalize(*channel_stats(p.mean, p.std, cfg.in_channels)),
+                        seed=cfg.seed,
                         lr_schedule=cfg.lr_schedule)
         # Each member selected on val on its own; weights only (the optimiser lives in last.ckpt).
         selectors = [selection_checkpoint(cfg, best.parent, f"{m}/",
                                           member_checkpoint(cfg.out, m).stem) for m in cfg.mutual]
     else:
-        module = classifier(cfg.model, input_transform=Normalize(p.mean, p.std),
-                            objective=objective)
+        module = classifier(cfg.model, objective=objective,
+                            input_transform=Normalize(*channel_stats(p.mean, p.std,
+                                                                     cfg.in_channels)))
         # Weights only: the optimiser lives in last.ckpt; best.ckpt is read for its weights alone
         # (predictions, teachers), and a third of the bytes makes every save that much cheaper.
         selectors = [selection_checkpoint(cfg, best.parent, "", best.stem)]

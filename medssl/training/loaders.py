@@ -55,6 +55,7 @@ def open_cache(table, cfg):
         return None
     used = table.samples.loc[table.samples["split"] != EXCLUDED, "path"]  # never read: not cached
     return ImageCache.build(table.root, list(used), cache_side(cfg.image_size), window=table.window,
+                            channels=cfg.in_channels,
                             progress=cfg.progress)
 
 
@@ -73,7 +74,7 @@ def make_loader(table, rows, transform, cfg, cache=None, train: bool = False,
     `batch_size`: this run's, where it differs from `cfg.batch_size` (a pretraining's batch cut
     to its train images, pretrain.batch_for)."""
     dataset = ImageDataset(table, rows, transform, cache_side(cfg.image_size), cache,
-                           augment_seed=cfg.seed if train else None)
+                           augment_seed=cfg.seed if train else None, channels=cfg.in_channels)
     sampler = None
     if train:
         weights = None

@@ -22,11 +22,12 @@ from medssl import __version__
 from medssl.data import prepare
 from medssl.data.prepare import data_config
 from medssl.data.splits import label_subset, write_split_csv
-from medssl.data.transforms import (Normalize, eval_crop, method_views, simclr_settings,
-                                     smallest_crop)
+from medssl.data.transforms import (Normalize, channel_stats, eval_crop, method_views,
+                                     simclr_settings, smallest_crop)
 from medssl.errors import MedsslError
 from medssl.identity import run_identity
 from medssl.models import build_backbone, feature_dim, save_backbone
+from medssl.models.backbones import stem_note
 from medssl.names import INITS
 from medssl.options import DataOptions, HardwareOptions, ModelOptions, SSLOptions
 from medssl.presets import preset_for
@@ -188,13 +189,14 @@ def _train(cfg: PretrainConfig) -> Path:
     settings = simclr_settings(cfg.image_size, cfg.augment, **cfg.augment_overrides)
     views = method.views(cfg.image_size, settings, **options)
     p = preset_for(cfg.dataset)
-    crops, colour = method_views(views, cfg.image_size, settings, p.mean, p.std)
+    crops, colour = method_views(views, cfg.image_size, settings,
+                                 *channel_stats(p.mean, p.std, cfg.in_channels))
     cache = open_cache(table, cfg)
     train_loader = make_loader(table, rows, crops, cfg, cache, train=True, drop_last=True,
                                start_epoch=run.resume_at[0] if run.resume_at else 0,
                                batch_size=batch_size)
     knn = knn_monitor(cfg, table, cache, batch_size)
-    backbone = build_backbone(cfg.arch, cfg.init, cfg.imagenet_weights)
+    backbone = build_backbone(cfg.arch, cfg.init, cfg.imagenet_weights, cfg.in_channels)
     module = method(backbone, feature_dim(cfg.arch), cfg, cfg, seed=cfg.seed,
                     batch_transform=colour, **options)
     guard = Guard(method.title, cfg.lr, method.guard_hint)
@@ -321,7 +323,7 @@ def random_init(cfg: PretrainConfig):
     def make():
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
-            return build_backbone(cfg.arch, "random", None)
+            return build_backbone(cfg.arch, "random", None, cfg.in_channels)
     return make
 
 
@@ -333,7 +335,8 @@ def knn_monitor(cfg: PretrainConfig, table, cache, batch_size: int) -> KNNMonito
     p = preset_for(cfg.dataset)
     return KNNMonitor(*(make_loader(table, split, plain, cfg, cache, shard=True, persistent=False,
                                     batch_size=batch_size) for split in ("train", "val")),
-                      num_classes=len(table.classes), normalize=Normalize(p.mean, p.std),
+                      num_classes=len(table.classes),
+                      normalize=Normalize(*channel_stats(p.mean, p.std, cfg.in_channels)),
                       random_backbone=random_init(cfg) if cfg.init != "random" else None)
 
 
@@ -370,7 +373,10 @@ def backbone_record(cfg: PretrainConfig, used: Used, trainer, module, knn,
         "warmup_epochs_used": cfg.warmup_epochs,
         "arch": cfg.arch, "init": cfg.init, "dataset": cfg.dataset,
         "imagenet_weights": cfg.imagenet_weights if cfg.init == "imagenet" else None,
-        "image_size": cfg.image_size, "normalize": {"mean": list(p.mean), "std": list(p.std)},
+        "image_size": cfg.image_size, "in_channels": cfg.in_channels,
+        "stem_adapted": stem_note(cfg.init, cfg.in_channels),
+        "normalize": dict(zip(("mean", "std"), map(list, channel_stats(p.mean, p.std,
+                                                                       cfg.in_channels)))),
         "epochs": trainer.current_epoch, "steps": trainer.global_step,
         # drop_last: every step is one full global batch
         "images_seen": trainer.global_step * batch_size * trainer.world_size,

@@ -82,7 +82,7 @@ def load_teacher(run: str | Path, samples: pd.DataFrame, classes: list[str], dat
     # Built with its own random stream: initialising the (soon overwritten) weights must not move
     # the student's RNG, or its head would start elsewhere than without a teacher.
     with torch.random.fork_rng(devices=[]):
-        teacher = RunClassifier(empty_backbone(config["arch"]),
+        teacher = RunClassifier(empty_backbone(config["arch"], config.get("in_channels", 3)),
                                 make_head(config["head"], feature_dim(config["arch"]), len(classes)))
     wanted = {k: v for k, v in state.items() if k.startswith(("backbone.", "head."))}
     load_strict(teacher, wanted, str(checkpoint))

@@ -164,6 +164,8 @@ class BackboneRecord(_Record):
     stem_adapted: str | None = None  # how ImageNet's RGB stem was fitted to them, if it was
     normalize: dict | None = None  # the mean and std of the input normalisation, per channel
     epochs: int | None = None  # epochs run
+    epochs_planned: int | None = None  # epochs asked of the Trainer (epochs_from says why)
+    epochs_from: str | None = None  # flag, preset, or min_steps (the preset's raised)
     steps: int | None = None  # optimiser steps run
     images_seen: int | None = None  # images through the network in training
     gpu_hours: float | None = None  # GPU-hours (None on a CPU: not measured)

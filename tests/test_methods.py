@@ -167,7 +167,11 @@ def test_a_small_dataset_gets_enough_steps_unless_epochs_are_set(tmp_path):
     def planned(dataset, share, batch, **kw):
         cfg = resolve(PretrainConfig(dataset=dataset, out=str(tmp_path / str(len(list(
             tmp_path.iterdir())))), **kw))
-        return epochs_for(cfg, share, batch), cfg.epochs_from
+        before = replace(cfg)
+        try:
+            return epochs_for(cfg, share, batch)
+        finally:
+            assert cfg == before  # the resolved configuration is never changed
 
     minimum = preset_for("folder").ssl_min_steps
     assert minimum >= 900  # the digits set needed 900 steps (docs/methods.md)
@@ -187,9 +191,10 @@ def test_the_raised_epochs_are_run_and_recorded(tmp_path, cli):
                        "resnet18", "--image-size", "32", "--batch-size", "8", "--max-steps", "2",
                        "--num-workers", "0", "--out", tmp_path / "run")
     assert code == 0, err
-    config = json.loads((tmp_path / "run" / "backbone.json").read_text())["config"]
-    assert (config["epochs"], config["epochs_from"]) == (preset_for("covid19").ssl_min_steps,
-                                                         "min_steps")
+    meta = json.loads((tmp_path / "run" / "backbone.json").read_text())
+    assert (meta["epochs_planned"], meta["epochs_from"]) == (preset_for("covid19").ssl_min_steps,
+                                                             "min_steps")
+    assert meta["config"]["epochs"] == preset_for("covid19").ssl_epochs  # as resolved
 
 
 def test_small_pictures_get_larger_smallest_crops_unless_one_is_set(tmp_path, caplog):
@@ -316,22 +321,6 @@ def test_moco_queue_fits_a_small_dataset_unless_the_user_set_it():
     # Methods without data-dependent defaults are unchanged.
     simclr = get_method("simclr")
     assert fitted_options(simclr, dict(simclr.defaults), {}, 100, 32, 32) == simclr.defaults
-
-
-def test_swav_prototypes_fit_the_number_of_images_unless_set():
-    from medssl.training.methods.swav import IMAGES_PER_PROTOTYPE, MIN_PROTOTYPES
-    from medssl.training.pretrain import fitted_options
-
-    swav = get_method("swav")
-
-    def prototypes(n, asked=None):
-        return fitted_options(swav, {**swav.defaults, **(asked or {})}, asked or {}, n, 128,
-                              224)["prototypes"]
-
-    assert prototypes(1221) == 1221 // IMAGES_PER_PROTOTYPE  # the digits set: 122
-    assert prototypes(100) == MIN_PROTOTYPES
-    assert prototypes(1_281_167) == swav.defaults["prototypes"]  # large data: the default
-    assert prototypes(1221, {"prototypes": 512}) == 512  # a value set is kept
 
 
 @pytest.mark.parametrize("name", ["swav", "dino"])

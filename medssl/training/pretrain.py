@@ -59,8 +59,8 @@ class PretrainConfig(DataOptions, HardwareOptions, ModelOptions, SSLOptions):
     force: bool = False
     extra: dict = field(default_factory=dict)
     optimizer_from: str = ""  # resolved: flag (set), method (its published recipe) or study
-    # resolved: flag (--epochs), preset (its ssl_epochs), min_steps (raised to the preset's
-    # ssl_min_steps for a small dataset, once the train images are known: epochs_for)
+    # resolved: flag (--epochs) or preset (its ssl_epochs; raised to make the preset's
+    # ssl_min_steps on a small dataset once the train images are known: epochs_for)
     epochs_from: str = ""
 
 
@@ -183,7 +183,7 @@ def _train(cfg: PretrainConfig) -> Path:
     rows = train_rows(cfg, method, table, run)
     batch_size = batch_for(cfg, len(rows))
     share = math.ceil(len(rows) / planned_world_size(cfg))  # the train images of each process
-    cfg.epochs = epochs_for(cfg, share, batch_size)
+    length = epochs_for(cfg, share, batch_size)
     options = fitted_options(method, {**method.defaults, **cfg.method_options},
                              cfg.method_options, share, batch_size, cfg.image_size)
     settings = simclr_settings(cfg.image_size, cfg.augment, **cfg.augment_overrides)
@@ -201,10 +201,11 @@ def _train(cfg: PretrainConfig) -> Path:
                     batch_transform=colour, **options)
     guard = Guard(method.title, cfg.lr, method.guard_hint)
     # The guard first: its epoch-end look comes before the read-outs, which a NaN would break.
-    trainer = make_trainer(cfg, run, callbacks=[guard, knn, LearningRateMonitor("step")])
+    trainer = make_trainer(replace(cfg, epochs=length[0]), run,
+                           callbacks=[guard, knn, LearningRateMonitor("step")])
     fit(trainer, run.out, module, train_loader, ckpt_path=run.resume_from, weights_only=True)
     if trainer.is_global_zero:
-        used = Used(method, options, views, settings, batch_size, len(rows), data_info)
+        used = Used(method, options, views, settings, batch_size, len(rows), data_info, length)
         record = backbone_record(cfg, used, trainer, module, knn, run.started)
         save_backbone(module.backbone, run.out / BACKBONE, record)
         mark_finished(run.out, SSL_OUTPUTS)
@@ -280,23 +281,22 @@ def train_rows(cfg: PretrainConfig, method, table, run: RunStart):
     return rows
 
 
-def epochs_for(cfg: PretrainConfig, share: int, batch_size: int) -> int:
-    """The epochs to run: `--epochs` as given; else the preset's, raised so that the run makes at
-    least the preset's `ssl_min_steps` optimiser steps (a small dataset makes few per epoch).
-    The identity keeps the preset's value: the raise follows from the data and batch, which
-    are in it. Sets `cfg.epochs_from` to min_steps where it raised them."""
+def epochs_for(cfg: PretrainConfig, share: int, batch_size: int) -> tuple[int, str]:
+    """The epochs to run and why: `--epochs` as given (flag); else the preset's (preset),
+    raised so that the run makes at least the preset's `ssl_min_steps` optimiser steps
+    (min_steps: a small dataset makes few per epoch). The configuration and its identity keep
+    the preset's value: the raise follows from the data and the batch, which are in them."""
     minimum = preset_for(cfg.dataset).ssl_min_steps
     if cfg.epochs_from != "preset" or not minimum:
-        return cfg.epochs
+        return cfg.epochs, cfg.epochs_from
     per_epoch = max(1, share // batch_size)  # drop_last: only full batches
     needed = math.ceil(minimum / per_epoch)
     if needed <= cfg.epochs:
-        return cfg.epochs
+        return cfg.epochs, "preset"
     log.info("%d epochs, not the preset's %d: %d steps an epoch (%d train images, batch %d) "
              "and at least %d steps for a pretraining (--epochs sets it)", needed, cfg.epochs,
              per_epoch, share, batch_size, minimum)
-    cfg.epochs_from = "min_steps"
-    return needed
+    return needed, "min_steps"
 
 
 def batch_for(cfg: PretrainConfig, n_train: int) -> int:
@@ -352,6 +352,7 @@ class Used:
     batch_size: int
     n_train: int
     data_info: dict
+    length: tuple = (0, "")  # the epochs planned and why (epochs_for)
 
 
 def backbone_record(cfg: PretrainConfig, used: Used, trainer, module, knn,
@@ -378,6 +379,7 @@ def backbone_record(cfg: PretrainConfig, used: Used, trainer, module, knn,
         "normalize": dict(zip(("mean", "std"), map(list, channel_stats(p.mean, p.std,
                                                                        cfg.in_channels)))),
         "epochs": trainer.current_epoch, "steps": trainer.global_step,
+        "epochs_planned": used.length[0], "epochs_from": used.length[1],
         # drop_last: every step is one full global batch
         "images_seen": trainer.global_step * batch_size * trainer.world_size,
         "gpu_hours": gpu_hours(trainer, time.time() - started),

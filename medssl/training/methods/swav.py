@@ -11,17 +11,13 @@ from medssl.training.methods import register
 from medssl.training.methods.base import SSLMethod, fit_local_views, multi_crop
 
 
-IMAGES_PER_PROTOTYPE = 10
-MIN_PROTOTYPES = 16
-
-
 @register
 class SwAV(SSLMethod):
     name = "swav"
     # The recipe's source: the paper or benchmark, and what medssl changed and why
     source = (
         "Caron et al. 2020 (temperature 0.1, 512 prototypes and no queue as lightly's example, 2 "
-        "+ 6 crops; two views alone below 74 px, at most one prototype per 10 train images); the study's Adam: its small-batch LARS "
+        "+ 6 crops, two views alone below 74 px); the study's Adam: its small-batch LARS "
         "collapsed here (docs/methods.md)")
     guard_hint = "a larger temperature (--method-opt temperature=0.2) or fewer prototypes"
     defaults = {"prototypes": 512, "projection_dim": 128, "local_views": 6, "temperature": 0.1,
@@ -35,13 +31,6 @@ class SwAV(SSLMethod):
 
     @staticmethod
     def fit_to_data(settings, train_images, batch_size, image_size):
-        # Prototypes against the images: the paper's 3000 are one per 427 ImageNet images,
-        # solo-learn's CIFAR-10 recipe one per 17. 512 prototypes for a few hundred images leave
-        # most of them without an image to stand for (Sinkhorn spreads each batch evenly over
-        # all of them). At most one per IMAGES_PER_PROTOTYPE images, never fewer than
-        # MIN_PROTOTYPES.
-        fitting = max(MIN_PROTOTYPES, train_images // IMAGES_PER_PROTOTYPE)
-        settings = {**settings, "prototypes": min(settings["prototypes"], fitting)}
         return fit_local_views(settings, image_size)
 
     @staticmethod

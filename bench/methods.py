@@ -132,7 +132,7 @@ def heldout_probe(run: Path, shots: int = 3, draws: int = 20) -> dict:
     loaders = {split: DataLoader(ImageDataset(table, split, eval_crop(size), cache_side(size),
                                               channels=channels),
                                  batch_size=64) for split in ("train", "test")}
-    trained = empty_backbone(meta["arch"], channels)
+    trained = empty_backbone(meta["arch"], channels, size)
     load_backbone_file(trained, run / "backbone.pt")
     random = random_init(PretrainConfig(dataset=cfg["dataset"], arch=meta["arch"],
                                         seed=meta["seed"], in_channels=channels))()

@@ -57,6 +57,15 @@ def augment_override(text: str):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def arch_flag(text: str) -> str:
+    """`--arch`: a torchvision ResNet by name, or `timm:MODEL_NAME` (the name is checked against
+    timm when the run resolves: importing timm here would slow every command's start)."""
+    if text in ARCHS or (text.startswith("timm:") and len(text) > len("timm:")):
+        return text
+    raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(ARCHS)}, "
+                                     "or timm:MODEL_NAME)")
+
+
 def window_flag(text: str) -> str:
     """`--window`: auto, minmax or C,W, as its canonical text."""
     from medssl.data.windowing import parse_window  # numpy only
@@ -140,6 +149,21 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_priors(args: argparse.Namespace) -> int:
+    from medssl.models.foundation import PRIORS, describe  # lazy: the registry is torch-free
+    from medssl.models.foundation_load import availability  # lazy: timm
+
+    print("random          a random init (M1, M2)")
+    print("imagenet        torchvision's ImageNet weights (M3, M4); --imagenet-weights")
+    for entry in PRIORS.values():
+        print(describe(entry))
+        print(f"{'':<15} here: {availability(entry)}")
+    print("timm:NAME       any timm model with timm's pretrained weights from the Hugging Face "
+          "cache")
+    print("timm:NAME=PATH  any timm model with the weights in PATH (safetensors or a state_dict)")
+    return 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from medssl.data import open_dataset, summary  # lazy: pandas, PIL
     from medssl.data.splits import write_split_csv  # lazy: pandas
@@ -207,12 +231,14 @@ def training_options() -> argparse.ArgumentParser:
     """Flags every command that trains shares (unset values come from the dataset's preset)."""
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("model and hardware (unset values come from the dataset's preset)")
-    g.add_argument("--arch", choices=ARCHS, default=None)
+    g.add_argument("--arch", type=arch_flag, default=None, metavar="ARCH",
+                   help=f"{', '.join(ARCHS)} (torchvision), or timm:MODEL_NAME (any timm model, "
+                   "e.g. timm:vit_tiny_patch16_224; default: the preset's)")
     g.add_argument("--image-size", type=ranged("image_size"), default=None)
     g.add_argument("--epochs", type=ranged("epochs"), default=None)
     g.add_argument("--batch-size", type=ranged("batch_size"), default=None)
     g.add_argument("--lr", type=ranged("lr"), default=None)
-    g.add_argument("--in-channels", type=int, choices=(1, 3), default=3,
+    g.add_argument("--in-channels", type=ranged("in_channels"), choices=(1, 3), default=3,
                    help="the backbone's input channels: 3 (default, RGB), or 1 for a grey "
                    "dataset (a 1-channel stem; ImageNet's first convolution summed over RGB)")
     g.add_argument("--imagenet-weights", default=None,
@@ -581,6 +607,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("datasets", help="list the datasets with download pages and expected trees")
     p.set_defaults(func=cmd_datasets)
+
+    p = sub.add_parser("priors", help="list the starting weights medssl knows: random, ImageNet, "
+                       "foundation models (their source, license, size, and whether their "
+                       "weights are on this machine)")
+    p.set_defaults(func=cmd_priors)
 
     p = sub.add_parser("check", parents=[data_options()],
                        help="count images per split and class, and list every problem")

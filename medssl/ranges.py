@@ -92,6 +92,9 @@ RANGES: dict[str, Range] = {
                         why="training needs two or more images per batch: BatchNorm normalises "
                         "over the batch"),
     "image_size": Range(1, whole=True, example="224", why="pixels per side"),
+    # 1 or 3: the CLI offers those two as choices, and models.backbones refuses a 2
+    "in_channels": Range(1, 3, whole=True, example="3",
+                         why="the backbone's input channels: 1 (grey) or 3 (RGB)"),
     "lr": _LR,
     "lr_grid": _LR,
     "weight_decay": Range(0, example="1e-6"),

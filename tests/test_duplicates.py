@@ -299,7 +299,8 @@ def test_left_out_copies_are_never_cached_nor_served(planted_root, isolated_cach
     table = open_dataset(DataConfig("covid19", str(planted_root)))
     excluded = set(table.samples.loc[table.samples["split"] == EXCLUDED, "path"])
     assert len(excluded) == 6
-    cache = open_cache(table, SimpleNamespace(cache=True, image_size=32, progress=False))
+    cache = open_cache(table, SimpleNamespace(cache=True, image_size=32, progress=False,
+                                                 in_channels=3))
     assert not excluded & set(cache.row) and len(cache.row) == len(table.samples) - 6
     served = ImageDataset(table, None, lambda x: x, 37, cache)
     assert not excluded & set(served.rel_paths) and len(served) == len(table.samples) - 6

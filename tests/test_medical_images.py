@@ -159,8 +159,6 @@ def test_a_grey_dicom_set_trains_a_one_channel_stem_from_imagenet_weights(tmp_pa
     from torch import nn
     from torchvision.models import resnet18
 
-    from medssl.data.cache import ImageCache
-
     caplog.set_level(logging.INFO, logger="medssl")
     monkeypatch.setenv("MEDSSL_CACHE_DIR", str(tmp_path / "cache"))
     root = fx.make_grey_dicom(tmp_path)

@@ -311,7 +311,7 @@ def test_loader_workers_never_print_the_tracebacks_of_inherited_iterators(tmp_pa
 
     root = fx.make_covid19(tmp_path, per_class=2)
     table = open_dataset(DataConfig(dataset="covid19", data_root=str(root)))
-    cfg = SimpleNamespace(image_size=32, seed=0, batch_size=2, num_workers=1)
+    cfg = SimpleNamespace(image_size=32, seed=0, batch_size=2, num_workers=1, in_channels=3)
     assert make_loader(table, table.samples, None, cfg).worker_init_fn is init_worker
 
 

@@ -2,5 +2,7 @@
 
 from medssl.models.backbones import ARCHS, build_backbone, feature_dim, load_backbone_file
 from medssl.models.checkpoints import save_backbone
+from medssl.models.timm_backbones import out_features
 
-__all__ = ["ARCHS", "build_backbone", "feature_dim", "load_backbone_file", "save_backbone"]
+__all__ = ["ARCHS", "build_backbone", "feature_dim", "load_backbone_file", "out_features",
+           "save_backbone"]

@@ -17,6 +17,7 @@ from torchvision import models as tvm
 
 from medssl.errors import MedsslError
 from medssl.models.checkpoints import read_meta, read_state_dict
+from medssl.models.timm_backbones import check_timm_arch, create_timm, is_timm
 from medssl.names import INITS
 
 log = logging.getLogger("medssl")
@@ -30,26 +31,34 @@ DEFAULT_IMAGENET = "IMAGENET1K_V1"  # what --imagenet-weights means when it is n
 
 
 def feature_dim(arch: str) -> int:
-    return ARCHS[_check_arch(arch)][2]
+    """A torchvision ResNet's feature size (a timm backbone's: `out_features` of the model)."""
+    return ARCHS[check_arch(arch)][2]
 
 
-def _check_arch(arch: str) -> str:
+def check_arch(arch: str) -> str:
+    if is_timm(arch):
+        check_timm_arch(arch)
+        return arch
     if arch not in ARCHS:
-        raise MedsslError(f"Unknown --arch '{arch}'. Choose one of: {', '.join(ARCHS)}.")
+        raise MedsslError(f"Unknown --arch '{arch}'. Choose one of: {', '.join(ARCHS)}, or "
+                          "timm:MODEL_NAME (any timm model).")
     return arch
 
 
 IN_CHANNELS = (1, 3)
 
 
-def empty_backbone(arch: str, in_channels: int = 3) -> nn.Module:
+def empty_backbone(arch: str, in_channels: int = 3, image_size: int | None = None) -> nn.Module:
     """The torchvision model of `arch`, randomly initialised, with `fc = nn.Identity()`; with
     one input channel its first convolution takes one (a grey stem: the rest is unchanged, so
-    its state_dict loads strictly into a torchvision model given the same `conv1`)."""
-    model = ARCHS[_check_arch(arch)][0](weights=None)
-    model.fc = nn.Identity()
+    its state_dict loads strictly into a torchvision model given the same `conv1`). A timm
+    `arch` (`timm:NAME`) is timm's model without its classifier, at `image_size` (ViTs)."""
     if in_channels not in IN_CHANNELS:
         raise MedsslError(f"--in-channels {in_channels}: expected 1 (grey) or 3 (RGB).")
+    if is_timm(arch):
+        return create_timm(arch, in_channels, image_size)
+    model = ARCHS[check_arch(arch)][0](weights=None)
+    model.fc = nn.Identity()
     if in_channels != 3:
         old = model.conv1
         model.conv1 = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride,
@@ -81,7 +90,7 @@ def stem_note(init: str, in_channels: int) -> str | None:
 
 def imagenet_weights_file(arch: str, weights: str = "IMAGENET1K_V1") -> tuple[str, Path]:
     """The file name torchvision downloads for these weights and the cache folder it uses."""
-    enum = ARCHS[_check_arch(arch)][1]
+    enum = ARCHS[check_arch(arch)][1]
     if weights not in enum.__members__:
         raise MedsslError(f"Unknown ImageNet weights '{weights}' for {arch}; choose one of: "
                           f"{', '.join(k for k in enum.__members__ if k != 'DEFAULT')}, or a file path.")
@@ -98,6 +107,11 @@ def is_weights_file(weights: str | os.PathLike) -> bool:
 def imagenet_state_dict(arch: str, weights: str | os.PathLike | None = None) -> dict:
     """ImageNet weights for `arch` as a state_dict without `fc`: from a file path, or by name
     through torchvision (its cache first, a download only when online)."""
+    if is_timm(arch):
+        raise MedsslError(f"ImageNet weights (M3, M4, --init imagenet) with --arch {arch}: a "
+                          "timm model's pretrained weights are a prior of their own, not yet "
+                          "offered as ImageNet's here. Fix: models from random init (M1, M2) "
+                          "with a timm --arch, or a torchvision --arch.")
     weights = weights or DEFAULT_IMAGENET
     if is_weights_file(weights):
         state = read_state_dict(Path(weights), "--imagenet-weights file")
@@ -123,10 +137,10 @@ def _missing(arch: str, weights: str, name: str, cache: Path, why: str) -> str:
 
 def build_backbone(arch: str = "resnet50", init: str = "random",
                    imagenet_weights: str | os.PathLike | None = None,
-                   in_channels: int = 3) -> nn.Module:
-    """A backbone that maps images of `in_channels` to `feature_dim(arch)` features, with the
+                   in_channels: int = 3, image_size: int | None = None) -> nn.Module:
+    """A backbone that maps images of `in_channels` to `out_features(model)` features, with the
     asked-for prior (ImageNet's stem adapted to one channel: adapt_stem, logged)."""
-    model = empty_backbone(arch, in_channels)
+    model = empty_backbone(arch, in_channels, image_size)
     if init == "imagenet":
         source = f"ImageNet weights {imagenet_weights or DEFAULT_IMAGENET}"
         state, adapted = adapt_stem(imagenet_state_dict(arch, imagenet_weights), in_channels)
@@ -138,7 +152,7 @@ def build_backbone(arch: str = "resnet50", init: str = "random",
     return model
 
 
-def load_strict(model: nn.Module, state: dict, source: str) -> list[str]:
+def load_strict(model: nn.Module, state: dict, source: str, fix: str | None = None) -> list[str]:
     """Load every key exactly; name what is missing, extra or misshapen. A classifier head
     (`fc.*`, as a torchvision model saved whole has) is not part of the backbone: it is dropped,
     and its keys returned so the caller can say so. Anything else that does not fit is an error."""
@@ -159,7 +173,7 @@ def load_strict(model: nn.Module, state: dict, source: str) -> list[str]:
             parts.append(f"{len(shapes)} shape mismatch(es) (first: {k} {tuple(state[k].shape)} "
                          f"vs {tuple(own[k].shape)})")
         raise MedsslError(f"{source} does not fit this backbone: {'; '.join(parts)}. "
-                          f"{_arch_fix(state)}")
+                          f"{fix or _arch_fix(state)}")
     model.load_state_dict(state, strict=True)
     if head:
         log.info("%s: left out its classifier head (%s); the backbone loaded strictly",

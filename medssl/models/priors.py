@@ -44,7 +44,8 @@ def load_prior(model: str, options: ModelOptions, dataset: str, ssl_checkpoint=N
                   "stem_adapted": stem_note(prior.init, channels)}
         if prior.init == "imagenet":
             source["imagenet_weights"] = str(imagenet_weights or DEFAULT_IMAGENET)
-        return build_backbone(arch, prior.init, imagenet_weights, channels), source
+        return build_backbone(arch, prior.init, imagenet_weights, channels,
+                              options.image_size), source
 
     path = ssl_backbone_path(model, dataset, ssl_checkpoint, base)
     if not path.is_file():
@@ -76,7 +77,7 @@ def load_prior(model: str, options: ModelOptions, dataset: str, ssl_checkpoint=N
                           f"{dataset} (pass --allow-other-dataset if that is intended)")
     if mismatches:
         raise MedsslError(f"{path} does not fit {model}: " + "; ".join(mismatches) + ".")
-    backbone = empty_backbone(arch, channels)
+    backbone = empty_backbone(arch, channels, options.image_size)
     load_strict(backbone, state, str(path))
     return backbone, {"model": model, "init": prior.init, "arch": arch, "method": prior.method,
                       "in_channels": channels, "stem_adapted": meta.get("stem_adapted"),

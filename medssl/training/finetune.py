@@ -25,7 +25,7 @@ from medssl.data.prepare import data_config
 from medssl.data.splits import label_subset, write_split_csv
 from medssl.data.transforms import Normalize, channel_stats, eval_crop, finetune_crops
 from medssl.errors import MedsslError
-from medssl.models import feature_dim
+from medssl.models import out_features
 from medssl.identity import run_identity
 from medssl.models.priors import load_prior, ssl_backbone_path
 from medssl.names import SELECT_METRICS, dml_name, kd_name, member_folder, prior_of
@@ -362,7 +362,7 @@ def build_module(cfg: FinetuneConfig, data: Splits, loaders: Loaders, backbones:
     p = preset_for(cfg.dataset)
 
     def classifier(member: str, **kwargs) -> Classifier:
-        return Classifier(backbones[member], feature_dim(cfg.arch), classes,
+        return Classifier(backbones[member], out_features(backbones[member]), classes,
                           lr=(assigned(cfg).member_lrs or {}).get(member, cfg.lr), recipe=cfg,
                           hardware=cfg, seed=cfg.seed, class_weights=weights, **kwargs)
 

@@ -16,6 +16,7 @@ from medssl.data.cache import ImageCache, cache_side
 from medssl.data.sampling import EpochSampler, ShardSampler
 from medssl.data.splits import EXCLUDED
 from medssl.data.torch_dataset import ImageDataset
+from medssl.models.backbones import check_arch
 from medssl.ranges import check_values
 from medssl.training.distributed import planned_world_size
 
@@ -25,7 +26,7 @@ log = logging.getLogger("medssl")
 def fill_training_defaults(cfg, preset, epochs: int, batch_size: int, lr: float):
     """Unset arch, image size, epochs, batch size, lr and workers from the preset's values; then
     every number of `cfg` checked against its range (medssl.ranges)."""
-    cfg.arch = cfg.arch or preset.arch
+    cfg.arch = check_arch(cfg.arch or preset.arch)  # a timm name checked before any work
     cfg.image_size = cfg.image_size or preset.image_size
     cfg.epochs = epochs if cfg.epochs is None else cfg.epochs
     cfg.batch_size = batch_size if cfg.batch_size is None else cfg.batch_size

@@ -26,7 +26,7 @@ from medssl.data.transforms import (Normalize, channel_stats, eval_crop, method_
                                      simclr_settings, smallest_crop)
 from medssl.errors import MedsslError
 from medssl.identity import run_identity
-from medssl.models import build_backbone, feature_dim, save_backbone
+from medssl.models import build_backbone, out_features, save_backbone
 from medssl.models.backbones import stem_note
 from medssl.names import INITS
 from medssl.options import DataOptions, HardwareOptions, ModelOptions, SSLOptions
@@ -196,8 +196,9 @@ def _train(cfg: PretrainConfig) -> Path:
                                start_epoch=run.resume_at[0] if run.resume_at else 0,
                                batch_size=batch_size)
     knn = knn_monitor(cfg, table, cache, batch_size)
-    backbone = build_backbone(cfg.arch, cfg.init, cfg.imagenet_weights, cfg.in_channels)
-    module = method(backbone, feature_dim(cfg.arch), cfg, cfg, seed=cfg.seed,
+    backbone = build_backbone(cfg.arch, cfg.init, cfg.imagenet_weights, cfg.in_channels,
+                              cfg.image_size)
+    module = method(backbone, out_features(backbone), cfg, cfg, seed=cfg.seed,
                     batch_transform=colour, **options)
     guard = Guard(method.title, cfg.lr, method.guard_hint)
     # The guard first: its epoch-end look comes before the read-outs, which a NaN would break.
@@ -323,7 +324,7 @@ def random_init(cfg: PretrainConfig):
     def make():
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
-            return build_backbone(cfg.arch, "random", None, cfg.in_channels)
+            return build_backbone(cfg.arch, "random", None, cfg.in_channels, cfg.image_size)
     return make
 
 

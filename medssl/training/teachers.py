@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from medssl.errors import MedsslError
-from medssl.models.backbones import empty_backbone, feature_dim, load_strict
+from medssl.models.backbones import empty_backbone, load_strict
+from medssl.models.timm_backbones import out_features
 from medssl.models.checkpoints import read_state_dict
 from medssl.records import RunRecord, UnreadableRecord, read_run_record
 from medssl.runs import SPLIT, best_checkpoint, finetune_finished
@@ -82,8 +83,10 @@ def load_teacher(run: str | Path, samples: pd.DataFrame, classes: list[str], dat
     # Built with its own random stream: initialising the (soon overwritten) weights must not move
     # the student's RNG, or its head would start elsewhere than without a teacher.
     with torch.random.fork_rng(devices=[]):
-        teacher = RunClassifier(empty_backbone(config["arch"], config.get("in_channels", 3)),
-                                make_head(config["head"], feature_dim(config["arch"]), len(classes)))
+        backbone = empty_backbone(config["arch"], config.get("in_channels", 3),
+                                  config.get("image_size"))
+        teacher = RunClassifier(backbone, make_head(config["head"], out_features(backbone),
+                                                    len(classes)))
     wanted = {k: v for k, v in state.items() if k.startswith(("backbone.", "head."))}
     load_strict(teacher, wanted, str(checkpoint))
     teacher.eval().requires_grad_(False)

@@ -17,6 +17,7 @@ from medssl.ranges import RANGES
 from medssl.oserrors import describe, writable_file, writable_folder
 from medssl.runs import finetune_finished
 from medssl.names import (ACCELERATORS, ARCHS, AUGMENT_PRESETS, DUPLICATE_POLICIES, HEADS, INITS,
+                          PROTOCOLS,
                           LR_SCALING, LR_SCHEDULES, OPTIMIZERS, PRECISIONS, PRIMARY_CHOICES,
                           SELECT_METRICS, STRATEGIES, method_names, parse_cohort, parse_distill,
                           prior_of)
@@ -377,8 +378,11 @@ def add_pretrain_args(p: argparse.ArgumentParser) -> None:
     add_ssl_flags(g)
     g.add_argument("--label-fraction", type=ranged("label_fraction"), default=1.0,
                    help="supcon only: learn from this seeded, stratified share of the labels")
-    g.add_argument("--init", choices=INITS, default="random",
-                   help="initial weights before pretraining: random (for M2) or imagenet (for M4)")
+    g.add_argument("--init", type=init_flag, default="random", metavar="INIT",
+                   help="initial weights before pretraining: random (for M2), imagenet (for M4), "
+                   "or a foundation prior from `medssl priors` (timm:NAME too: for F-<prior>+"
+                   "<method>)")
+    prior_weights_flag(g)
     g.add_argument("--seed", type=ranged("seed"), default=0, help="training seed (default 0)")
     run_folder_flags(g, "output folder (default runs/<dataset>/ssl-<init> for simclr, "
                      "ssl-<method>-<init> for the others)")
@@ -412,6 +416,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from medssl.training.pretrain import PretrainConfig, run_pretrain  # lazy: torch
 
     cfg = PretrainConfig(label_fraction=args.label_fraction, init=args.init, seed=args.seed,
+                         prior_weights=args.prior_weights,
                          out=args.out, resume=args.resume, force=args.force,
                          **part_from_args(args, SSLOptions), **shared(args))
     out = run_pretrain(cfg)
@@ -430,6 +435,31 @@ def checked_by(check):
             raise argparse.ArgumentTypeError(str(exc)) from None
         return text
     return flag_type
+
+
+def prior_flag(text: str) -> str:
+    """`--priors`: a registry name, timm:NAME or timm:NAME=PATH (models.foundation)."""
+    from medssl.models.foundation import parse_prior  # lazy: the models import torch
+
+    return checked_by(parse_prior)(text)
+
+
+def init_flag(text: str) -> str:
+    """`--init` of pretrain: random, imagenet, or a foundation prior's name (no '=PATH': that
+    is --prior-weights)."""
+    if text in INITS:
+        return text
+    if "=" in text:
+        raise argparse.ArgumentTypeError(f"{text}: the weights file goes in --prior-weights. "
+                                         f"Fix: --init {text.split('=')[0]} --prior-weights "
+                                         f"{text.split('=', 1)[1]}")
+    return prior_flag(text)
+
+
+def prior_weights_flag(g) -> None:
+    g.add_argument("--prior-weights", metavar="PATH",
+                   help="a foundation prior's weights file (safetensors or a state_dict of its "
+                   "timm model); default: the Hugging Face cache")
 
 
 def model_flag(text: str) -> str:
@@ -451,11 +481,14 @@ def add_finetune_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("finetuning")
     g.add_argument("--model", type=model_flag, metavar="MODEL",
                    help="M1 random, M2 random+SimCLR, M3 ImageNet, M4 ImageNet+SimCLR; "
-                   "M2-<method> / M4-<method> for another SSL method (e.g. M2-byol)")
+                   "M2-<method> / M4-<method> for another SSL method (e.g. M2-byol); "
+                   "F-<prior> from a foundation prior (`medssl priors`), F-<prior>+<method> "
+                   "from SSL on this dataset from it")
     g.add_argument("--mutual", nargs="+", type=model_flag, metavar="MODEL",
                    help="deep mutual learning instead of --model: train these models (two or "
                    "more) together, each also learning from the others' predictions; writes each "
                    "member's run and their ensemble's")
+    prior_weights_flag(g)
     g.add_argument("--ssl-checkpoint", help="backbone.pt (or its folder) for M2/M4 "
                    "(default runs/<dataset>/ssl-random or ssl-imagenet)")
     g.add_argument("--allow-other-dataset", action="store_true",
@@ -474,7 +507,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from medssl.training.finetune import FinetuneConfig, run_finetune  # lazy: torch
 
     cfg = FinetuneConfig(model=args.model or "", mutual=args.mutual,
-                         ssl_checkpoint=args.ssl_checkpoint,
+                         ssl_checkpoint=args.ssl_checkpoint, prior_weights=args.prior_weights,
                          allow_other_dataset=args.allow_other_dataset, seed=args.seed,
                          label_fraction=args.label_fraction, out=args.out, resume=args.resume,
                          force=args.force, teachers=args.teachers,
@@ -497,6 +530,18 @@ def add_compare_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ssl-methods", nargs="+", default=None, metavar="METHOD",
                    help="pretrain with each of these methods and finetune M2 and M4 from each "
                    "(e.g. simclr byol swav: M2, M2-byol, M2-swav, ...); default simclr")
+    g.add_argument("--priors", nargs="+", type=prior_flag, metavar="PRIOR",
+                   help="also finetune from these foundation priors: names from `medssl priors`, "
+                   "timm:MODEL_NAME, or timm:MODEL_NAME=PATH (a weights file); a row F-<prior> "
+                   "each. A prior whose weights are not here is skipped, saying where to get them")
+    g.add_argument("--continue-ssl", nargs="+", metavar="METHOD", choices=method_names(),
+                   help="also pretrain each prior of --priors with these methods on this "
+                   "dataset, then finetune: rows F-<prior>+<method> (the study's M4 for any prior)")
+    g.add_argument("--protocols", nargs="+", choices=PROTOCOLS, default=["finetune"],
+                   metavar="PROTOCOL",
+                   help="how each prior is judged: finetune (every weight trained, default), "
+                   "linear (a linear head on its frozen features, its rate chosen on val), knn "
+                   "(cosine kNN on them, k chosen on val); the table compares within a protocol")
     g.add_argument("--seeds", nargs="+", type=ranged("seeds"), default=[0, 1, 2])
     g.add_argument("--label-fractions", nargs="+", type=ranged("label_fractions"), default=None,
                    help="label fractions to finetune at (default 1.0; the demo 1.0 and 0.1)")
@@ -545,6 +590,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
                         images_dir=args.images_dir, resume=args.resume, ssl=ssl,
                         cell=args.cell,
                         shared_ssl=args.shared_ssl, distill=args.distill,
+                        priors=args.priors, continue_ssl=args.continue_ssl,
+                        protocols=args.protocols,
                         mutual=args.mutual,
                         analysis=AnalysisOptions(**part_from_args(args, AnalysisOptions)),
                         recipe=RecipeOptions(**part_from_args(args, RecipeOptions)), **shared(args))

@@ -25,7 +25,8 @@ from medssl.options import MAY_CHANGE
 from medssl.runs import IDENTITY
 
 # Fields named by what they point at (`files` of run_identity) rather than by their path.
-BY_CONTENT = frozenset({"split_file", "ssl_checkpoint", "teachers", "assigned", "extra"})
+BY_CONTENT = frozenset({"split_file", "ssl_checkpoint", "teachers", "assigned", "extra",
+                        "prior_weights"})
 
 
 def file_digest(path) -> str | None:

@@ -24,6 +24,9 @@ HEADS = ("linear", "mlp")  # training.classifier
 SELECT_METRICS = {"loss": "min", "acc": "max", "balanced_acc": "max", "macro_f1": "max",
                   "auroc": "max"}
 LR_SCHEDULES = ("constant", "cosine")
+# How a prior is judged: finetuned whole, or frozen with a linear head or kNN on its features
+# (training.frozen). The table compares priors within a protocol.
+PROTOCOLS = ("finetune", "linear", "knn")
 OPTIMIZERS = ("adam", "sgd", "lars")  # pretraining (training.methods.base)
 AUGMENT_PRESETS = ("study", "xray")  # data.transforms
 DUPLICATE_POLICIES = ("drop", "keep")  # data.splits
@@ -52,9 +55,12 @@ def method_names() -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class Prior:
-    init: str  # the weights before any SSL: random or imagenet
+    # the weights before any SSL: random, imagenet, or a foundation prior's label (its registry
+    # name or timm:NAME: models.foundation)
+    init: str
     method: str | None  # the self-supervised method on the target dataset next, or None
     title: str
+    foundation: bool = False  # the init is a foundation prior (an F-<prior> row)
 
     @property
     def ssl(self) -> bool:
@@ -68,12 +74,41 @@ STUDY_MODELS = {"M1": ("random", False), "M2": ("random", True), "M3": ("imagene
 INIT_TITLES = {"random": "random init", "imagenet": "ImageNet init"}
 
 
+# A foundation prior's rows: F-<prior> finetunes from it, F-<prior>+<method> pretrains with the
+# method on the target data from it first (the study's M4, generalised to any prior).
+FOUNDATION = "F-"
+
+
+def foundation_prior(model: str) -> Prior:
+    """F-<prior> or F-<prior>+<method>. The prior's label is checked against the registry by the
+    layers that load it (models.foundation.parse_prior): this layer imports no models."""
+    label, plus, method = model[len(FOUNDATION):].partition("+")
+    if not label or (plus and not method):
+        raise MedsslError(f"Unknown model '{model}'. A foundation prior's rows are F-<prior> and "
+                          "F-<prior>+<method>, e.g. F-dinov2-vitb14, F-timm:convnext_tiny+simclr.")
+    if not plus:
+        return Prior(label, None, label, foundation=True)
+    if method not in METHOD_TITLES:
+        raise MedsslError(f"Unknown method '{method}' in model '{model}'. Choose one of: "
+                          f"{', '.join(method_names())}.")
+    return Prior(label, method, f"{label} + {METHOD_TITLES[method]}", foundation=True)
+
+
+def foundation_model(label: str, method: str | None = None) -> str:
+    """The row of a foundation prior (`--priors`), and of SSL from it (`--continue-ssl`)."""
+    return FOUNDATION + label + (f"+{method}" if method else "")
+
+
 def prior_of(model: str) -> Prior:
-    """What a model name means: M1-M4, or M2-<method> / M4-<method> for another SSL method."""
+    """What a model name means: M1-M4, M2-<method> / M4-<method> for another SSL method, or a
+    foundation prior's F-<prior> / F-<prior>+<method>."""
+    if model.startswith(FOUNDATION):
+        return foundation_prior(model)
     base, dash, method = model.partition("-")
     if base not in STUDY_MODELS or (dash and (not STUDY_MODELS[base][1] or not method)):
         raise MedsslError(f"Unknown model '{model}'. Choose M1, M2, M3, M4, or M2-<method> / "
-                          f"M4-<method> with a method from: {', '.join(method_names())}.")
+                          f"M4-<method> with a method from: {', '.join(method_names())}; or "
+                          "F-<prior> for a foundation prior (`medssl priors`).")
     if method == "simclr":
         raise MedsslError(f"'{model}' is called {base}: SimCLR is the study's method, and its "
                           "models keep the study's names.")
@@ -110,7 +145,7 @@ def model_folder(model: str) -> str:
     M2-<method> are their own folders. (A cohort's members live inside the cohort's run folder:
     `member_folder`.)"""
     return (model.replace("→", "-to-").replace("(", "-").replace(")", "")
-            .replace("/", "-").replace("--", "-"))
+            .replace("/", "-").replace(":", "-").replace("--", "-"))
 
 
 def member_folder(out, member: str):
@@ -121,9 +156,21 @@ def member_folder(out, member: str):
     return Path(out) / model_folder(member)
 
 
+def split_models(spec: str) -> list[str]:
+    """'M3+M4' -> ['M3', 'M4']; a method after '+' belongs to the foundation row before it:
+    'F-x+simclr+M1' -> ['F-x+simclr', 'M1']."""
+    out: list[str] = []
+    for part in (p.strip() for p in spec.split("+")):
+        if out and out[-1].startswith(FOUNDATION) and "+" not in out[-1] and part in METHOD_TITLES:
+            out[-1] += "+" + part
+        else:
+            out.append(part)
+    return out
+
+
 def parse_cohort(spec: str) -> list[str]:
     """'M3+M4' -> ['M3', 'M4']: two or more different models."""
-    members = [m.strip() for m in spec.split("+")]
+    members = split_models(spec)
     for m in members:
         prior_of(m)
     if len(members) < 2:
@@ -142,7 +189,7 @@ def parse_distill(spec: str) -> tuple[list[str], str]:
     if not colon or not teachers or not student:
         raise MedsslError(f"'{spec}' is not TEACHER:STUDENT. Fix: e.g. M3:M1, or M3+M4:M1 for "
                           "an ensemble teacher.")
-    names = [t.strip() for t in teachers.split("+")]
+    names = split_models(teachers)
     for m in (*names, student):
         prior_of(m)
     return names, student.strip()

@@ -101,6 +101,7 @@ class RunRecord(_Record):
     schema: int = SCHEMA  # the version of this record's layout
     dataset: str | None = None  # the dataset's name (covid19, ham10000, ...)
     model: str | None = None  # the model's name in the table: M1, M2-byol, KD(M3→M1), DML(...)
+    protocol: str = "finetune"  # or a frozen protocol: linear, knn (training.frozen)
     seed: int | None = None  # the finetuning seed
     label_fraction: float | None = None  # the share of labelled train images used
     labelled_train_images: int | None = None  # how many train images that share is
@@ -162,6 +163,8 @@ class BackboneRecord(_Record):
     image_size: int | None = None  # pixels of a side
     in_channels: int = 3  # the input channels: 1 for a grey stem
     stem_adapted: str | None = None  # how ImageNet's RGB stem was fitted to them, if it was
+    # the foundation prior it started from (init: its label): weights file, license, input size
+    foundation: dict | None = None
     normalize: dict | None = None  # the mean and std of the input normalisation, per channel
     epochs: int | None = None  # epochs run
     epochs_planned: int | None = None  # epochs asked of the Trainer (epochs_from says why)

@@ -82,13 +82,19 @@ def dataset_dir(dataset: str) -> Path:
 
 def ssl_dir(base: Path, init: str, method: str = "simclr") -> Path:
     """SimCLR, the study's method, keeps the study's folder names (ssl-random, ssl-imagenet);
-    every other method carries its name: ssl-<method>-<init>."""
+    every other method carries its name: ssl-<method>-<init>. A foundation prior's label is its
+    init (timm:NAME spelt timm-NAME: no colon in a folder name)."""
+    init = init.replace(":", "-")
     return Path(base) / (f"ssl-{init}" if method == "simclr" else f"ssl-{method}-{init}")
 
 
-def finetune_dir(base: Path, model: str, seed: int, label_fraction: float = 1.0) -> Path:
+def finetune_dir(base: Path, model: str, seed: int, label_fraction: float = 1.0,
+                 protocol: str = "finetune") -> Path:
+    """A model's run at a seed and label fraction; a frozen protocol's (linear, knn) in a
+    folder of its own inside the model's."""
     frac = "" if label_fraction == 1.0 else f"frac{label_fraction:g}"
-    return Path(base) / model_folder(model) / frac / f"seed{seed}"
+    inside = "" if protocol == "finetune" else protocol
+    return Path(base) / model_folder(model) / inside / frac / f"seed{seed}"
 
 
 

@@ -75,7 +75,7 @@ def test_a_gated_prior_without_its_file_says_where_to_get_it(no_hf_cache):
         load_foundation(parse_prior("retfound"), 3, 224)
     said = str(err.value)
     assert "huggingface.co/YukunZhou/RETFound_mae_natureCFP (gated" in said
-    assert "CC BY-NC 4.0" in said and "timm:vit_large_patch16_224=PATH" in said
+    assert "CC BY-NC 4.0" in said and "retfound=PATH" in said
 
 
 def test_a_prior_whose_library_is_not_installed_names_the_extra(monkeypatch):

@@ -25,12 +25,16 @@ from medssl.data.prepare import data_config
 from medssl.data.splits import write_split_csv
 from medssl.errors import MedsslError
 from medssl.experiments.grid import (Cell, cell_runs, depends_on, extra_runs, finetune_config,
-                                     finished, plan, pretrain_config, pretraining_dir)
+                                     finished, frozen_configs, plan, pretrain_config,
+                                     pretraining_dir, prior_files)
 from medssl.experiments.lr_search import adopt, check_grid, same_choice, search_lr
 from medssl.identity import (FIX_REUSE, check_same_run, differences, read_identity,
                              run_identity, write_identity)
 from medssl.models.backbones import imagenet_state_dict
-from medssl.names import method_names, model_name, prior_of, task_metrics
+from medssl.models.foundation import parse_prior, prior_spec
+from medssl.models.foundation_load import PriorUnavailable, check_loadable
+from medssl.names import (PROTOCOLS, foundation_model, method_names, model_name, prior_of,
+                          task_metrics)
 from medssl.options import (AnalysisOptions, DataOptions, HardwareOptions, ModelOptions,
                             RecipeOptions, SSLOptions, part_of)
 from medssl.oserrors import writable_folder
@@ -44,6 +48,7 @@ from medssl.training.checks import check_hardware, check_places, imagenet_weight
 from medssl.training.distributed import is_rank_zero, wait_for_rank_zero
 from medssl.training import finetune, pretrain
 from medssl.training.finetune import FinetuneConfig, run_finetune
+from medssl.training.frozen import run_frozen
 from medssl.training.pretrain import run_pretrain
 
 log = logging.getLogger("medssl")
@@ -56,6 +61,13 @@ class CompareConfig(DataOptions, HardwareOptions, ModelOptions):
 
     models: list[str] = field(default_factory=lambda: ["M1", "M2", "M3", "M4"])
     ssl_methods: list[str] | None = None  # M2 and M4 from each (default: simclr, the study's)
+    # Foundation priors (models.foundation): a row F-<prior> each, finetuned from it; and with
+    # continue_ssl, F-<prior>+<method>: each method on the target data from the prior first.
+    priors: list[str] | None = None
+    continue_ssl: list[str] | None = None
+    # How each prior is judged (names.PROTOCOLS): finetuned whole, and/or frozen (a linear head,
+    # kNN) on features computed once per prior and seed (training.frozen)
+    protocols: list[str] = field(default_factory=lambda: ["finetune"])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     label_fractions: list[float] | None = None  # default: the preset's (1.0; demo 1.0 and 0.1)
     ssl: SSLOptions = field(default_factory=SSLOptions)
@@ -77,7 +89,7 @@ def resolve(cfg: CompareConfig) -> CompareConfig:
     method; the models distilled and mutual runs need trained alone), the grid's folder, the
     label fractions, the arch, and the lr grid (the fair default: a search per prior)."""
     preset = preset_for(cfg.dataset)
-    models = grid_models(cfg.models, cfg.ssl_methods)
+    models = grid_models(cfg.models, cfg.ssl_methods) + foundation_rows(cfg)
     for name, needed, _ in extra_runs(cfg):  # teachers, students and members trained alone too
         added = [m for m in needed if m not in models]
         if added:
@@ -118,6 +130,7 @@ def run_compare(cfg: CompareConfig) -> tuple[Path, dict[str, str]]:
 def _run_grid(cfg: CompareConfig, base: Path, only: Cell | None) -> tuple[Path, dict[str, str]]:
     base.mkdir(parents=True, exist_ok=True)
     skipped = imagenet_skips(cfg)
+    foundation_skips(cfg, skipped)
     models = [m for m in cfg.models if m not in skipped]
     extra_skips(cfg, skipped)
     # Remembered for `medssl report`, which rebuilds the table without rerunning this check
@@ -139,6 +152,8 @@ def _run_grid(cfg: CompareConfig, base: Path, only: Cell | None) -> tuple[Path, 
     for cell in cells:
         if cell.kind == "pretrain":
             run_pretrain_cell(cfg, base, cell, common)
+        elif cell.kind == "frozen":
+            run_frozen_cell(cfg, base, cell, common)
         elif cell.kind == "finetune":
             log.info("[%d/%d] %s at label fraction %g, seeds %s (cell %s)",
                      finetunes.index(cell) + 1, len(finetunes), cell.model, cell.label_fraction,
@@ -242,6 +257,21 @@ def run_finetune_cell(cfg: CompareConfig, base: Path, cell: Cell, common: dict) 
             adopt(search[lr][seed], run, cfg.recipe.lr_grid, lr, record)
 
 
+def run_frozen_cell(cfg: CompareConfig, base: Path, cell: Cell, common: dict) -> None:
+    """The frozen protocols of one model at one label fraction, seed by seed: finished runs
+    reused (as the runs they are: medssl.identity), the others run together on one set of
+    features."""
+    for seed in cfg.seeds:
+        cfgs = frozen_configs(cfg, base, cell, seed, common)
+        if all(finetune_finished(Path(c.out)) for c in cfgs):
+            for c in cfgs:
+                reuse(Path(c.out), c, None)
+            continue
+        log.info("%s, frozen (%s), seed %d, label fraction %g (cell %s)", cell.model,
+                 ", ".join(c.protocol for c in cfgs), seed, cell.label_fraction, cell.name)
+        run_frozen(cfgs)
+
+
 def run_extra_cell(cfg: CompareConfig, base: Path, cell: Cell, common: dict,
                    skipped: dict) -> None:
     """A distilled student or a cohort at one seed, once the models it needs are trained."""
@@ -316,12 +346,25 @@ def shared_split(cfg: CompareConfig, base: Path) -> Path:
 def check_grid_flags(cfg: CompareConfig, base: Path) -> None:
     """What every run of the grid would refuse, refused once before the grid starts."""
     check_values(cfg)  # every number of the grid and its parts against its range
+    check_protocols(cfg)
     if cfg.recipe.lr_grid:
         check_grid(cfg.recipe.lr_grid, cfg.recipe.lr)
     check_hardware(cfg)
     check_places(base, cfg.cache, cfg)
     if cfg.images_dir:
         writable_folder(cfg.images_dir, "--images-dir")
+
+
+def check_protocols(cfg: CompareConfig) -> None:
+    """Known protocols, each once; distilled and mutual rows are finetunings of finetuned runs."""
+    unknown = [p for p in cfg.protocols if p not in PROTOCOLS]
+    if unknown or not cfg.protocols or len(set(cfg.protocols)) < len(cfg.protocols):
+        raise MedsslError(f"--protocols {' '.join(cfg.protocols)}: name each of "
+                          f"{', '.join(PROTOCOLS)} at most once, one at least.")
+    if (cfg.distill or cfg.mutual) and "finetune" not in cfg.protocols:
+        raise MedsslError("--distill and --mutual train from finetuned runs, and --protocols "
+                          f"{' '.join(cfg.protocols)} finetunes none. Fix: add finetune to "
+                          "--protocols.")
 
 
 def grid_models(models: list[str], methods: list[str] | None) -> list[str]:
@@ -337,6 +380,39 @@ def grid_models(models: list[str], methods: list[str] | None) -> list[str]:
         expanded = [model_name(m, x) for x in methods] if methods and m in ("M2", "M4") else [m]
         out += [e for e in expanded if e not in out]
     return out
+
+
+def foundation_rows(cfg: CompareConfig) -> list[str]:
+    """F-<prior> for each of --priors, and F-<prior>+<method> for each of --continue-ssl."""
+    unknown = [m for m in cfg.continue_ssl or [] if m not in method_names()]
+    if unknown:
+        raise MedsslError(f"Unknown --continue-ssl {', '.join(unknown)}. Choose from: "
+                          f"{', '.join(method_names())}.")
+    if cfg.continue_ssl and not cfg.priors:
+        raise MedsslError("--continue-ssl pretrains from the foundation priors of --priors, and "
+                          "none is given. Fix: add --priors NAME ... (`medssl priors`).")
+    labels = [parse_prior(p).label for p in cfg.priors or []]
+    repeated = sorted({x for x in labels if labels.count(x) > 1})
+    if repeated:
+        raise MedsslError(f"--priors names {repeated[0]} more than once (a row per prior). Fix: "
+                          "name each prior once.")
+    return [foundation_model(label, method) for label in labels
+            for method in (None, *(cfg.continue_ssl or []))]
+
+
+def foundation_skips(cfg: CompareConfig, skipped: dict) -> None:
+    """The rows of the foundation priors whose weights, or library, are not on this machine,
+    added to `skipped` with what is missing, where to put it and the license (PriorUnavailable);
+    the rest of the grid runs. An F-<prior>+<method> row pretrains from the prior: skipped too."""
+    files = prior_files(cfg)
+    for label, file in files.items():
+        try:
+            check_loadable(prior_spec(label, file))
+        except PriorUnavailable as exc:
+            rows = [m for m in cfg.models if m.startswith(foundation_model(label))
+                    and prior_of(m).init == label]
+            skipped.update({m: str(exc) for m in rows})
+            log.warning("skipping %s: %s", ", ".join(rows), exc)
 
 
 def imagenet_skips(cfg: CompareConfig) -> dict[str, str]:

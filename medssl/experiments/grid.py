@@ -15,10 +15,11 @@ name: `medssl compare ... --cell NAME`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from medssl.errors import MedsslError
+from medssl.models.foundation import parse_prior
 from medssl.names import dml_name, kd_name, parse_cohort, parse_distill, prior_of
 from medssl.options import RecipeOptions, SSLOptions, part_of
 from medssl.records import read_run_record
@@ -28,7 +29,8 @@ from medssl.training.methods import get_method
 from medssl.training.pretrain import PretrainConfig
 from medssl.experiments.lr_search import lr_choice
 
-KINDS = ("pretrain", "finetune", "extra")
+KINDS = ("pretrain", "finetune", "frozen", "extra")
+ALL_SEEDS = ("finetune", "frozen")  # the kinds whose cell holds every seed
 
 
 @dataclass(frozen=True)
@@ -49,12 +51,13 @@ class Cell:
     def parse(cls, name: str) -> Cell:
         parts = name.split(":")
         fix = ("Fix: name a cell as `compare` logs it: pretrain:MODEL:FRACTION:SEED, "
-               "finetune:MODEL:FRACTION or extra:NAME:FRACTION:SEED.")
-        if parts[0] not in KINDS or len(parts) != (3 if parts[0] == "finetune" else 4):
+               "finetune:MODEL:FRACTION, frozen:MODEL:FRACTION or extra:NAME:FRACTION:SEED.")
+        tail = 1 if parts[0] in ALL_SEEDS else 2  # a model's name may hold ':' (F-timm:NAME)
+        if parts[0] not in KINDS or len(parts) < 2 + tail:
             raise MedsslError(f"'{name}' is not a cell of the grid. {fix}")
         try:
-            seed = int(parts[3]) if len(parts) == 4 else None
-            return cls(parts[0], parts[1], float(parts[2]), seed)
+            seed = int(parts[-1]) if tail == 2 else None
+            return cls(parts[0], ":".join(parts[1:-tail]), float(parts[-tail]), seed)
         except ValueError:
             raise MedsslError(f"'{name}': its label fraction or seed is not a number. {fix}") \
                 from None
@@ -116,14 +119,16 @@ def plan(cfg, base: Path, models: list[str]) -> list[Cell]:
                 cell = pretraining_cell(cfg, model, frac, seed)
                 if cell and cell not in cells:
                     cells.append(cell)
-    cells += [Cell("finetune", m, f) for f in cfg.label_fractions for m in models]
+    kinds = [k for k, asked in (("finetune", "finetune" in cfg.protocols),
+                                ("frozen", set(cfg.protocols) - {"finetune"})) if asked]
+    cells += [Cell(k, m, f) for f in cfg.label_fractions for k in kinds for m in models]
     return cells + [Cell("extra", name, f, s) for name, _, _ in extra_runs(cfg)
                     for f in cfg.label_fractions for s in cfg.seeds]
 
 
 def depends_on(cfg, cell: Cell) -> list[Cell]:
     """The cells that must be finished before `cell` runs."""
-    if cell.kind == "finetune":
+    if cell.kind in ALL_SEEDS:
         cells = [pretraining_cell(cfg, cell.model, cell.label_fraction, s) for s in cfg.seeds]
         return list(dict.fromkeys(c for c in cells if c))
     if cell.kind == "extra":
@@ -141,7 +146,13 @@ def cell_runs(cfg, base: Path, cell: Cell) -> list[Path]:
         return [pretraining_dir(base, cell.model, cell.label_fraction, cell.seed,
                                 not cfg.shared_ssl)]
     seeds = cfg.seeds if cell.seed is None else [cell.seed]
-    return [finetune_dir(base, cell.model, s, cell.label_fraction) for s in seeds]
+    protocols = frozen_protocols(cfg) if cell.kind == "frozen" else ["finetune"]
+    return [finetune_dir(base, cell.model, s, cell.label_fraction, p) for s in seeds
+            for p in protocols]
+
+
+def frozen_protocols(cfg) -> list[str]:
+    return [p for p in cfg.protocols if p != "finetune"]
 
 
 def finished(cfg, base: Path, cell: Cell) -> bool:
@@ -158,7 +169,18 @@ def pretrain_config(cfg, base: Path, cell: Cell, common: dict, resume: bool) -> 
     ssl = {**part_of(cfg.ssl, SSLOptions), "method": prior.method}
     return PretrainConfig(init=prior.init, out=str(folder), resume=resume, force=True, **ssl,
                           label_fraction=ssl_frac, seed=ssl_seed,
-                          imagenet_weights=weights_of(cfg, prior.init), **common)
+                          imagenet_weights=weights_of(cfg, prior.init),
+                          **own_network(cfg, cell.model, common, pretraining=True))
+
+
+def frozen_configs(cfg, base: Path, cell: Cell, seed: int, common: dict) -> list[FinetuneConfig]:
+    """A `frozen` cell's runs at `seed`: one per frozen protocol, each the model's finetuning
+    config but for the protocol, its folder, and the rate (the head has its own grid:
+    training.frozen)."""
+    alone = finetune_config(cfg, base, Cell("finetune", cell.model, cell.label_fraction), seed,
+                            common)
+    return [replace(alone, protocol=p, lr_grid=None, out=str(finetune_dir(
+        base, cell.model, seed, cell.label_fraction, p))) for p in frozen_protocols(cfg)]
 
 
 def finetune_config(cfg, base: Path, cell: Cell, seed: int, common: dict) -> FinetuneConfig:
@@ -172,7 +194,8 @@ def finetune_config(cfg, base: Path, cell: Cell, seed: int, common: dict) -> Fin
                  resume=cfg.resume, **common)
     if cell.kind == "finetune":
         return FinetuneConfig(model=cell.model, **recipe, ssl_checkpoint=ssl_of(cfg, base, cell.model, frac, seed),
-                              imagenet_weights=weights_of(cfg, prior_of(cell.model).init), **place)
+                              imagenet_weights=weights_of(cfg, prior_of(cell.model).init),
+                              **{**place, **own_network(cfg, cell.model, common)})
     _, needed, student = next(e for e in extra_runs(cfg) if e[0] == cell.model)
     own, given = {}, Assigned()
     if cfg.recipe.lr_grid:  # the student's (or first member's) rate, and its search
@@ -181,6 +204,7 @@ def finetune_config(cfg, base: Path, cell: Cell, seed: int, common: dict) -> Fin
         if record is not None:
             given.lr_choice = lr_choice(cfg.recipe.lr_grid, lr, record)
     if student:  # distillation: the teachers are this seed's runs trained alone
+        place.update(own_network(cfg, student, common))
         own.update(model=student, ssl_checkpoint=ssl_of(cfg, base, student, frac, seed),
                    teachers=[str(finetune_dir(base, t, seed, frac)) for t in needed[:-1]])
     else:
@@ -192,6 +216,22 @@ def finetune_config(cfg, base: Path, cell: Cell, seed: int, common: dict) -> Fin
     inits = {prior_of(m).init for m in needed}
     return FinetuneConfig(**own, **recipe, **place, assigned=given, imagenet_weights=weights_of(
         cfg, "imagenet" if "imagenet" in inits else "random"))
+
+
+def prior_files(cfg) -> dict[str, Path | None]:
+    """Each `--priors` prior's label -> its weights file (None: the Hugging Face cache)."""
+    return {spec.label: spec.file for spec in map(parse_prior, cfg.priors or [])}
+
+
+def own_network(cfg, model: str, common: dict, pretraining: bool = False) -> dict:
+    """A foundation prior's runs (F-<prior>, and the pretraining of F-<prior>+<method>) on the
+    prior's own network and with its weights file (a finetuning of F-<prior>+<method> starts
+    from its SSL backbone instead); every other run on the grid's --arch."""
+    prior = prior_of(model)
+    if not prior.foundation:
+        return common
+    weights = prior_files(cfg).get(prior.init) if pretraining or not prior.ssl else None
+    return {**common, "arch": None, "prior_weights": str(weights) if weights else None}
 
 
 def ssl_of(cfg, base: Path, model: str, frac: float, seed: int) -> str | None:

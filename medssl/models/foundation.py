@@ -68,7 +68,7 @@ PRIORS: dict[str, FoundationPrior] = {p.name: p for p in (
                     "vit_large_patch16_224", "CC BY-NC 4.0 (non-commercial use only)", 224,
                     *IMAGENET, gated=True, weights_repo="YukunZhou/RETFound_mae_natureCFP",
                     note="its weights are not timm's: request access on Hugging Face, download "
-                         "the checkpoint, and pass it as timm:vit_large_patch16_224=PATH"),
+                         "the checkpoint, and pass it as retfound=PATH"),
 )}
 
 
@@ -93,10 +93,17 @@ class PriorSpec:
 
 
 def parse_prior(text: str) -> PriorSpec:
-    """`--priors` values: NAME from the registry, timm:MODEL_NAME, or timm:MODEL_NAME=PATH.
+    """`--priors` values: NAME from the registry (NAME=PATH with its weights file, for the ones
+    timm builds), timm:MODEL_NAME, or timm:MODEL_NAME=PATH.
     MedsslError naming the choices otherwise (names only: weights are looked for later)."""
     if text in PRIORS:
         return PriorSpec(text, PRIORS[text], PRIORS[text].timm_model, None)
+    name, eq, path = text.partition("=")
+    if name in PRIORS and PRIORS[name].library == "timm":  # a registry prior's own file
+        if not path:
+            raise MedsslError(f"--priors {text}: no file after '='. Fix: {name}=PATH to its "
+                              "weights (safetensors or a state_dict).")
+        return PriorSpec(text, PRIORS[name], PRIORS[name].timm_model, Path(path).expanduser())
     if text.startswith(PREFIX) and len(text) > len(PREFIX):
         name, eq, path = text[len(PREFIX):].partition("=")
         if eq and not path:
@@ -105,6 +112,48 @@ def parse_prior(text: str) -> PriorSpec:
         return PriorSpec(text, None, name, Path(path).expanduser() if eq else None)
     raise MedsslError(f"Unknown prior {text!r}. Choose one of: {', '.join(PRIORS)}, "
                       "timm:MODEL_NAME, or timm:MODEL_NAME=PATH (`medssl priors` lists them).")
+
+
+def prior_spec(label: str, weights: str | os.PathLike | None = None) -> PriorSpec:
+    """The spec of a row's prior: its label (F-<label>) and the weights file a run was given."""
+    spec = parse_prior(label)
+    if weights is None:
+        return spec
+    if spec.timm_model is None or (spec.entry and spec.entry.library != "timm"):
+        raise MedsslError(f"--prior-weights {weights}: {label} is not built by timm, so a weights "
+                          "file cannot stand for it. Fix: drop --prior-weights.")
+    return PriorSpec(f"{PREFIX}{spec.timm_model}={weights}", spec.entry, spec.timm_model,
+                     Path(weights).expanduser())
+
+
+def prior_arch(spec: PriorSpec) -> str | None:
+    """The `--arch` a prior's rows run on (timm:NAME), or None for one timm does not build."""
+    if spec.entry is not None and spec.entry.library != "timm":
+        return None
+    return PREFIX + spec.timm_model
+
+
+def prior_stats(spec: PriorSpec) -> tuple[tuple, tuple]:
+    """The normalisation a prior was trained with: the registry's, or, for a bare timm name,
+    timm's for that model's default weights (ImageNet's where timm names none)."""
+    if spec.entry is not None:
+        return tuple(spec.entry.mean), tuple(spec.entry.std)
+    import timm  # lazy: this module stays light for `medssl priors`
+
+    cfg = timm.models.get_pretrained_cfg(spec.timm_model)
+    mean, std = (getattr(cfg, "mean", None), getattr(cfg, "std", None)) if cfg else (None, None)
+    return (tuple(mean), tuple(std)) if mean and std else IMAGENET
+
+
+def prior_input_size(spec: PriorSpec) -> int | None:
+    """The side a prior was pretrained at (recorded beside the run's own size)."""
+    if spec.entry is not None:
+        return spec.entry.input_size
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(spec.timm_model)
+    size = getattr(cfg, "input_size", None) if cfg else None
+    return int(size[-1]) if size else None
 
 
 def hf_cache() -> Path:

@@ -12,6 +12,7 @@ fit, and may go to the network: it is not used.)
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -20,9 +21,11 @@ from torch import nn
 from medssl.errors import MedsslError
 from medssl.models.backbones import load_strict
 from medssl.models.checkpoints import read_state_dict
-from medssl.models.foundation import PriorSpec, hf_cache, parse_prior
+from medssl.models.foundation import (PriorSpec, hf_cache, parse_prior, prior_input_size,
+                                     prior_stats)
 from medssl.models.timm_backbones import PREFIX, create_timm
 
+log = logging.getLogger("medssl")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
@@ -65,7 +68,7 @@ def weights_file(spec: PriorSpec) -> Path:
             f"Prior {entry.name} ({entry.title}) needs its weights as a file: they are at "
             f"huggingface.co/{entry.weights_repo}{' (gated: log in and accept its license)' if entry.gated else ''}. "
             f"Fix: download them on a machine with internet and pass --priors "
-            f"{PREFIX}{entry.timm_model}=PATH.{_license(spec)}")
+            f"{entry.name}=PATH.{_license(spec)}")
     tag = entry.source if entry else spec.timm_model
     repo, found = cached_weights(tag)
     if found is None:
@@ -120,12 +123,12 @@ def _filtered(model: nn.Module, state: dict, in_channels: int) -> dict:
     return state
 
 
-def load_foundation(spec: PriorSpec, in_channels: int, image_size: int) -> tuple[nn.Module, dict]:
-    """Any `--priors` value's backbone with its weights (PriorUnavailable where they, or the
-    library they need, are not on this machine)."""
+def check_loadable(spec: PriorSpec) -> Path | None:
+    """The weights file of a timm prior; PriorUnavailable where they, or the library a prior
+    needs, are not on this machine (nothing is built: `compare` asks this of every prior first)."""
     entry = spec.entry
     if entry is None or entry.library == "timm":
-        return load_timm_prior(spec, in_channels, image_size)
+        return weights_file(spec)
     try:
         __import__(entry.module)
     except ImportError:
@@ -137,6 +140,13 @@ def load_foundation(spec: PriorSpec, in_channels: int, image_size: int) -> tuple
                            f"weights converted to timm's layout.{_license(spec)}")
 
 
+def load_foundation(spec: PriorSpec, in_channels: int, image_size: int) -> tuple[nn.Module, dict]:
+    """Any `--priors` value's backbone with its weights (PriorUnavailable where they, or the
+    library they need, are not on this machine)."""
+    check_loadable(spec)
+    return load_timm_prior(spec, in_channels, image_size)
+
+
 def load_timm_prior(spec: PriorSpec, in_channels: int, image_size: int) -> tuple[nn.Module, dict]:
     """The prior's backbone at the run's size and channels with its weights, strictly; and what
     to record of it (the file, the timm model, the license)."""
@@ -146,5 +156,10 @@ def load_timm_prior(spec: PriorSpec, in_channels: int, image_size: int) -> tuple
     load_strict(model, state, f"Prior {spec.text} ({path})",
                 fix=f"Fix: a weights file of timm's {spec.timm_model} (its state_dict or "
                 "safetensors), or the timm:MODEL_NAME it was saved from.")
+    if spec.entry is not None and spec.entry.gated:  # said each time it is used
+        log.warning("Prior %s: license %s", spec.label, spec.entry.license)
+    mean, std = prior_stats(spec)
     return model, {"prior": spec.label, "timm_model": spec.timm_model, "weights": str(path),
-                   "license": spec.entry.license if spec.entry else None}
+                   "license": spec.entry.license if spec.entry else None,
+                   "prior_input_size": prior_input_size(spec),
+                   "normalize": {"mean": list(mean), "std": list(std)}}

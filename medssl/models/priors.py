@@ -1,5 +1,6 @@
 """The four priors of the study, as backbones: M1 random, M2 SSL from random, M3 ImageNet,
-M4 SSL from ImageNet.
+M4 SSL from ImageNet; and a foundation prior's rows, F-<prior> and F-<prior>+<method> (SSL
+from it).
 
 An SSL prior is a `backbone.pt` written by `medssl pretrain`; its JSON must say it was made for
 the same arch, from the right init and on the same dataset. Anything else is an error naming the
@@ -14,11 +15,13 @@ from pathlib import Path
 from torch import nn
 
 from medssl.errors import MedsslError
-from medssl.names import prior_of
+from medssl.names import INITS, prior_of
 from medssl.options import ModelOptions
 from medssl.models.backbones import (DEFAULT_IMAGENET, build_backbone, empty_backbone, load_strict,
                                      stem_note)
 from medssl.models.checkpoints import read_meta, read_state_dict
+from medssl.models.foundation import prior_spec
+from medssl.models.foundation_load import load_foundation
 from medssl.runs import BACKBONE, SPLIT, dataset_dir, ssl_dir
 
 
@@ -32,13 +35,29 @@ def ssl_backbone_path(model: str, dataset: str, ssl_checkpoint: str | os.PathLik
     return ssl_dir(base or dataset_dir(dataset), prior.init, prior.method) / BACKBONE
 
 
+def start_backbone(arch: str, init: str, imagenet_weights, in_channels: int, image_size: int,
+                   prior_weights=None) -> tuple[nn.Module, dict | None]:
+    """The backbone a run starts from before any SSL: random, ImageNet, or a foundation prior
+    (`init` its label; `prior_weights` its file), and what to record of a foundation prior."""
+    if init in INITS:
+        return build_backbone(arch, init, imagenet_weights, in_channels, image_size), None
+    return load_foundation(prior_spec(init, prior_weights), in_channels, image_size)
+
+
 def load_prior(model: str, options: ModelOptions, dataset: str, ssl_checkpoint=None, *,
-               allow_other_dataset: bool = False, base: Path | None = None) -> tuple[nn.Module, dict]:
+               allow_other_dataset: bool = False, base: Path | None = None,
+               prior_weights=None) -> tuple[nn.Module, dict]:
     """The backbone of `model` with its prior loaded, and a record of where the prior came from.
-    `options` (the arch, its ImageNet weights) is the run's model part, resolved."""
+    `options` (the arch, its ImageNet weights) is the run's model part, resolved;
+    `prior_weights` a foundation prior's file (F-<prior> rows)."""
     prior = prior_of(model)
     arch, imagenet_weights = options.arch, options.imagenet_weights
     channels = options.in_channels
+    if prior.foundation and not prior.ssl:
+        backbone, found = start_backbone(arch, prior.init, None, channels, options.image_size,
+                                         prior_weights)
+        return backbone, {"model": model, "init": prior.init, "arch": arch,
+                          "in_channels": channels, "foundation": found}
     if not prior.ssl:
         source = {"model": model, "init": prior.init, "arch": arch, "in_channels": channels,
                   "stem_adapted": stem_note(prior.init, channels)}
@@ -85,7 +104,7 @@ def load_prior(model: str, options: ModelOptions, dataset: str, ssl_checkpoint=N
                       "supervised_prior": bool(meta.get("supervised", False)),
                       "ssl_label_fraction": meta.get("label_fraction", 1.0),
                       "ssl_seed": meta.get("seed"),
-                      "ssl_checkpoint": str(path),
+                      "ssl_checkpoint": str(path), "foundation": meta.get("foundation"),
                       "ssl_dataset": meta.get("dataset"), "ssl_epochs": meta.get("epochs"),
                       "ssl_images_seen": meta.get("images_seen"),
                       "ssl_gpu_hours": meta.get("gpu_hours"),

@@ -51,7 +51,8 @@ def build_report(base: Path, dataset: str | None = None,
                           f"Fix: run `medssl compare --dataset {dataset or 'NAME'}` (with --resume "
                           "to continue interrupted runs), or `medssl finetune`, first.")
     runs, _ = collect_runs(base)
-    dataset = dataset or runs["dataset"].iloc[0]
+    runs = runs[runs["protocol"] == "finetune"]  # the frozen protocols have no curves
+    dataset = dataset or (runs["dataset"].iloc[0] if len(runs) else None)
     for figure in write_figures(base, runs, dataset):
         if images_dir:
             Path(images_dir).mkdir(parents=True, exist_ok=True)

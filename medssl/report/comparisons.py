@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 
 from medssl.errors import MedsslError
-from medssl.names import PRIMARY_CHOICES, task_metrics
+from medssl.names import (FOUNDATION, PRIMARY_CHOICES, foundation_model, prior_of, split_models,
+                          task_metrics)
 from medssl.report.statistics import (METRICS, at_level, holm, minimum_detectable_effect,
                                       paired_difference)
 from medssl.runs import SPLIT, predictions_file
@@ -150,6 +151,10 @@ def compared(model: str, ref: str) -> bool:
                                  < REFERENCES.index(ref))
 
 
+def ssl_from_foundation(model: str) -> bool:
+    return model.startswith(FOUNDATION) and prior_of(model).ssl
+
+
 def comparisons(row: dict, group: pd.DataFrame, at_frac: pd.DataFrame, task: Task) -> dict:
     """The row's comparisons: reference name -> paired result (or None)."""
     model = row["model"]
@@ -159,10 +164,13 @@ def comparisons(row: dict, group: pd.DataFrame, at_frac: pd.DataFrame, task: Tas
         results[ref] = (paired_bootstrap(group, ref_runs, task)
                         if compared(model, ref) and not ref_runs.empty else None)
     # A distilled or mutual model against its own base trained alone: does KD or DML help?
-    bases = group["base_models"].dropna().unique()
+    # SSL from a foundation prior against that prior alone (F-x+simclr against F-x).
+    bases = group["base_models"].dropna().unique() if "base_models" in group else []
+    if not len(bases) and ssl_from_foundation(model):
+        bases = [foundation_model(prior_of(model).init)]
     row["base"], results["base"] = None, None
     if len(bases) == 1:
-        names = bases[0].split("+")
+        names = split_models(bases[0])
         refs = [at_frac[at_frac["model"] == name] for name in names]
         if all(not r.empty for r in refs):
             row["base"] = names[0] if len(names) == 1 else f"{bases[0]} ensemble"

@@ -23,7 +23,7 @@ from medssl.atomic import atomic_write
 from medssl.errors import MedsslError
 from medssl.report.build import build_report
 from medssl.report.statistics import holm
-from medssl.report.tables import collect_runs, judged_by, summarise
+from medssl.report.tables import by_protocol, collect_runs, judged_by, summarise
 
 METRICS = {"test_acc": "test accuracy", "test_balanced_acc": "balanced accuracy",
            "test_macro_f1": "macro-F1", "test_auroc": "AUROC"}
@@ -209,6 +209,7 @@ def write_summary(grids: list[Path], out: Path, analysis=None) -> str:
     for grid in grids:
         build_report(grid, analysis=analysis)  # each grid's own table and figures, refreshed
         runs, _ = collect_runs(grid)
+        runs = next(iter(by_protocol(runs).values()))  # finetuning's, where it ran
         dataset = runs["dataset"].iloc[0]
         if dataset in tables:
             raise MedsslError(f"Two grids hold {dataset} ({grid} and another): one grid per "

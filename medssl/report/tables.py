@@ -17,6 +17,7 @@ import pandas as pd
 from medssl.atomic import atomic_write
 from medssl.errors import MedsslError
 from medssl.identity import differences, read_identity
+from medssl.names import PROTOCOLS
 from medssl.records import RunRecord, UnreadableRecord, read_run_record
 from medssl.report.answer import answer, unlearned_priors
 from medssl.report.comparisons import (METRIC_TITLES, REFERENCES, Task, adjust, comparisons,
@@ -40,6 +41,9 @@ EXTRA_COLUMNS = {
     "pretrain_images_seen": ("compute", "pretrain_images_seen"),
     "finetune_images_seen": ("compute", "finetune_images_seen"),
     "pretrain_gpu_hours": ("compute", "pretrain_gpu_hours"),
+    # Cost beside gain: the network's parameters, and images per second at the run's size
+    # (finetuning: trained; a frozen protocol: its features computed).
+    "parameters": ("compute", "parameters"), "images_per_s": ("compute", "images_per_s"),
     "finetune_gpu_hours": ("compute", "finetune_gpu_hours"),
     # The task's own metrics: graded labels (QWK), binary tasks (sensitivity at the specificity
     # target chosen on val, and the specificity that threshold reached on test).
@@ -68,7 +72,7 @@ def collect_runs(base: Path) -> tuple[pd.DataFrame, list[str]]:
             except UnreadableRecord:  # the right size, the wrong bytes: not a result
                 skipped.append(str(run))
                 continue
-            row = {"dataset": m.dataset, "model": m.model, "seed": m.seed,
+            row = {"dataset": m.dataset, "model": m.model, "protocol": m.protocol, "seed": m.seed,
                    "label_fraction": m.label_fraction, "run": str(run),
                    "selected_epoch": m.selection["epoch"],
                    # Older runs recorded no method: M2/M4 were SimCLR's.
@@ -91,6 +95,9 @@ def collect_runs(base: Path) -> tuple[pd.DataFrame, list[str]]:
             row["lr_borrowed"] = bool(m.lr_grid) and bool(m.base_models)
             row["lr_grid"] = " ".join(f"{v:g}" for v in m.lr_grid or []) or None
             row["test_n"] = m.test.get("n", float("nan"))
+            # A frozen protocol's choice on val: the head's rate (linear) or k (knn).
+            row["frozen_choice"] = m.selection.get("k", m.selection.get("lr")) \
+                if m.protocol != "finetune" else None
             row["ssl_seed"] = m.prior.get("ssl_seed")
             # Runs before the duplicate search have no record: None, never a guess.
             duplicates = m.data.get("duplicates") or {}
@@ -111,14 +118,15 @@ def check_pooled(rows: list[dict]) -> None:
         if row["identity"] is None:
             continue
         settings = {k: v for k, v in row["identity"]["settings"].items() if k != "seed"}
-        key = (row["label_fraction"], row["model"])
+        key = (row["protocol"], row["label_fraction"], row["model"])
         if key not in first:
             first[key] = {"run": row["run"], "settings": settings}
             continue
         changed = differences({"settings": first[key]["settings"]}, {"settings": settings})
         if changed:
             raise MedsslError(
-                f"{row['model']} at label fraction {row['label_fraction']:g} would pool runs made "
+                f"{row['model']} ({row['protocol']}) at label fraction {row['label_fraction']:g} "
+                "would pool runs made "
                 f"with other settings: {first[key]['run']} and {row['run']} differ in "
                 f"{'; '.join(changed[:6])}. Fix: rerun one of them with the other's settings, or "
                 "keep grids of other settings in other folders (--out).")
@@ -169,6 +177,10 @@ def summarise(runs: pd.DataFrame, task=None) -> pd.DataFrame:
         row["lr_searched"] = bool(group["lr_searched"].all())
         row["lr_borrowed"] = bool(group["lr_borrowed"].all())
         row["sd_includes"] = sd_includes(group)
+        if group["protocol"].iloc[0] != "finetune":  # no finetuning: the seed draws the rest
+            row["sd_includes"] = row["sd_includes"].replace("finetuning", "the seed's draws")
+            row["frozen_choice"] = " ".join(f"{v:g}" for v in
+                                            sorted(group["frozen_choice"].dropna().unique()))
         results = comparisons(row, group, runs[runs["label_fraction"] == frac], task)
         store(row, results, task)
         rows.append(row)
@@ -277,7 +289,7 @@ def recipe_table(summary: pd.DataFrame) -> str:
     overfitting measures and the compute it cost."""
     head = ["label fraction", "model", "lr", "sd includes", "test ECE", "test Brier",
             "test acc % (last epoch)", "acc gap selected / last", "val loss rise",
-            "images seen (pretrain / finetune)", "GPU-h"]
+            "images seen (pretrain / finetune)", "GPU-h", "parameters", "images/s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in summary.iterrows():
         # A cohort's ensemble has no one selected epoch: its gap at the last only.
@@ -287,8 +299,11 @@ def recipe_table(summary: pd.DataFrame) -> str:
                 if not np.isnan(r["acc_gap_last_mean"]) else "—")
         hours = [r["pretrain_gpu_hours_mean"], r["finetune_gpu_hours_mean"]]
         gpu = np.nansum(hours) if not np.isnan(hours).all() else np.nan
+        frozen = r.get("protocol", "finetune") != "finetune"
         lines.append("| " + " | ".join([
             f"{r['label_fraction']:g}", r["model"],
+            (f"{'k' if r['protocol'] == 'knn' else 'head lr'} {r['frozen_choice']} (chosen on "
+             "val)") if frozen else
             r["lr"] + (" (chosen on val)" if r["lr_searched"] else
                        " (its base's, chosen on val)" if r["lr_borrowed"] else ""), r["sd_includes"],
             _pm(r["test_ece_mean"], r["test_ece_sd"], False),
@@ -296,11 +311,16 @@ def recipe_table(summary: pd.DataFrame) -> str:
             _pm(r["test_last_acc_mean"], r["test_last_acc_sd"], True), gaps,
             "—" if np.isnan(r["val_loss_rise_mean"]) else f"{r['val_loss_rise_mean']:.3f}",
             f"{_count(r['pretrain_images_seen_mean'])} / {_count(r['finetune_images_seen_mean'])}",
-            "not measured (CPU)" if np.isnan(gpu) else f"{gpu:.2f}"]) + " |")
+            "not measured (CPU)" if np.isnan(gpu) else f"{gpu:.2f}",
+            "—" if np.isnan(r["parameters_mean"]) else f"{r['parameters_mean'] / 1e6:.1f} M",
+            "—" if np.isnan(r["images_per_s_mean"]) else f"{r['images_per_s_mean']:.0f}"]) + " |")
     return ("\nRecipe, calibration, overfitting and compute (means over seeds). Acc gap: accuracy "
             "on a clean pass over labelled train images minus val accuracy, in points, at the "
             "selected and at the last epoch; val loss rise: last minus lowest val loss. The last "
-            "epoch's test accuracy is shown, never used to select.\n\n" + "\n".join(lines) + "\n")
+            "epoch's test accuracy is shown, never used to select. Parameters: the network's; "
+            "images/s: at the run's image size on its machine (finetuning: images trained per "
+            "second of the run; a frozen protocol: images embedded per second).\n\n"
+            + "\n".join(lines) + "\n")
 
 
 def differences_table(summary: pd.DataFrame) -> str:
@@ -430,22 +450,62 @@ def recipe_notes(runs: pd.DataFrame, summary: pd.DataFrame) -> str:
     return "\n".join(f"\n{line}" for line in lines) + ("\n" if lines else "")
 
 
+def frozen_note(protocol: str, summary: pd.DataFrame) -> str:
+    """How a frozen protocol chose, in words (training.frozen)."""
+    from medssl.training.frozen import KNN_KS, LINEAR_LRS, LINEAR_STEPS  # lazy: torch
+
+    chosen = "; ".join(f"{r['model']} {r['frozen_choice']}" + (
+        "" if r["label_fraction"] == 1 else f" (fraction {r['label_fraction']:g})")
+        for _, r in summary.iterrows())
+    if protocol == "linear":
+        how = (f"a linear head on the frozen features (standardised by the labelled train "
+               f"images'), full-batch Adam for {LINEAR_STEPS} steps at each rate of "
+               f"{' '.join(f'{v:g}' for v in LINEAR_LRS)}; the rate and step chosen per seed on "
+               f"val, never on test. Rates chosen: {chosen}")
+    else:
+        how = (f"cosine kNN on the frozen features, votes weighted by exp(similarity / 0.1); k "
+               f"chosen per seed on val among {' '.join(map(str, KNN_KS))} (those up to the "
+               f"labelled train images), never on test. k chosen: {chosen}")
+    return (f"\n{'Linear probe' if protocol == 'linear' else 'kNN'}: {how}. The backbone's weights are "
+            "those of the prior, unchanged; features are computed once per prior and seed for "
+            "both frozen protocols.\n")
+
+
+PROTOCOL_TITLES = {"finetune": "finetuned", "linear": "linear probe on frozen features",
+                   "knn": "kNN on frozen features"}
+
+
+def by_protocol(runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The runs of each protocol, finetuning first: priors are compared within a protocol."""
+    return {p: runs[runs["protocol"] == p] for p in PROTOCOLS if (runs["protocol"] == p).any()}
+
+
 def write_results(base: Path, skipped_models: dict[str, str] | None = None,
                   analysis=None) -> tuple[pd.DataFrame, str, list[str]]:
     """results.csv and results.md in `base`, from its finished runs; returns (summary, md,
     skipped). `analysis` (AnalysisOptions): a primary metric or margin set now, over the plan
-    the grid declared."""
+    the grid declared. With several protocols, a table (and its Holm family) per protocol; the
+    answer is the first protocol's (finetuning where it ran)."""
     runs, skipped = collect_runs(base)
     if runs.empty:
         return pd.DataFrame(), "", skipped
     task, margin, how, margin_how = judged_by(runs, base, analysis)
-    summary = summarise(runs, task)
-    summary["duplicate_policy"] = runs["duplicate_policy"].iloc[0]
-    unlearned = unlearned_priors(runs)
-    md = (answer(summary, runs, margin, how, margin_how) + "\n## Results\n\n"
-          + markdown_table(summary, skipped_models, set(unlearned)) + "\n"
-          + duplicates_line(runs) + "\n" + recipe_notes(runs, summary)
-          + unlearned_note(unlearned))
+    groups = by_protocol(runs)
+    summaries = []
+    md = ""
+    for i, (protocol, own) in enumerate(groups.items()):
+        summary = summarise(own, task)
+        summary.insert(0, "protocol", protocol)
+        summary["duplicate_policy"] = runs["duplicate_policy"].iloc[0]
+        summaries.append(summary)
+        unlearned = unlearned_priors(own)
+        if i == 0:
+            md += answer(summary, own, margin, how, margin_how)
+        title = f": {PROTOCOL_TITLES[protocol]}" if len(groups) > 1 else ""
+        md += (f"\n## Results{title}\n\n" + markdown_table(summary, skipped_models, set(unlearned))
+               + "\n" + (duplicates_line(runs) + "\n" if i == 0 else "")
+               + (recipe_notes(own, summary) if protocol == "finetune" else
+                  frozen_note(protocol, summary)) + unlearned_note(unlearned))
     supervised = sorted(runs.loc[runs["supervised_prior"], "model"].unique())
     if supervised:  # not self-supervised: a fair reader must know which priors saw labels
         md += (f"\n{', '.join(supervised)}: a supervised prior (its pretraining learned from the "
@@ -453,6 +513,7 @@ def write_results(base: Path, skipped_models: dict[str, str] | None = None,
     if skipped:  # said in the table itself, so that it never looks complete when it is not
         names = ", ".join(str(Path(r).relative_to(base)) for r in skipped)
         md += f"\nNot included, unfinished (`medssl report` says why): {names}\n"
+    summary = pd.concat(summaries, ignore_index=True)
     atomic_write(Path(base) / "results.csv", lambda p: summary.to_csv(p, index=False))
     atomic_write(Path(base) / "results.md", lambda p: p.write_text(md))
     return summary, md, skipped

@@ -28,7 +28,7 @@ from medssl.errors import MedsslError
 from medssl.models import out_features
 from medssl.identity import run_identity
 from medssl.models.priors import load_prior, ssl_backbone_path
-from medssl.names import SELECT_METRICS, dml_name, kd_name, member_folder, prior_of
+from medssl.names import PROTOCOLS, SELECT_METRICS, dml_name, kd_name, member_folder, prior_of
 from medssl.options import DataOptions, HardwareOptions, ModelOptions, RecipeOptions
 from medssl.presets import preset_for
 from medssl.runs import (IDENTITY, FINETUNE_OUTPUTS, LABELLED, SELECTION_VAL, SPLIT, best_checkpoint,
@@ -39,7 +39,8 @@ from medssl.training.cohort import Cohort
 from medssl.training.distributed import barrier, is_rank_zero
 from medssl.training.finetune_results import RunResults, write_cohort
 from medssl.training.harness import RunStart, fit, keep_identity, make_trainer, open_run
-from medssl.training.loaders import fill_training_defaults, make_loader, open_cache
+from medssl.training.loaders import (fill_training_defaults, foundation_defaults, make_loader,
+                                    open_cache, run_stats)
 from medssl.training.objectives import objective_for
 from medssl.training.run_logs import epoch_curves
 from medssl.training.teachers import teacher_model
@@ -61,8 +62,9 @@ class Assigned:
 class FinetuneConfig(DataOptions, HardwareOptions, ModelOptions, RecipeOptions):
     """One finetuning run: the shared parts (medssl.options), and what only this run has."""
 
-    model: str = ""  # the prior: M1-M4 or M2-<method>/M4-<method>; empty for a cohort
+    model: str = ""  # the prior: M1-M4, M2-<method>/M4-<method>, F-<prior>; empty for a cohort
     ssl_checkpoint: str | None = None
+    prior_weights: str | None = None  # an F-<prior>'s weights file (else the HF cache)
     allow_other_dataset: bool = False
     seed: int = 0
     label_fraction: float = 1.0
@@ -74,6 +76,9 @@ class FinetuneConfig(DataOptions, HardwareOptions, ModelOptions, RecipeOptions):
     # Deep mutual learning: these priors trained together as a cohort (training.cohort).
     mutual: list[str] | None = None
     assigned: Assigned | None = None  # what a grid gives this run beyond flags (compare's)
+    # finetune (every weight trained), or a frozen protocol on the backbone's features
+    # (training.frozen: linear, knn; compare --protocols)
+    protocol: str = "finetune"
     out: str | None = None
     resume: bool = False
     force: bool = False
@@ -82,6 +87,11 @@ class FinetuneConfig(DataOptions, HardwareOptions, ModelOptions, RecipeOptions):
 def resolve(cfg: FinetuneConfig) -> FinetuneConfig:
     """Fill every unset value from the dataset's preset; check the ranges flags cannot."""
     p = preset_for(cfg.dataset)
+    if cfg.protocol not in PROTOCOLS or (cfg.protocol != "finetune" and
+                                         (cfg.teachers or cfg.mutual)):
+        raise MedsslError(f"protocol {cfg.protocol!r}: one of {', '.join(PROTOCOLS)}; a frozen "
+                          "protocol judges one prior alone (no teachers, no cohort).")
+    check_foundation(cfg)
     fill_training_defaults(cfg, p, p.finetune_epochs, p.finetune_batch_size, p.finetune_lr)
     cfg.base = cfg.base or str(dataset_dir(cfg.dataset))
     if cfg.select not in SELECT_METRICS:
@@ -90,7 +100,8 @@ def resolve(cfg: FinetuneConfig) -> FinetuneConfig:
     if cfg.teachers is not None and not cfg.teachers:
         raise MedsslError("--teacher needs at least one finished run.")
     name = run_name(cfg)  # a teacher that is no finished run is refused here, by its folder
-    cfg.out = cfg.out or str(finetune_dir(Path(cfg.base), name, cfg.seed, cfg.label_fraction))
+    cfg.out = cfg.out or str(finetune_dir(Path(cfg.base), name, cfg.seed, cfg.label_fraction,
+                                          cfg.protocol))
     imagenet = [m for m in members_of(cfg) if prior_of(m).init == "imagenet"]
     cfg.imagenet_weights = imagenet_weights_for(
         "imagenet" if imagenet else "random", cfg.imagenet_weights,
@@ -101,6 +112,24 @@ def resolve(cfg: FinetuneConfig) -> FinetuneConfig:
                     "only the head (a linear probe)", cfg.freeze_epochs, cfg.epochs)
     check_run(cfg)
     return cfg
+
+
+def check_foundation(cfg: FinetuneConfig) -> None:
+    """An F-<prior> run: on the prior's arch, its weights found before any work (an F-<prior>+
+    <method> run starts from its SSL backbone instead); --prior-weights for those runs only."""
+    foundation = [m for m in members_of(cfg) if m and prior_of(m).foundation]
+    if cfg.mutual and foundation:
+        raise MedsslError(f"--mutual {' '.join(cfg.mutual)}: a cohort's members share one "
+                          f"network, and {foundation[0]} runs on its prior's. Fix: a cohort of "
+                          "M1-M4 models.")
+    if not foundation:
+        if cfg.prior_weights:
+            raise MedsslError(f"--prior-weights {cfg.prior_weights}: {cfg.model or 'a cohort'} "
+                              "starts from no foundation prior. Fix: drop it, or --model "
+                              "F-<prior>.")
+        return
+    prior = prior_of(cfg.model)
+    foundation_defaults(cfg, prior.init, cfg.prior_weights, check_weights=not prior.ssl)
 
 
 def check_members(cfg: FinetuneConfig) -> None:
@@ -189,6 +218,9 @@ def run_finetune(cfg: FinetuneConfig) -> Path:
         raise MedsslError("--lr-grid runs one finetuning per learning rate: use "
                           "medssl.experiments.lr_search.finetune_with_lr_grid (the CLI does), or "
                           "set one --lr here.")
+    if cfg.protocol != "finetune":
+        raise MedsslError(f"protocol {cfg.protocol} trains no network: training.frozen.run_frozen "
+                          "runs it.")
     cfg = resolve(cfg)  # every flag checked: nothing is written before this passes
     with cleaned_up_on_failure(Path(cfg.out), owner=is_rank_zero()):
         return _train(cfg)
@@ -273,7 +305,7 @@ def identity_of(cfg: FinetuneConfig) -> dict:
     priors = {f"prior {m}": ssl_backbone_path(m, cfg.dataset, (given.member_checkpoints or {})
                                               .get(m, cfg.ssl_checkpoint), Path(cfg.base))
               for m in members_of(cfg) if prior_of(m).ssl}
-    files = {"split_file": cfg.split_file, **priors,
+    files = {"split_file": cfg.split_file, **priors, "prior_weights": cfg.prior_weights,
              "teachers": [Path(t) / IDENTITY for t in cfg.teachers or []]}
     return run_identity(cfg, files, {"member_lrs": given.member_lrs} if given.member_lrs else {})
 
@@ -285,7 +317,7 @@ def load_priors(cfg: FinetuneConfig, members: list[str]) -> tuple[dict, dict]:
         ssl = (assigned(cfg).member_checkpoints or {}).get(member, cfg.ssl_checkpoint)
         backbones[member], sources[member] = load_prior(
             member, cfg, cfg.dataset, ssl, allow_other_dataset=cfg.allow_other_dataset,
-            base=Path(cfg.base))
+            base=Path(cfg.base), prior_weights=cfg.prior_weights)
     return backbones, sources
 
 
@@ -369,16 +401,16 @@ def build_module(cfg: FinetuneConfig, data: Splits, loaders: Loaders, backbones:
     best = best_checkpoint(Path(cfg.out))
     if cfg.mutual:
         module = Cohort({m: classifier(m) for m in cfg.mutual}, objective,
-                        input_transform=Normalize(*channel_stats(p.mean, p.std, cfg.in_channels)),
+                        input_transform=Normalize(*channel_stats(p.mean, p.std,
+                                                                 cfg.in_channels)),
                         seed=cfg.seed,
                         lr_schedule=cfg.lr_schedule)
         # Each member selected on val on its own; weights only (the optimiser lives in last.ckpt).
         selectors = [selection_checkpoint(cfg, best.parent, f"{m}/",
                                           member_checkpoint(cfg.out, m).stem) for m in cfg.mutual]
     else:
-        module = classifier(cfg.model, objective=objective,
-                            input_transform=Normalize(*channel_stats(p.mean, p.std,
-                                                                     cfg.in_channels)))
+        module = classifier(cfg.model, objective=objective, input_transform=Normalize(
+            *run_stats(prior_of(cfg.model).init, p, cfg.in_channels)))
         # Weights only: the optimiser lives in last.ckpt; best.ckpt is read for its weights alone
         # (predictions, teachers), and a third of the bytes makes every save that much cheaper.
         selectors = [selection_checkpoint(cfg, best.parent, "", best.stem)]

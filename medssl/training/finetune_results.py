@@ -112,7 +112,7 @@ class RunResults:
             logger.save()
         wall = time.time() - self.started
         metrics = {
-            "dataset": cfg.dataset, "model": name, "seed": cfg.seed,
+            "dataset": cfg.dataset, "model": name, "protocol": cfg.protocol, "seed": cfg.seed,
             "label_fraction": cfg.label_fraction, "labelled_train_images": len(self.labelled),
             "selection": selection,
             "epochs_trained": trainer.current_epoch, "classes": table.classes,
@@ -170,13 +170,25 @@ def overfitting(curves, selected_epoch: int | None) -> dict:
             "val_loss_rise": float(val_loss.iloc[-1] - val_loss.min())}
 
 
+def network_parameters(module) -> int:
+    """The parameters of the networks a run trains (backbone and head; every member of a
+    cohort), a distillation's teachers (inside its objective) left out."""
+    return sum(p.numel() for name, m in module.named_modules()
+               if hasattr(m, "backbone") and hasattr(m, "head") and "objective" not in name
+               for p in (*m.backbone.parameters(), *m.head.parameters()))
+
+
 def compute_record(source: dict, trainer, wall_time_s: float, images_seen: int) -> dict:
     """What the model cost: images seen in its pretraining (from backbone.json) and finetuning,
     and GPU-hours where GPUs were used (None on a CPU: not measured)."""
+    module = trainer.lightning_module
     return {"finetune_images_seen": images_seen,
             "pretrain_images_seen": source.get("ssl_images_seen", 0),
             "finetune_gpu_hours": gpu_hours(trainer, wall_time_s),
-            "pretrain_gpu_hours": source.get("ssl_gpu_hours")}
+            "pretrain_gpu_hours": source.get("ssl_gpu_hours"),
+            # cost beside gain: the network's size and the run's pace (the report's columns)
+            "parameters": network_parameters(module) if module else None,
+            "images_per_s": round(images_seen / wall_time_s, 1) if wall_time_s > 0 else None}
 
 
 def write_predictions(path: Path, dataset, table, probs) -> None:

@@ -16,7 +16,12 @@ from medssl.data.cache import ImageCache, cache_side
 from medssl.data.sampling import EpochSampler, ShardSampler
 from medssl.data.splits import EXCLUDED
 from medssl.data.torch_dataset import ImageDataset
+from medssl.data.transforms import channel_stats
+from medssl.errors import MedsslError
 from medssl.models.backbones import check_arch
+from medssl.models.foundation import prior_arch, prior_spec, prior_stats
+from medssl.models.foundation_load import check_loadable
+from medssl.names import INITS
 from medssl.ranges import check_values
 from medssl.training.distributed import planned_world_size
 
@@ -35,6 +40,29 @@ def fill_training_defaults(cfg, preset, epochs: int, batch_size: int, lr: float)
         cfg.num_workers = default_workers(cfg.accelerator, cfg.cache, os.cpu_count() or 1)
     check_values(cfg)  # every number against the table of ranges, the CLI's too
     return cfg
+
+
+def foundation_defaults(cfg, init: str, weights, *, check_weights: bool = True) -> None:
+    """A run from a foundation prior (`init` its label) runs on the prior's arch (timm:NAME);
+    its weights (`weights`: a file, else the Hugging Face cache) are looked for before any work
+    (PriorUnavailable), unless the run starts from an SSL backbone made from it."""
+    spec = prior_spec(init, weights)
+    if check_weights:
+        check_loadable(spec)
+    arch = prior_arch(spec)
+    if arch is None:  # a prior timm does not build, whose loading check passed: none today
+        raise MedsslError(f"Prior {init}: no backbone medssl can build for it.")
+    if cfg.arch not in (None, arch):
+        raise MedsslError(f"--arch {cfg.arch}: the runs of prior {init} are on its own network, "
+                          f"{arch}. Fix: drop --arch.")
+    cfg.arch = arch
+
+
+def run_stats(init: str, preset, in_channels: int) -> tuple[tuple, tuple]:
+    """The normalisation of a run's inputs: a foundation prior's own (it was trained with it),
+    else the dataset preset's; per input channel (transforms.channel_stats)."""
+    mean, std = (preset.mean, preset.std) if init in INITS else prior_stats(prior_spec(init))
+    return channel_stats(mean, std, in_channels)
 
 
 def default_workers(accelerator: str, cache: bool, cpus: int) -> int:

@@ -22,11 +22,12 @@ from medssl import __version__
 from medssl.data import prepare
 from medssl.data.prepare import data_config
 from medssl.data.splits import label_subset, write_split_csv
-from medssl.data.transforms import (Normalize, channel_stats, eval_crop, method_views,
+from medssl.data.transforms import (Normalize, eval_crop, method_views,
                                      simclr_settings, smallest_crop)
 from medssl.errors import MedsslError
 from medssl.identity import run_identity
 from medssl.models import build_backbone, out_features, save_backbone
+from medssl.models.priors import start_backbone
 from medssl.models.backbones import stem_note
 from medssl.names import INITS
 from medssl.options import DataOptions, HardwareOptions, ModelOptions, SSLOptions
@@ -41,7 +42,8 @@ from medssl.training.distributed import (barrier, gpu_hours, is_rank_zero, plann
 from medssl.training.harness import RunStart, fit, keep_identity, make_trainer, open_run
 from medssl.training.guards import Guard
 from medssl.training.knn import KNNMonitor, readout_gain
-from medssl.training.loaders import fill_training_defaults, make_loader, open_cache
+from medssl.training.loaders import (fill_training_defaults, foundation_defaults, make_loader,
+                                    open_cache, run_stats)
 from medssl.training.methods import get_method
 
 log = logging.getLogger("medssl")
@@ -51,7 +53,8 @@ log = logging.getLogger("medssl")
 class PretrainConfig(DataOptions, HardwareOptions, ModelOptions, SSLOptions):
     """One pretraining run: the shared parts (medssl.options), and what only this run has."""
 
-    init: str = "random"
+    init: str = "random"  # random, imagenet, or a foundation prior (models.foundation)
+    prior_weights: str | None = None  # a foundation init's weights file (else the HF cache)
     seed: int = 0
     label_fraction: float = 1.0  # supervised methods only (supcon): the share of labels they see
     out: str | None = None
@@ -67,8 +70,11 @@ class PretrainConfig(DataOptions, HardwareOptions, ModelOptions, SSLOptions):
 def resolve(cfg: PretrainConfig) -> PretrainConfig:
     """Fill every unset value from the dataset's preset, then check every value before any work
     is done (a refused flag leaves no run folder behind)."""
-    if cfg.init not in INITS:
-        raise MedsslError(f"Unknown --init '{cfg.init}'. Choose one of: {', '.join(INITS)}.")
+    if cfg.init not in INITS:  # a foundation prior, or refused naming the choices
+        foundation_defaults(cfg, cfg.init, cfg.prior_weights)
+    elif cfg.prior_weights:
+        raise MedsslError(f"--prior-weights {cfg.prior_weights}: --init {cfg.init} is no "
+                          "foundation prior. Fix: drop it, or --init a prior from `medssl priors`.")
     p = preset_for(cfg.dataset)
     lr_asked = cfg.lr
     cfg.epochs_from = cfg.epochs_from or ("flag" if cfg.epochs is not None else "preset")
@@ -190,14 +196,14 @@ def _train(cfg: PretrainConfig) -> Path:
     views = method.views(cfg.image_size, settings, **options)
     p = preset_for(cfg.dataset)
     crops, colour = method_views(views, cfg.image_size, settings,
-                                 *channel_stats(p.mean, p.std, cfg.in_channels))
+                                 *run_stats(cfg.init, p, cfg.in_channels))
     cache = open_cache(table, cfg)
     train_loader = make_loader(table, rows, crops, cfg, cache, train=True, drop_last=True,
                                start_epoch=run.resume_at[0] if run.resume_at else 0,
                                batch_size=batch_size)
     knn = knn_monitor(cfg, table, cache, batch_size)
-    backbone = build_backbone(cfg.arch, cfg.init, cfg.imagenet_weights, cfg.in_channels,
-                              cfg.image_size)
+    backbone, found = start_backbone(cfg.arch, cfg.init, cfg.imagenet_weights, cfg.in_channels,
+                                     cfg.image_size, cfg.prior_weights)
     module = method(backbone, out_features(backbone), cfg, cfg, seed=cfg.seed,
                     batch_transform=colour, **options)
     guard = Guard(method.title, cfg.lr, method.guard_hint)
@@ -206,7 +212,8 @@ def _train(cfg: PretrainConfig) -> Path:
                            callbacks=[guard, knn, LearningRateMonitor("step")])
     fit(trainer, run.out, module, train_loader, ckpt_path=run.resume_from, weights_only=True)
     if trainer.is_global_zero:
-        used = Used(method, options, views, settings, batch_size, len(rows), data_info, length)
+        used = Used(method, options, views, settings, batch_size, len(rows), data_info, length,
+                    found)
         record = backbone_record(cfg, used, trainer, module, knn, run.started)
         save_backbone(module.backbone, run.out / BACKBONE, record)
         mark_finished(run.out, SSL_OUTPUTS)
@@ -250,7 +257,7 @@ def check_gain(run: Path, record: BackboneRecord, min_gain: float | None,
 
 def identity_of(cfg: PretrainConfig) -> dict:
     """The run's identity (medssl.identity): its resolved settings and its split file's content."""
-    return run_identity(cfg, {"split_file": cfg.split_file})
+    return run_identity(cfg, {"split_file": cfg.split_file, "prior_weights": cfg.prior_weights})
 
 
 def prepare_split(cfg: PretrainConfig, run: RunStart):
@@ -337,7 +344,7 @@ def knn_monitor(cfg: PretrainConfig, table, cache, batch_size: int) -> KNNMonito
     return KNNMonitor(*(make_loader(table, split, plain, cfg, cache, shard=True, persistent=False,
                                     batch_size=batch_size) for split in ("train", "val")),
                       num_classes=len(table.classes),
-                      normalize=Normalize(*channel_stats(p.mean, p.std, cfg.in_channels)),
+                      normalize=Normalize(*run_stats(cfg.init, p, cfg.in_channels)),
                       random_backbone=random_init(cfg) if cfg.init != "random" else None)
 
 
@@ -354,6 +361,7 @@ class Used:
     n_train: int
     data_info: dict
     length: tuple = (0, "")  # the epochs planned and why (epochs_for)
+    foundation: dict | None = None  # the foundation prior it started from (its file, license)
 
 
 def backbone_record(cfg: PretrainConfig, used: Used, trainer, module, knn,
@@ -376,9 +384,9 @@ def backbone_record(cfg: PretrainConfig, used: Used, trainer, module, knn,
         "arch": cfg.arch, "init": cfg.init, "dataset": cfg.dataset,
         "imagenet_weights": cfg.imagenet_weights if cfg.init == "imagenet" else None,
         "image_size": cfg.image_size, "in_channels": cfg.in_channels,
-        "stem_adapted": stem_note(cfg.init, cfg.in_channels),
-        "normalize": dict(zip(("mean", "std"), map(list, channel_stats(p.mean, p.std,
-                                                                       cfg.in_channels)))),
+        "stem_adapted": stem_note(cfg.init, cfg.in_channels), "foundation": used.foundation,
+        "normalize": dict(zip(("mean", "std"), map(list, run_stats(cfg.init, p,
+                                                                   cfg.in_channels)))),
         "epochs": trainer.current_epoch, "steps": trainer.global_step,
         "epochs_planned": used.length[0], "epochs_from": used.length[1],
         # drop_last: every step is one full global batch

@@ -121,6 +121,8 @@ M3 = ["finetune", "--dataset", "covid19", "--data-root", "{root}", "--model", "M
 M2 = ["finetune", "--dataset", "covid19", "--data-root", "{root}", "--model", "M2", *FAST]
 PT = ["pretrain", "--dataset", "covid19", "--data-root", "{root}", *FAST]
 CHECK = ["check", "--dataset", "covid19", "--data-root", "{root}"]
+# A foundation prior's runs are on its own network: no --arch.
+F_FT = ["finetune", "--dataset", "covid19", "--data-root", "{root}", *FAST[2:]]
 GRID = ["compare", "--dataset", "covid19", "--data-root", "{root}", "--models", "M1", "--seeds",
         "0", "--lr", "1e-3", *FAST]
 
@@ -292,6 +294,25 @@ CASES = [
                                                         "--accelerator cpu"]),
     ("grid-gpu-without-gpu", [*GRID, "--out", "{tmp}/grid", "--accelerator", "gpu"],
      ["no CUDA GPU"]),
+    # Foundation priors and protocols (docs/priors.md).
+    ("priors-unknown", [*GRID, "--out", "{tmp}/grid", "--priors", "dinov9"],
+     ["--priors", "Unknown prior 'dinov9'", "medssl priors"]),
+    ("prior-file-missing", [*F_FT, "--model", "F-timm:vit_tiny_patch16_224", "--prior-weights",
+                            "{tmp}/none.safetensors", "--out", "{tmp}/run"],
+     ["none.safetensors does not exist", "Fix"]),
+    ("prior-file-of-another-arch", [*F_FT, "--model", "F-timm:vit_tiny_patch16_224",
+                                    "--prior-weights", "{w}/r18_with_fc.pth", "--out", "{tmp}/run"],
+     ["r18_with_fc.pth", "does not fit", "Fix: a weights file of timm:vit_tiny_patch16_224"]),
+    ("prior-gated-without-file", [*F_FT, "--model", "F-retfound", "--out", "{tmp}/run"],
+     ["needs its weights as a file", "retfound=PATH", "CC BY-NC 4.0"]),
+    ("prior-weights-for-m1", [*FT, "--prior-weights", "{w}/r18_with_fc.pth"],
+     ["--prior-weights", "no foundation prior"]),
+    ("init-with-a-path", [*PT, "--init", "timm:resnet10t=/x.pt"],
+     ["--init", "goes in --prior-weights"]),
+    ("continue-ssl-without-priors", [*GRID, "--out", "{tmp}/grid", "--continue-ssl", "simclr"],
+     ["--continue-ssl", "Fix: add --priors"]),
+    ("protocols-twice", [*GRID, "--out", "{tmp}/grid", "--protocols", "knn", "knn"],
+     ["--protocols knn knn", "at most once"]),
 ]
 
 

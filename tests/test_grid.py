@@ -22,7 +22,7 @@ def grid(**kw):
     """A grid's configuration, as compare.resolve leaves it (only what the cells read)."""
     values = dict(label_fractions=[1.0, 0.1], seeds=[0, 1], shared_ssl=False, distill=["M3:M1"],
                   mutual=["M2+M4"], recipe=RecipeOptions(lr=1e-3), resume=False,
-                  imagenet_weights=None, ssl=None)
+                  imagenet_weights=None, ssl=None, protocols=["finetune"], priors=None)
     return SimpleNamespace(**{**values, **kw})
 
 
@@ -45,6 +45,10 @@ def test_every_cell_is_made_again_from_its_name_and_runs_after_what_it_needs(tmp
     # Shared pretraining: one cell for every seed.
     shared = plan(grid(shared_ssl=True), tmp_path, ["M2"])
     assert [c.name for c in shared if c.kind == "pretrain"] == ["pretrain:M2:1:0"]
+    # Frozen protocols: one cell per model and fraction, after the pretrainings it needs.
+    frozen = plan(grid(protocols=["linear", "knn"], distill=None, mutual=None), tmp_path, ["M2"])
+    assert [c.kind for c in frozen] == ["pretrain", "pretrain", "frozen", "frozen"]
+    assert all(Cell.parse(c.name) == c for c in frozen)
 
 
 @pytest.mark.parametrize("name", ["train:M1:1", "finetune:M1", "finetune:M1:1:0",

@@ -2,13 +2,15 @@
 from, strict loading of timm priors from a file or the Hugging Face cache, and one message for a
 prior that cannot load here."""
 
+from dataclasses import replace
+
 import pytest
 import safetensors.torch as st
 import timm
 import torch
 
 from medssl.errors import MedsslError
-from medssl.models.foundation import PRIORS, parse_prior
+from medssl.models.foundation import PRIORS, FoundationPrior, parse_prior
 from medssl.models.foundation_load import PriorUnavailable, load_foundation
 
 TINY = "vit_tiny_patch16_224"
@@ -59,7 +61,7 @@ def test_a_weights_file_of_another_architecture_is_refused(tmp_path):
     with pytest.raises(MedsslError) as err:
         load_foundation(parse_prior(f"timm:{TINY}={tmp_path}/cnn.pt"), 3, 32)
     assert "does not fit this backbone" in str(err.value) and "missing key" in str(err.value)
-    assert f"Fix: a weights file of timm's {TINY}" in str(err.value)
+    assert f"Fix: a weights file of timm:{TINY}" in str(err.value)
 
 
 def test_a_prior_without_its_weights_is_unavailable_naming_where_and_its_license(no_hf_cache):
@@ -79,18 +81,31 @@ def test_a_gated_prior_without_its_file_says_where_to_get_it(no_hf_cache):
 
 
 def test_a_prior_whose_library_is_not_installed_names_the_extra(monkeypatch):
-    import builtins
+    # No prior of today's registry needs a library beyond medssl's own; one that did (built
+    # only by its library) names the package to install, and is skipped.
+    entry = FoundationPrior("needs-lib", "A prior built by its own library", "somelib",
+                            "org/model", "MIT", 224, (0.5,) * 3, (0.5,) * 3,
+                            extra="somelib-pkg", module="medssl_no_such_module")
+    monkeypatch.setitem(PRIORS, "needs-lib", entry)
+    with pytest.raises(PriorUnavailable, match="pip install somelib-pkg"):
+        load_foundation(parse_prior("needs-lib"), 3, 224)
 
-    real = builtins.__import__
 
-    def without_transformers(name, *args, **kwargs):  # as on a machine without the extra
-        if name == "transformers":
-            raise ImportError(name)
-        return real(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", without_transformers)
-    with pytest.raises(PriorUnavailable, match="pip install transformers"):
-        load_foundation(parse_prior("rad-dino"), 3, 224)
+def test_rad_dino_loads_from_its_dinov2_layout_checkpoint(no_hf_cache, monkeypatch):
+    # Its network, smaller (a ViT-tiny for the ViT-B/14): the layout is what is tested.
+    entry = replace(PRIORS["rad-dino"], arch=f"timm:{TINY}")
+    monkeypatch.setitem(PRIORS, "rad-dino", entry)
+    with pytest.raises(PriorUnavailable, match="hf download microsoft/rad-dino "
+                                               "backbone_compatible.safetensors"):
+        load_foundation(parse_prior("rad-dino"), 3, 32)
+    torch.manual_seed(0)
+    net = timm.create_model(TINY, num_classes=0, img_size=32).state_dict()
+    # The original DINOv2 layout: timm's keys and the mask token DINOv2 trains with.
+    st.save_file({**net, "mask_token": torch.zeros(1, net["cls_token"].shape[-1])},
+                 str(fake_hf_file(no_hf_cache, entry.weights_repo, entry.weights_name)))
+    model, record = load_foundation(parse_prior("rad-dino"), 3, 32)
+    assert all(torch.equal(v, net[k]) for k, v in model.state_dict().items())
+    assert record["normalize"]["mean"] == [0.5307] * 3
 
 
 def test_timm_weights_in_the_hugging_face_cache_are_found_offline(no_hf_cache):
@@ -111,3 +126,52 @@ def test_medssl_priors_lists_every_prior_with_its_license(cli):
     for entry in PRIORS.values():
         assert entry.name in out and entry.license in out
     assert "timm:NAME=PATH" in out
+
+
+def fake_hf_file(cache, repo: str, name: str):
+    """A file in the Hugging Face cache's layout (huggingface_hub): refs/main names a snapshot."""
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text("abc123")
+    (folder / "snapshots" / "abc123").mkdir(parents=True)
+    return folder / "snapshots" / "abc123" / name
+
+
+def test_biomedclips_image_tower_loads_from_its_open_clip_checkpoint(no_hf_cache, monkeypatch):
+    # Its network, smaller: the test's checkpoint is a ViT-tiny's, not a 350 MB ViT-B's.
+    entry = replace(PRIORS["biomedclip"], arch=f"timm:{TINY}")
+    monkeypatch.setitem(PRIORS, "biomedclip", entry)
+    with pytest.raises(PriorUnavailable, match="hf download microsoft/BiomedCLIP"):
+        load_foundation(parse_prior("biomedclip"), 3, 32)
+    torch.manual_seed(0)
+    tower = timm.create_model(TINY, num_classes=0, img_size=32).state_dict()
+    # open_clip's checkpoint: the image tower under visual.trunk., the text tower beside it.
+    checkpoint = {**{f"visual.trunk.{k}": v for k, v in tower.items()},
+                  "text.transformer.weight": torch.zeros(4, 4), "logit_scale": torch.ones(())}
+    torch.save(checkpoint, fake_hf_file(no_hf_cache, entry.weights_repo, entry.weights_name))
+    model, record = load_foundation(parse_prior("biomedclip"), 3, 32)
+    assert all(torch.equal(v, tower[k]) for k, v in model.state_dict().items())
+    assert record["normalize"]["mean"][0] == pytest.approx(0.4815, abs=1e-4)  # CLIP's
+
+
+def test_torchxrayvisions_resnet_loads_from_its_folder_grey_or_rgb(tmp_path, monkeypatch):
+    import torchvision
+
+    entry = replace(PRIORS["xrv-resnet50"], arch="resnet18", weights_dir=str(tmp_path / "xrv"))
+    monkeypatch.setitem(PRIORS, "xrv-resnet50", entry)
+    with pytest.raises(PriorUnavailable, match="wget https://github.com/mlmed/torchxrayvision"):
+        load_foundation(parse_prior("xrv-resnet50"), 1, 64)
+    # Its state_dict: torchvision's ResNet with a one-channel stem and 18 pathologies.
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(num_classes=18)
+    net.conv1 = torch.nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    (tmp_path / "xrv").mkdir()
+    torch.save(net.state_dict(), tmp_path / "xrv" / entry.weights_url.rsplit("/", 1)[-1])
+    grey, _ = load_foundation(parse_prior("xrv-resnet50"), 1, 64)
+    assert torch.equal(grey.conv1.weight, net.conv1.weight)
+    rgb, record = load_foundation(parse_prior("xrv-resnet50"), 3, 64)
+    assert torch.allclose(rgb.conv1.weight.sum(1, keepdim=True), net.conv1.weight)
+    # A grey picture gives the same features through either stem.
+    x = torch.rand(2, 1, 64, 64)
+    assert torch.allclose(grey.eval()(x), rgb.eval()(x.repeat(1, 3, 1, 1)), atol=1e-5)
+    assert record["normalize"]["std"] == [1 / 2048]  # its pixels to [-1024, 1024]

@@ -21,7 +21,8 @@ def run_dict() -> dict:
     """A metrics.json as training.finetune writes it (its keys in its order), values tiny."""
     metric = {"acc": 0.5, "balanced_acc": 0.5, "macro_f1": 0.4, "auroc": float("nan"),
               "loss": 0.7, "n": 4}
-    return {"dataset": "demo", "model": "M1", "seed": 0, "label_fraction": 1.0,
+    return {"dataset": "demo", "model": "M1", "protocol": "finetune", "seed": 0,
+            "label_fraction": 1.0,
             "labelled_train_images": 8,
             "selection": {"metric": "val/loss", "mode": "min", "epoch": 2, "value": 0.6},
             "epochs_trained": 2, "classes": ["a", "b"], "world_size": 1, "lr": 1e-3,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from medssl.errors import MedsslError
 from medssl.models.foundation import parse_prior
-from medssl.names import dml_name, kd_name, parse_cohort, parse_distill, prior_of
+from medssl.names import FOUNDATION, dml_name, kd_name, parse_cohort, parse_distill, prior_of
 from medssl.options import RecipeOptions, SSLOptions, part_of
 from medssl.records import read_run_record
 from medssl.runs import finetune_dir, finetune_finished, ssl_dir, ssl_finished
@@ -53,7 +53,8 @@ class Cell:
         fix = ("Fix: name a cell as `compare` logs it: pretrain:MODEL:FRACTION:SEED, "
                "finetune:MODEL:FRACTION, frozen:MODEL:FRACTION or extra:NAME:FRACTION:SEED.")
         tail = 1 if parts[0] in ALL_SEEDS else 2  # a model's name may hold ':' (F-timm:NAME)
-        if parts[0] not in KINDS or len(parts) < 2 + tail:
+        if (parts[0] not in KINDS or len(parts) < 2 + tail
+                or (len(parts) > 2 + tail and not parts[1].startswith(FOUNDATION))):
             raise MedsslError(f"'{name}' is not a cell of the grid. {fix}")
         try:
             seed = int(parts[-1]) if tail == 2 else None

@@ -62,6 +62,8 @@ def run_stats(init: str, preset, in_channels: int) -> tuple[tuple, tuple]:
     """The normalisation of a run's inputs: a foundation prior's own (it was trained with it),
     else the dataset preset's; per input channel (transforms.channel_stats)."""
     mean, std = (preset.mean, preset.std) if init in INITS else prior_stats(prior_spec(init))
+    if len(mean) == 1:  # a grey prior (TorchXRayVision's) on RGB inputs: the same per channel
+        mean, std = tuple(mean) * 3, tuple(std) * 3
     return channel_stats(mean, std, in_channels)
 
 

@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import sys
+import warnings
 
 from medssl import __version__
 from medssl.errors import Interrupted, MedsslError
@@ -696,7 +697,35 @@ def build_parser() -> argparse.ArgumentParser:
     analysis_flags(p.add_argument_group("judging the results (default: what each grid declared "
                                         "before its runs)"))
     p.set_defaults(func=cmd_report)
+    for command in sub.choices.values():  # read by main, before the command runs
+        command.add_argument("--verbose", action="store_true",
+                             help="also show the libraries' banners, tips and warnings")
     return parser
+
+
+# The libraries whose informational lines (Lightning's "GPU available" banners, its tips, its
+# "`Trainer.fit` stopped" line) would bury medssl's own: shown with --verbose only.
+CHATTY = ("pytorch_lightning", "lightning", "lightning_fabric")  # names and their children
+
+
+def library_info(record: logging.LogRecord) -> bool:
+    """A logging filter: False for the libraries' lines below WARNING."""
+    return record.levelno >= logging.WARNING or not record.name.startswith(CHATTY)
+
+
+def quiet_console(verbose: bool) -> None:
+    """medssl's own lines and warnings always; the libraries' banners, tips and warnings
+    (deprecations, torchmetrics' notes on a batch) only with --verbose. Their errors still
+    reach medssl, which words them."""
+    if verbose:
+        return
+    # On the console's handler, not the libraries' loggers: Lightning sets its own level when
+    # it is imported (after this). Their warnings and errors still show.
+    for handler in logging.getLogger().handlers:
+        if library_info not in handler.filters:  # once, however often main runs in a process
+            handler.addFilter(library_info)
+    warnings.filterwarnings("ignore")  # every library's warnings.warn ...
+    warnings.filterwarnings("default", module=r"medssl(\.|$)")  # ... but medssl's own
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -707,6 +736,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="medssl: %(message)s")
     # Progress lines, whatever the root level; from one process of a distributed run only.
     logging.getLogger("medssl").setLevel(logging.INFO if is_rank_zero() else logging.WARNING)
+    quiet_console(args.verbose)
     try:
         return args.func(args)
     except MedsslError as exc:

@@ -37,18 +37,18 @@ class RunClassifier(nn.Module):
 FIX_RUN = "Fix: pass the folder of a finished `medssl finetune` run (e.g. runs/covid19/M3/seed0)."
 
 
-def teacher_record(run: str | Path) -> RunRecord:
+def teacher_record(run: str | Path, who: str = "Teacher") -> RunRecord:
     """The record (metrics.json) of a finished finetuning run, or an error naming the folder and
-    the fix."""
+    the fix (`who`: how the error names the run)."""
     run = Path(run)
     if not finetune_finished(run):
         what = "does not exist" if not run.exists() else "is not a finished finetuning run " \
                                                          "(no completion marker with metrics.json)"
-        raise MedsslError(f"Teacher {run} {what}. {FIX_RUN}")
+        raise MedsslError(f"{who} {run} {what}. {FIX_RUN}")
     try:
         return read_run_record(run)
     except UnreadableRecord:
-        raise MedsslError(f"Teacher {run}: its metrics.json is not readable JSON. {FIX_RUN}") \
+        raise MedsslError(f"{who} {run}: its metrics.json is not readable JSON. {FIX_RUN}") \
             from None
 
 
@@ -76,23 +76,31 @@ def load_teacher(run: str | Path, samples: pd.DataFrame, classes: list[str], dat
                           f". Fix: finetune the student with --split-file {run / SPLIT} "
                           "(and the teacher's dataset, classes and --image-size), or train a "
                           "teacher on the student's split.")
-    checkpoint = best_checkpoint(run)
-    if not checkpoint.is_file():
-        raise MedsslError(f"Teacher {run} has no selected checkpoint ({checkpoint}). {FIX_RUN}")
-    state = read_state_dict(checkpoint, f"checkpoint of teacher {run}")
-    # Built with its own random stream: initialising the (soon overwritten) weights must not move
-    # the student's RNG, or its head would start elsewhere than without a teacher.
-    with torch.random.fork_rng(devices=[]):
-        backbone = empty_backbone(config["arch"], config.get("in_channels", 3),
-                                  config.get("image_size"))
-        teacher = RunClassifier(backbone, make_head(config["head"], out_features(backbone),
-                                                    len(classes)))
-    wanted = {k: v for k, v in state.items() if k.startswith(("backbone.", "head."))}
-    load_strict(teacher, wanted, str(checkpoint))
-    teacher.eval().requires_grad_(False)
+    teacher, checkpoint = run_classifier(run, record, "Teacher")
     return teacher, {"run": str(run), "model": record.model, "arch": config["arch"],
                      "seed": record.seed, "checkpoint": str(checkpoint),
                      "test_acc": record.test["acc"]}
+
+
+def run_classifier(run: Path, record: RunRecord, who: str) -> tuple[RunClassifier, Path]:
+    """A finished run's network (backbone and head) from its selected checkpoint, strictly,
+    frozen and in eval mode; `who` names the run in errors (Teacher, Run)."""
+    config = record.config
+    checkpoint = best_checkpoint(run)
+    if not checkpoint.is_file():
+        raise MedsslError(f"{who} {run} has no selected checkpoint ({checkpoint}): a frozen "
+                          f"protocol's run, or one whose checkpoint was deleted. {FIX_RUN}")
+    state = read_state_dict(checkpoint, f"checkpoint of {who.lower()} {run}")
+    # Built with its own random stream: initialising the (soon overwritten) weights must not move
+    # the caller's RNG (a student's head would start elsewhere than without a teacher).
+    with torch.random.fork_rng(devices=[]):
+        backbone = empty_backbone(config["arch"], config.get("in_channels", 3),
+                                  config.get("image_size"))
+        net = RunClassifier(backbone, make_head(config["head"], out_features(backbone),
+                                                len(record.classes)))
+    wanted = {k: v for k, v in state.items() if k.startswith(("backbone.", "head."))}
+    load_strict(net, wanted, str(checkpoint))
+    return net.eval().requires_grad_(False), checkpoint
 
 
 def _split_differences(split_file: Path, samples: pd.DataFrame) -> list[str]:

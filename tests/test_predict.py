@@ -1,0 +1,72 @@
+"""`medssl predict` (issue 36, part 1): a finished run applied to pictures with its own
+preprocessing reproduces its own test predictions; bad pictures are listed, and skipped only
+when asked; a folder that is no finished run, or one without a checkpoint, is refused."""
+
+import pandas as pd
+import pytest
+
+from medssl.data import fixtures as fx
+
+FAST = ["--arch", "resnet18", "--image-size", "32", "--num-workers", "0", "--batch-size", "8",
+        "--epochs", "1", "--lr", "1e-3"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A covid19 fixture and one finished M1 run on it."""
+    from medssl.cli import main
+
+    tmp = tmp_path_factory.mktemp("predict")
+    root = fx.make_covid19(tmp, per_class=6)
+    assert main(["finetune", "--dataset", "covid19", "--data-root", str(root), "--model", "M1",
+                 *FAST, "--out", str(tmp / "run")]) == 0
+    return root, tmp / "run"
+
+
+def test_predict_reproduces_the_runs_own_test_predictions(trained, tmp_path, cli):
+    root, run = trained
+    code, out, err = cli("predict", run, "--data-root", root, "--out", tmp_path / "p.csv")
+    assert code == 0, err
+    ours = pd.read_csv(tmp_path / "p.csv").set_index("path")
+    theirs = pd.read_csv(run / "test_predictions.csv").set_index("path")
+    probs = [c for c in theirs if c.startswith("prob_")]
+    assert len(ours) > len(theirs)  # every picture of the folder, the test ones among them
+    diff = (ours.loc[theirs.index, probs] - theirs[probs]).abs().to_numpy().max()
+    assert diff < 1e-4, diff
+    assert (ours["predicted"] == ours[probs].idxmax(axis=1).str[len("prob_"):]).all()
+    # The same pictures named one by one give the same rows.
+    files = [root / p for p in theirs.index[:3]]
+    code, _, err = cli("predict", run, *files, "--out", tmp_path / "three.csv")
+    assert code == 0, err
+    three = pd.read_csv(tmp_path / "three.csv")
+    assert len(three) == 3
+    assert (three[probs].to_numpy() - theirs[probs].to_numpy()[:3]).max() < 1e-4
+
+
+def test_bad_pictures_are_listed_and_skipped_only_when_asked(trained, tmp_path, cli):
+    _, run = trained
+    folder = tmp_path / "new"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(fx.picture("a"))
+    (folder / "broken.png").write_bytes(b"not a picture")
+    code, _, err = cli("predict", run, "--data-root", folder, "--out", tmp_path / "p.csv")
+    assert code == 2 and "broken.png" in err and "--skip-bad-images" in err
+    assert not (tmp_path / "p.csv").exists()
+    code, _, err = cli("predict", run, "--data-root", folder, "--out", tmp_path / "p.csv",
+                       "--skip-bad-images")
+    assert code == 0, err
+    assert list(pd.read_csv(tmp_path / "p.csv")["path"]) == ["a.png"]
+
+
+def test_a_folder_that_is_no_finished_run_is_refused(trained, tmp_path, cli):
+    root, run = trained
+    code, _, err = cli("predict", tmp_path / "nothing", "--data-root", root)
+    assert code == 2 and "does not exist" in err and "Fix" in err
+    (run / "checkpoints" / "best.ckpt").rename(tmp_path / "best.ckpt")  # as a frozen run's
+    try:
+        code, _, err = cli("predict", run, "--data-root", root, "--out", tmp_path / "p.csv")
+        assert code == 2 and "has no selected checkpoint" in err
+    finally:
+        (tmp_path / "best.ckpt").rename(run / "checkpoints" / "best.ckpt")
+    code, _, err = cli("predict", run, "--data-root", root, "--tta")
+    assert code == 2 and "--tta" in err and "uses none" in err  # covid19: no flips

@@ -647,15 +647,41 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
-    from medssl.training.predict import PredictOptions, predict  # lazy: torch
+def picture_flags(p, default_out: str) -> None:
+    """The pictures `predict` and `embed` take, and how they run."""
+    p.add_argument("files", nargs="*", help="pictures (or --data-root, --csv)")
+    p.add_argument("--data-root", help="every picture under this folder")
+    p.add_argument("--csv", help="the pictures of this CSV's `path` column (relative to its "
+                   "folder)")
+    p.add_argument("--out", default=default_out, help=f"default {default_out}")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="go on with the readable pictures, listing the others (default: stop)")
+    p.add_argument("--batch-size", type=ranged("batch_size"), default=64)
+    p.add_argument("--num-workers", type=ranged("num_workers"), default=0)
+    p.add_argument("--accelerator", choices=ACCELERATORS, default="auto")
 
-    out = predict(PredictOptions(run=args.run, data_root=args.data_root, csv=args.csv,
-                                 files=args.files or None, out=args.out, tta=args.tta,
-                                 skip_bad_images=args.skip_bad_images,
-                                 batch_size=args.batch_size, num_workers=args.num_workers,
-                                 accelerator=args.accelerator, progress=sys.stderr.isatty()))
-    print(f"predictions written to {out}")
+
+def picture_options(args: argparse.Namespace):
+    from medssl.training.predict import PredictOptions  # lazy: torch
+
+    return PredictOptions(run=args.run, data_root=args.data_root, csv=args.csv,
+                          files=args.files or None, out=args.out, tta=getattr(args, "tta", False),
+                          skip_bad_images=args.skip_bad_images, batch_size=args.batch_size,
+                          num_workers=args.num_workers, accelerator=args.accelerator,
+                          progress=sys.stderr.isatty())
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from medssl.training.predict import predict  # lazy: torch
+
+    print(f"predictions written to {predict(picture_options(args))}")
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from medssl.training.predict import embed  # lazy: torch
+
+    print(f"features written to {embed(picture_options(args))}")
     return 0
 
 
@@ -712,19 +738,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="apply a finished finetuning run to new pictures: one "
                        "row per picture with each class's probability and the predicted class")
     p.add_argument("run", help="the run's folder, e.g. runs/covid19/M3/seed0")
-    p.add_argument("files", nargs="*", help="pictures to predict (or --data-root, --csv)")
-    p.add_argument("--data-root", help="predict every picture under this folder")
-    p.add_argument("--csv", help="predict the pictures of this CSV's `path` column (relative to "
-                   "its folder)")
-    p.add_argument("--out", default="predictions.csv", help="default predictions.csv")
+    picture_flags(p, "predictions.csv")
     p.add_argument("--tta", action="store_true",
                    help="average the predictions over the flips the run trained with")
-    p.add_argument("--skip-bad-images", action="store_true",
-                   help="predict the readable pictures, listing the others (default: stop)")
-    p.add_argument("--batch-size", type=ranged("batch_size"), default=64)
-    p.add_argument("--num-workers", type=ranged("num_workers"), default=0)
-    p.add_argument("--accelerator", choices=ACCELERATORS, default="auto")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("embed", help="write each picture's backbone features (a run's, or a "
+                       "backbone.pt's) with its path")
+    p.add_argument("run", metavar="RUN_OR_BACKBONE", help="a finished finetuning run's folder, "
+                   "or a backbone.pt (or its pretraining folder)")
+    picture_flags(p, "features.npz")
+    p.set_defaults(func=cmd_embed)
     for command in sub.choices.values():  # read by main, before the command runs
         command.add_argument("--verbose", action="store_true",
                              help="also show the libraries' banners, tips and warnings")

@@ -70,3 +70,42 @@ def test_a_folder_that_is_no_finished_run_is_refused(trained, tmp_path, cli):
         (tmp_path / "best.ckpt").rename(run / "checkpoints" / "best.ckpt")
     code, _, err = cli("predict", run, "--data-root", root, "--tta")
     assert code == 2 and "--tta" in err and "uses none" in err  # covid19: no flips
+
+
+def test_embed_writes_the_backbones_features_one_row_per_picture(trained, tmp_path, cli):
+    import numpy as np
+    import torch
+
+    from medssl.training.predict import open_source
+
+    root, run = trained
+    code, _, err = cli("embed", run, "--data-root", root, "--out", tmp_path / "f.npz")
+    assert code == 0, err
+    saved = np.load(tmp_path / "f.npz")
+    code, _, err = cli("predict", run, "--data-root", root, "--out", tmp_path / "p.csv")
+    assert code == 0, err
+    probs = pd.read_csv(tmp_path / "p.csv")
+    assert list(saved["paths"]) == list(probs["path"])
+    assert saved["features"].shape == (len(probs), 512)  # ResNet-18's
+    # The run's own head on these features gives its predictions: they are its backbone's output.
+    head = open_source(run).head
+    again = head(torch.from_numpy(saved["features"])).softmax(1).detach().numpy()
+    assert np.abs(again - probs.filter(like="prob_").to_numpy()).max() < 1e-5
+    code, _, err = cli("embed", run, "--data-root", root, "--out", tmp_path / "f.csv")
+    assert code == 0 and pd.read_csv(tmp_path / "f.csv").shape == (len(probs), 513)
+    code, _, err = cli("embed", run, "--data-root", root, "--out", tmp_path / "f.txt")
+    assert code == 2 and ".npz, .csv or .parquet" in err
+
+
+def test_embed_takes_a_pretrained_backbone_file(trained, tmp_path, cli):
+    import numpy as np
+
+    root, _ = trained
+    code, _, err = cli("pretrain", "--dataset", "covid19", "--data-root", root, *FAST[:-2],
+                       "--out", tmp_path / "ssl")
+    assert code == 0, err
+    code, _, err = cli("embed", tmp_path / "ssl", "--data-root", root, "--out", tmp_path / "f.npz")
+    assert code == 0, err
+    assert np.load(tmp_path / "f.npz")["features"].shape[1] == 512
+    code, _, err = cli("predict", tmp_path / "ssl" / "backbone.pt", "--data-root", root)
+    assert code == 2 and "no classifier head" in err

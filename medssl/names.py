@@ -184,12 +184,25 @@ def parse_cohort(spec: str) -> list[str]:
 
 def parse_distill(spec: str) -> tuple[list[str], str]:
     """'M3:M1' -> (['M3'], 'M1'); 'M3+M4:M1' -> (['M3', 'M4'], 'M1'): the teachers (their
-    probabilities averaged) and the student."""
-    teachers, colon, student = spec.partition(":")
-    if not colon or not teachers or not student:
-        raise MedsslError(f"'{spec}' is not TEACHER:STUDENT. Fix: e.g. M3:M1, or M3+M4:M1 for "
-                          "an ensemble teacher.")
-    names = split_models(teachers)
-    for m in (*names, student):
-        prior_of(m)
-    return names, student.strip()
+    probabilities averaged) and the student. A foundation row's name may hold a colon
+    (F-timm:NAME): the split is the first colon with models on both sides."""
+    fix = (f"'{spec}' is not TEACHER:STUDENT. Fix: e.g. M3:M1, or M3+M4:M1 for an ensemble "
+           "teacher.")
+    for i in [i for i, c in enumerate(spec) if c == ":"]:
+        teachers, student = spec[:i].strip(), spec[i + 1:].strip()
+        if not teachers or not student:
+            continue
+        try:
+            names = split_models(teachers)
+            for m in (*names, student):
+                prior_of(m)
+        except MedsslError:
+            continue
+        return names, student
+    teachers, _, student = spec.partition(":")
+    if not teachers.strip() or not student.strip():
+        raise MedsslError(fix)
+    # refused naming the model that is unknown
+    for m in (*split_models(teachers), student):
+        prior_of(m.strip())
+    raise MedsslError(fix)

@@ -14,7 +14,7 @@ import torch
 from medssl.data import fixtures as fx
 from medssl.errors import MedsslError
 from medssl.experiments.grid import Cell
-from medssl.names import prior_of, split_models
+from medssl.names import parse_distill, prior_of, split_models
 
 TINY = "vit_tiny_patch16_224"
 PRIOR = f"F-timm:{TINY}"
@@ -48,12 +48,16 @@ def test_row_names_mean_their_prior_and_survive_cells_and_cohorts():
     for name in (f"finetune:{PRIOR}:0.1", f"pretrain:{PRIOR}+simclr:1:2"):
         assert Cell.parse(name).name == name
     assert split_models(f"{PRIOR}+simclr+M1") == [f"{PRIOR}+simclr", "M1"]
+    # A distillation may name them on either side of its colon.
+    assert parse_distill(f"{PRIOR}:M1") == ([PRIOR], "M1")
+    assert parse_distill(f"M3+{PRIOR}+simclr:{PRIOR}") == (["M3", f"{PRIOR}+simclr"], PRIOR)
 
 
 def test_compare_adds_a_timm_prior_from_a_file_and_skips_an_absent_one(covid, prior_file,
                                                                        tmp_path, cli):
     code, out, err = cli("compare", "--dataset", "covid19", "--data-root", covid, "--models",
-                         "M1", "--priors", f"timm:{TINY}={prior_file}", "dinov2-vitb14",
+                         "M1", "F-dinov3-vitb16", "--priors", f"timm:{TINY}={prior_file}",
+                         "dinov2-vitb14",
                          "--seeds", "0", "1", *FAST, "--out", tmp_path / "grid")
     assert code == 0, err
     table = pd.read_csv(tmp_path / "grid" / "results.csv")
@@ -72,6 +76,7 @@ def test_compare_adds_a_timm_prior_from_a_file_and_skips_an_absent_one(covid, pr
     said = (tmp_path / "grid" / "results.md").read_text()
     assert "F-dinov2-vitb14 skipped" in said and "timm/vit_base_patch14_dinov2.lvd142m" in said
     assert "Apache-2.0" in said and not (tmp_path / "grid" / "F-dinov2-vitb14").exists()
+    assert "F-dinov3-vitb16 skipped" in said  # named in --models, its weights not here either
 
 
 def test_continue_ssl_pretrains_from_the_priors_weights(covid, prior_file, tmp_path, cli,
@@ -106,7 +111,8 @@ def test_continue_ssl_pretrains_from_the_priors_weights(covid, prior_file, tmp_p
     assert row["base"] == PRIOR  # compared with the prior finetuned alone, too
 
 
-def test_foundation_flags_that_do_not_apply_are_refused(covid, prior_file, tmp_path, cli):
+def test_foundation_flags_that_do_not_apply_are_refused(covid, prior_file, tmp_path, cli,
+                                                        capsys):
     base = ["finetune", "--dataset", "covid19", "--data-root", covid, *FAST]
     code, _, err = cli(*base, "--model", "M1", "--prior-weights", prior_file)
     assert code == 2 and "--prior-weights" in err and "no foundation prior" in err
@@ -116,3 +122,33 @@ def test_foundation_flags_that_do_not_apply_are_refused(covid, prior_file, tmp_p
     code, _, err = cli("compare", "--dataset", "covid19", "--data-root", covid, "--models", "M1",
                        "--continue-ssl", "simclr", *FAST, "--out", tmp_path / "g")
     assert code == 2 and "--continue-ssl" in err and "--priors" in err
+    code, _, err = cli(*base, "--model", PRIOR + "+simclr", "--prior-weights", prior_file)
+    assert code == 2 and "starts from its simclr backbone" in err
+    with pytest.raises(SystemExit):  # a misspelt timm name, refused by the flag itself
+        cli("compare", "--dataset", "covid19", "--data-root", covid, "--priors",
+            "timm:vit_tiny_patch16_22")
+    assert "Did you mean timm:vit_tiny_patch16_224" in capsys.readouterr().err
+
+
+def test_a_prior_from_the_cache_is_part_of_the_runs_identity_by_content(tmp_path, monkeypatch):
+    from medssl.training.finetune import FinetuneConfig, identity_of, resolve
+
+    cache = tmp_path / "hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    repo = timm.models.get_pretrained_cfg(TINY).hf_hub_id
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text("abc")
+    (folder / "snapshots" / "abc").mkdir(parents=True)
+    weights = folder / "snapshots" / "abc" / "model.safetensors"
+    st.save_file(timm.create_model(TINY, pretrained=False).state_dict(), str(weights))
+
+    def identity():
+        cfg = resolve(FinetuneConfig(dataset="covid19", model=PRIOR, image_size=32,
+                                     out=str(tmp_path / "run")))
+        return identity_of(cfg)["files"]["prior_weights"]
+
+    before = identity()
+    assert before is not None  # the cached file, by its digest
+    st.save_file({k: v + 1 for k, v in st.load_file(str(weights)).items()}, str(weights))
+    assert identity() != before  # other weights in the cache: another run

@@ -175,3 +175,20 @@ def test_torchxrayvisions_resnet_loads_from_its_folder_grey_or_rgb(tmp_path, mon
     x = torch.rand(2, 1, 64, 64)
     assert torch.allclose(grey.eval()(x), rgb.eval()(x.repeat(1, 3, 1, 1)), atol=1e-5)
     assert record["normalize"]["std"] == [1 / 2048]  # its pixels to [-1024, 1024]
+
+
+def test_retfounds_mae_checkpoint_loads_without_its_decoder(tmp_path, monkeypatch):
+    # RETFound's weights are an MAE's: the encoder's keys under "model", with the decoder's and
+    # the mask token beside them (a ViT-tiny stands in for the ViT-L).
+    entry = replace(PRIORS["retfound"], arch=f"timm:{TINY}")
+    monkeypatch.setitem(PRIORS, "retfound", entry)
+    torch.manual_seed(0)
+    net = timm.create_model(TINY, num_classes=0, img_size=32).state_dict()
+    mae = {"model": {**net, "mask_token": torch.zeros(1, 1, 192),
+                     "decoder_embed.weight": torch.zeros(4, 192),
+                     "decoder_blocks.0.norm1.weight": torch.ones(4)}}
+    torch.save(mae, tmp_path / "RETFound_cfp_weights.pth")
+    model, record = load_foundation(parse_prior(f"retfound={tmp_path / 'RETFound_cfp_weights.pth'}"),
+                                    3, 32)
+    assert all(torch.equal(v, net[k]) for k, v in model.state_dict().items())
+    assert record["license"].startswith("CC BY-NC")

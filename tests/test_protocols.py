@@ -69,6 +69,19 @@ def test_compare_judges_priors_within_each_protocol_on_unchanged_backbones(covid
     assert identity["settings"]["protocol"] == "knn"
     said = (tmp_path / "grid" / "results.md").read_text()
     assert "## Results: linear probe on frozen features" in said and "k chosen" in said
+    assert "This answer is about the finetuned priors" in said
+    # A frozen run lost (an interruption) runs again under --resume, alone; the rest is reused.
+    import shutil
+
+    shutil.rmtree(tmp_path / "grid" / "M1" / "knn" / "seed1")
+    embedded.clear()
+    code, _, err = cli("compare", "--dataset", "covid19", "--data-root", covid, "--models",
+                       "M1", "--priors", f"timm:{TINY}={path}", "--protocols", "finetune",
+                       "linear", "knn", "--seeds", "0", "1", *FAST, "--out", tmp_path / "grid",
+                       "--resume")
+    assert code == 0, err
+    assert [m for m, *_ in embedded] == ["M1"]
+    assert (tmp_path / "grid" / "M1" / "knn" / "seed1" / "metrics.json").is_file()
 
 
 def features(seed: int, n: int = 30, classes: int = 3) -> dict:
@@ -81,6 +94,15 @@ def features(seed: int, n: int = 30, classes: int = 3) -> dict:
                                                                               generator=g)
         out[split] = Features(torch.cat([x, torch.randn(n, 5, generator=g)], 1), y, None)
     return out
+
+
+def test_knn_leaves_a_train_image_out_of_its_own_neighbours():
+    # Two train images of different classes, each the other's nearest: with itself left out,
+    # each is predicted as the other's class (with itself in, both would be right).
+    train = Features(torch.tensor([[1.0, 0.0], [0.9, 0.1]]), torch.tensor([0, 1]), None)
+    probs = frozen.knn_probs(train, train.x, 1, 2, itself=True)
+    assert probs.argmax(1).tolist() == [1, 0]
+    assert frozen.knn_probs(train, train.x, 1, 2).argmax(1).tolist() == [0, 1]
 
 
 @pytest.mark.parametrize("protocol", [linear_probe, knn_protocol])

@@ -89,7 +89,8 @@ def resolve(cfg: CompareConfig) -> CompareConfig:
     method; the models distilled and mutual runs need trained alone), the grid's folder, the
     label fractions, the arch, and the lr grid (the fair default: a search per prior)."""
     preset = preset_for(cfg.dataset)
-    models = grid_models(cfg.models, cfg.ssl_methods) + foundation_rows(cfg)
+    models = list(dict.fromkeys(grid_models(cfg.models, cfg.ssl_methods)
+                                + foundation_rows(cfg)))  # a row named twice runs once
     for name, needed, _ in extra_runs(cfg):  # teachers, students and members trained alone too
         added = [m for m in needed if m not in models]
         if added:
@@ -262,14 +263,16 @@ def run_frozen_cell(cfg: CompareConfig, base: Path, cell: Cell, common: dict) ->
     reused (as the runs they are: medssl.identity), the others run together on one set of
     features."""
     for seed in cfg.seeds:
-        cfgs = frozen_configs(cfg, base, cell, seed, common)
-        if all(finetune_finished(Path(c.out)) for c in cfgs):
-            for c in cfgs:
-                reuse(Path(c.out), c, None)
-            continue
-        log.info("%s, frozen (%s), seed %d, label fraction %g (cell %s)", cell.model,
-                 ", ".join(c.protocol for c in cfgs), seed, cell.label_fraction, cell.name)
-        run_frozen(cfgs)
+        todo = []
+        for c in frozen_configs(cfg, base, cell, seed, common):
+            if finetune_finished(Path(c.out)):
+                reuse(Path(c.out), c, None)  # a protocol added later runs alone
+            else:
+                todo.append(c)
+        if todo:
+            log.info("%s, frozen (%s), seed %d, label fraction %g (cell %s)", cell.model,
+                     ", ".join(c.protocol for c in todo), seed, cell.label_fraction, cell.name)
+            run_frozen(todo)
 
 
 def run_extra_cell(cfg: CompareConfig, base: Path, cell: Cell, common: dict,
@@ -405,7 +408,11 @@ def foundation_skips(cfg: CompareConfig, skipped: dict) -> None:
     added to `skipped` with what is missing, where to put it and the license (PriorUnavailable);
     the rest of the grid runs. An F-<prior>+<method> row pretrains from the prior: skipped too."""
     files = prior_files(cfg)
-    for label, file in files.items():
+    # Every prior of the grid's F- rows, those named in --models too (the cache's weights).
+    labels = dict.fromkeys([*files, *(prior_of(m).init for m in cfg.models
+                                      if prior_of(m).foundation)])
+    for label in labels:
+        file = files.get(label)
         try:
             check_loadable(prior_spec(label, file))
         except PriorUnavailable as exc:

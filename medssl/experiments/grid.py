@@ -180,7 +180,8 @@ def frozen_configs(cfg, base: Path, cell: Cell, seed: int, common: dict) -> list
     training.frozen)."""
     alone = finetune_config(cfg, base, Cell("finetune", cell.model, cell.label_fraction), seed,
                             common)
-    return [replace(alone, protocol=p, lr_grid=None, out=str(finetune_dir(
+    # No checkpoints (minutes of work at most): an interrupted frozen run starts again.
+    return [replace(alone, protocol=p, lr_grid=None, resume=False, out=str(finetune_dir(
         base, cell.model, seed, cell.label_fraction, p))) for p in frozen_protocols(cfg)]
 
 

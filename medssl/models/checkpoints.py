@@ -80,8 +80,12 @@ def read_state_dict(path: Path, what: str = "checkpoint") -> dict:
         detail = str(exc).splitlines()[0][:200] if str(exc) else "no detail"
         raise MedsslError(f"{path} is not a plain state_dict that loads with weights_only=True "
                           f"({type(exc).__name__}: {detail}); the file may be damaged. {fix}") from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
+    # A training checkpoint holds its weights under one key: Lightning's "state_dict", or
+    # "model" (MAE's, DeiT's, RETFound's), beside an optimizer's state that is not read.
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
     if not isinstance(state, dict):
         raise MedsslError(f"The {what} {path} holds a {type(state).__name__}, not a state_dict "
                           f"(a dict of parameter names to tensors). {fix}")

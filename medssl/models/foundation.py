@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medssl.errors import MedsslError
-from medssl.models.timm_backbones import PREFIX
+from medssl.models.timm_backbones import PREFIX, check_timm_arch
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 CLIP = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
@@ -55,6 +55,8 @@ class FoundationPrior:
     weights_dir: str | None = None
     weights_url: str | None = None
     key_prefix: str = ""  # the weights' keys of this network start with it (a tower of a CLIP)
+    # keys of its checkpoint that are not the network's (an MAE's decoder), left out
+    drop_keys: tuple[str, ...] = ()
     note: str = ""
 
     @property
@@ -73,7 +75,7 @@ PRIORS: dict[str, FoundationPrior] = {p.name: p for p in (
                     "vit_base_patch14_dinov2.lvd142m", "Apache-2.0", 518, *IMAGENET,
                     arch=PREFIX + "vit_base_patch14_dinov2"),
     FoundationPrior("dinov3-vitb16", "DINOv3 ViT-B/16 (LVD-1689M)", "timm",
-                    "vit_base_patch16_dinov3.lvd1689m", "DINOv3 License (Meta)", 224, *IMAGENET,
+                    "vit_base_patch16_dinov3.lvd1689m", "DINOv3 License (Meta)", 256, *IMAGENET,
                     arch=PREFIX + "vit_base_patch16_dinov3", gated=True),
     # RAD-DINO's checkpoint in the original DINOv2 layout (beside its transformers one): timm's
     # filter converts that layout, so timm's DINOv2 ViT-B/14 takes it strictly.
@@ -103,6 +105,7 @@ PRIORS: dict[str, FoundationPrior] = {p.name: p for p in (
                     "vit_large_patch16_224", "CC BY-NC 4.0 (non-commercial use only)", 224,
                     *IMAGENET, arch=PREFIX + "vit_large_patch16_224", gated=True,
                     weights_repo="YukunZhou/RETFound_mae_natureCFP",
+                    drop_keys=("decoder", "mask_token"),
                     note="its weights are not timm's: request access on Hugging Face, download "
                          "the checkpoint, and pass it as retfound=PATH"),
 )}
@@ -151,6 +154,7 @@ def parse_prior(text: str) -> PriorSpec:
         if eq and not path:
             raise MedsslError(f"--priors {text}: no file after '='. Fix: timm:{name}=PATH to a "
                               "safetensors or state_dict file, or timm:{name} for timm's cache.")
+        check_timm_arch(PREFIX + name, "--priors")  # a misspelt name, with timm's closest
         return PriorSpec(text, None, name, Path(path).expanduser() if eq else None)
     raise MedsslError(f"Unknown prior {text!r}. Choose one of: {', '.join(PRIORS)}, "
                       "timm:MODEL_NAME, or timm:MODEL_NAME=PATH (`medssl priors` lists them).")

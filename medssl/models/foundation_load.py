@@ -117,7 +117,8 @@ def availability(entry) -> str:
                 f"weights not in the Hugging Face cache ({hf_cache()})")
 
 
-def _filtered(model: nn.Module, state: dict, in_channels: int, prefix: str = "") -> dict:
+def _filtered(model: nn.Module, state: dict, in_channels: int, prefix: str = "",
+              drop: tuple[str, ...] = ()) -> dict:
     """The checkpoint in the model's own layout: the network's keys of a larger checkpoint
     (`prefix`), its timm filter (position embeddings resized, other layouts converted), the stem
     adapted to `in_channels` (timm's adapt_input_conv), the classifier dropped."""
@@ -126,6 +127,7 @@ def _filtered(model: nn.Module, state: dict, in_channels: int, prefix: str = "")
     state = state.get("model", state) if isinstance(state.get("model"), dict) else state
     if prefix:
         state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    state = {k: v for k, v in state.items() if not k.startswith(drop)} if drop else state
     module = sys.modules.get(type(model).__module__)
     filter_fn = getattr(module, "checkpoint_filter_fn", None)
     if filter_fn is not None and hasattr(model, "pretrained_cfg"):  # a timm model
@@ -170,8 +172,9 @@ def load_foundation(spec: PriorSpec, in_channels: int, image_size: int) -> tuple
     record of it (the file, the network, the license, its input size and normalisation)."""
     path = check_loadable(spec)
     model = empty_backbone(spec.arch, in_channels, image_size)
-    prefix = spec.entry.key_prefix if spec.entry else ""
-    state = _filtered(model, read_state_dict(path, f"--priors {spec.text}"), in_channels, prefix)
+    prefix, drop = (spec.entry.key_prefix, spec.entry.drop_keys) if spec.entry else ("", ())
+    state = _filtered(model, read_state_dict(path, f"--priors {spec.text}"), in_channels, prefix,
+                      drop)
     load_strict(model, state, f"Prior {spec.text} ({path})",
                 fix=f"Fix: a weights file of {spec.arch} (its state_dict or safetensors), or "
                 "the prior it was saved from.")

@@ -27,18 +27,19 @@ def timm_name(arch: str) -> str:
     return arch[len(PREFIX):]
 
 
-def check_timm_arch(arch: str) -> str:
-    """The timm model name of `timm:NAME`, or MedsslError naming the closest names timm has."""
+def check_timm_arch(arch: str, flag: str = "--arch") -> str:
+    """The timm model name of `timm:NAME`, or MedsslError naming the closest names timm has
+    (`flag`: the flag that gave it)."""
     try:
         import timm
     except ImportError:
-        raise MedsslError(f"--arch {arch} needs timm, which is not installed. Fix: pip install "
+        raise MedsslError(f"{flag} {arch} needs timm, which is not installed. Fix: pip install "
                           "timm") from None
     name = timm_name(arch)
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
         hint = f" Did you mean {', '.join(PREFIX + c for c in close)}?" if close else ""
-        raise MedsslError(f"--arch {arch}: timm has no model {name!r}.{hint} Fix: a name from "
+        raise MedsslError(f"{flag} {arch}: timm has no model {name!r}.{hint} Fix: a name from "
                           "`python -c \"import timm; print(timm.list_models('vit*'))\"`.")
     return name
 

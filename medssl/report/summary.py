@@ -209,7 +209,12 @@ def write_summary(grids: list[Path], out: Path, analysis=None) -> str:
     for grid in grids:
         build_report(grid, analysis=analysis)  # each grid's own table and figures, refreshed
         runs, _ = collect_runs(grid)
-        runs = next(iter(by_protocol(runs).values()))  # finetuning's, where it ran
+        if not (runs["protocol"] == "finetune").any():  # never one protocol against another
+            raise MedsslError(f"{grid} holds no finetuned runs (its protocols: "
+                              f"{', '.join(by_protocol(runs))}), and the summary across datasets "
+                              "compares finetuned priors. Fix: run that grid with --protocols "
+                              "finetune (and any others), or leave it out.")
+        runs = runs[runs["protocol"] == "finetune"]
         dataset = runs["dataset"].iloc[0]
         if dataset in tables:
             raise MedsslError(f"Two grids hold {dataset} ({grid} and another): one grid per "

@@ -501,6 +501,10 @@ def write_results(base: Path, skipped_models: dict[str, str] | None = None,
         unlearned = unlearned_priors(own)
         if i == 0:
             md += answer(summary, own, margin, how, margin_how)
+            if len(groups) > 1:  # which table the answer is about
+                md += (f"This answer is about the {PROTOCOL_TITLES[protocol]} priors; the "
+                       f"{' and '.join(PROTOCOL_TITLES[p] for p in list(groups)[1:])} ones have "
+                       "their own tables, comparisons and Holm family below.\n")
         title = f": {PROTOCOL_TITLES[protocol]}" if len(groups) > 1 else ""
         md += (f"\n## Results{title}\n\n" + markdown_table(summary, skipped_models, set(unlearned))
                + "\n" + (duplicates_line(runs) + "\n" if i == 0 else "")

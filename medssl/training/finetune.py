@@ -40,7 +40,7 @@ from medssl.training.distributed import barrier, is_rank_zero
 from medssl.training.finetune_results import RunResults, write_cohort
 from medssl.training.harness import RunStart, fit, keep_identity, make_trainer, open_run
 from medssl.training.loaders import (fill_training_defaults, foundation_defaults, make_loader,
-                                    open_cache, run_stats)
+                                    open_cache, prior_file, run_stats)
 from medssl.training.objectives import objective_for
 from medssl.training.run_logs import epoch_curves
 from medssl.training.teachers import teacher_model
@@ -129,6 +129,10 @@ def check_foundation(cfg: FinetuneConfig) -> None:
                               "F-<prior>.")
         return
     prior = prior_of(cfg.model)
+    if prior.ssl and cfg.prior_weights:
+        raise MedsslError(f"--prior-weights {cfg.prior_weights}: {cfg.model} starts from its "
+                          f"{prior.method} backbone, not from the prior's file. Fix: drop it (it "
+                          f"goes to `medssl pretrain --init {prior.init}`).")
     foundation_defaults(cfg, prior.init, cfg.prior_weights, check_weights=not prior.ssl)
 
 
@@ -305,7 +309,9 @@ def identity_of(cfg: FinetuneConfig) -> dict:
     priors = {f"prior {m}": ssl_backbone_path(m, cfg.dataset, (given.member_checkpoints or {})
                                               .get(m, cfg.ssl_checkpoint), Path(cfg.base))
               for m in members_of(cfg) if prior_of(m).ssl}
-    files = {"split_file": cfg.split_file, **priors, "prior_weights": cfg.prior_weights,
+    start = prior_of(cfg.model) if cfg.model and not cfg.mutual else None
+    weights = prior_file(start.init, cfg.prior_weights) if start and not start.ssl else None
+    files = {"split_file": cfg.split_file, **priors, "prior_weights": weights,
              "teachers": [Path(t) / IDENTITY for t in cfg.teachers or []]}
     return run_identity(cfg, files, {"member_lrs": given.member_lrs} if given.member_lrs else {})
 

@@ -116,11 +116,16 @@ def linear_probe(cfg: FinetuneConfig, feats: dict, classes: list[str]) -> tuple[
                    "value": abs(value)}
 
 
-def knn_probs(train: Features, x: torch.Tensor, k: int, n_classes: int) -> torch.Tensor:
+def knn_probs(train: Features, x: torch.Tensor, k: int, n_classes: int,
+              itself: bool = False) -> torch.Tensor:
     """Class probabilities from the k nearest train images by cosine similarity, each vote
     weighted by exp(sim / T). (lightly's knn_predict gives the ranking only; the comparisons
-    pair probabilities, so the weighted votes are normalised here.)"""
+    pair probabilities, so the weighted votes are normalised here.) `itself`: `x` are the train
+    images, each left out of its own neighbours (else train accuracy would be near 100%)."""
     sims = F.normalize(x, dim=1) @ F.normalize(train.x, dim=1).T
+    if itself:
+        sims.fill_diagonal_(-float("inf"))
+        k = min(k, len(train.x) - 1)
     top, idx = sims.topk(k, dim=1)
     votes = torch.zeros(len(x), n_classes).scatter_add_(1, train.y[idx],
                                                          (top / KNN_TEMPERATURE).exp())
@@ -135,7 +140,8 @@ def knn_protocol(cfg: FinetuneConfig, feats: dict, classes: list[str]) -> tuple[
     scored = [(selection_value(knn_probs(train, feats["val"].x, k, len(classes)), feats["val"].y,
                                classes, cfg.select), k) for k in ks]
     value, k = max(scored, key=lambda t: (t[0], -t[1]))  # a tie: the smaller k
-    probs = {s: knn_probs(train, f.x, k, len(classes)) for s, f in feats.items()}
+    probs = {s: knn_probs(train, f.x, k, len(classes), itself=s == "train")
+             for s, f in feats.items()}
     return probs, {"k": k, "ks": ks, "temperature": KNN_TEMPERATURE, "value": abs(value)}
 
 

@@ -58,6 +58,13 @@ def foundation_defaults(cfg, init: str, weights, *, check_weights: bool = True) 
     cfg.arch = arch
 
 
+def prior_file(init: str, weights) -> str | None:
+    """The file a foundation init's weights are read from: the one given, or the one found in
+    the Hugging Face cache or its library's folder (a run's identity names it by content, so
+    weights replaced in the cache make another run). None for random and ImageNet inits."""
+    return None if init in INITS else str(check_loadable(prior_spec(init, weights)))
+
+
 def run_stats(init: str, preset, in_channels: int) -> tuple[tuple, tuple]:
     """The normalisation of a run's inputs: a foundation prior's own (it was trained with it),
     else the dataset preset's; per input channel (transforms.channel_stats)."""

@@ -43,7 +43,7 @@ from medssl.training.harness import RunStart, fit, keep_identity, make_trainer, 
 from medssl.training.guards import Guard
 from medssl.training.knn import KNNMonitor, readout_gain
 from medssl.training.loaders import (fill_training_defaults, foundation_defaults, make_loader,
-                                    open_cache, run_stats)
+                                    open_cache, prior_file, run_stats)
 from medssl.training.methods import get_method
 
 log = logging.getLogger("medssl")
@@ -257,7 +257,8 @@ def check_gain(run: Path, record: BackboneRecord, min_gain: float | None,
 
 def identity_of(cfg: PretrainConfig) -> dict:
     """The run's identity (medssl.identity): its resolved settings and its split file's content."""
-    return run_identity(cfg, {"split_file": cfg.split_file, "prior_weights": cfg.prior_weights})
+    return run_identity(cfg, {"split_file": cfg.split_file,
+                              "prior_weights": prior_file(cfg.init, cfg.prior_weights)})
 
 
 def prepare_split(cfg: PretrainConfig, run: RunStart):

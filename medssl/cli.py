@@ -17,6 +17,8 @@ from medssl.options import (AnalysisOptions, DataOptions, HardwareOptions, Model
 from medssl.ranges import RANGES
 from medssl.oserrors import describe, writable_file, writable_folder
 from medssl.runs import finetune_finished
+from medssl.config_files import dump as dump_config
+from medssl.config_files import rerun_values, with_config, write_config
 from medssl.names import (ACCELERATORS, ARCHS, AUGMENT_PRESETS, DUPLICATE_POLICIES, HEADS, INITS,
                           PROTOCOLS,
                           LR_SCALING, LR_SCHEDULES, OPTIMIZERS, PRECISIONS, PRIMARY_CHOICES,
@@ -422,8 +424,21 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
                          **part_from_args(args, SSLOptions), **shared(args))
     out = run_pretrain(cfg)
     if is_rank_zero():
+        # The flags as given: a pretraining resolves its length, optimiser and crops from
+        # them (and from the data), and writing the results back as flags would change how.
+        rerun_config(args, {}, out)
         print(f"backbone written to {out / 'backbone.pt'}")
     return 0
+
+
+# Where a run was written and how it was started: not part of what a config.yaml reruns.
+NOT_RERUN = ("out", "resume", "force", "cell", "images_dir")
+
+
+def rerun_config(args: argparse.Namespace, resolved: dict, folder) -> None:
+    """config.yaml in the run's folder: the command's flags at the values the run resolved."""
+    values = rerun_values(command_parser(args.command), vars(args), resolved)
+    write_config(folder, {k: v for k, v in values.items() if k.replace("-", "_") not in NOT_RERUN})
 
 
 def checked_by(check):
@@ -520,6 +535,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     else:
         out = run_finetune(cfg)
     if is_rank_zero():
+        from medssl.records import read_run_record  # lazy: the CLI starts torch-free
+
+        rerun_config(args, read_run_record(out).config, out)
         print(f"metrics written to {out / 'metrics.json'}")
     return 0
 
@@ -562,6 +580,8 @@ def add_compare_args(p: argparse.ArgumentParser) -> None:
                    "its members trained alone")
     g.add_argument("--resume", action="store_true",
                    help="continue interrupted runs from their last checkpoint")
+    g.add_argument("--print-config", action="store_true",
+                   help="print the resolved grid as YAML (a --config file) and run nothing")
     g.add_argument("--cell", metavar="NAME",
                    help="run one cell of the grid alone, as compare logs its name (e.g. "
                    "pretrain:M2:1:0, finetune:M1:0.1, extra:KD(M3→M1):1:2), once the cells it "
@@ -585,6 +605,8 @@ def analysis_flags(g) -> None:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from medssl.experiments.compare import CompareConfig, run_compare  # lazy: torch
+    from medssl.experiments.compare import resolve as resolve_grid  # lazy: torch
+
     ssl = SSLOptions(**part_from_args(args, SSLOptions, prefix="ssl_"))
     cfg = CompareConfig(models=args.models, ssl_methods=args.ssl_methods, seeds=args.seeds,
                         label_fractions=args.label_fractions, out=args.out,
@@ -596,7 +618,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
                         mutual=args.mutual,
                         analysis=AnalysisOptions(**part_from_args(args, AnalysisOptions)),
                         recipe=RecipeOptions(**part_from_args(args, RecipeOptions)), **shared(args))
+    if args.print_config:  # the grid as it would run, nothing run
+        print(dump_config(rerun_values(command_parser("compare"), vars(args),
+                                       grid_fields(resolve_grid(cfg)))), end="")
+        return 0
     base, skipped = run_compare(cfg)
+    if is_rank_zero():
+        rerun_config(args, grid_fields(resolve_grid(cfg)), base)
     if cfg.cell:  # one job of many: the report is built once the grid is whole
         if is_rank_zero():
             print(f"cell {cfg.cell} finished in {base}; once every cell is, `medssl report "
@@ -608,6 +636,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(build_report(base, cfg.dataset, skipped, cfg.images_dir, cfg.analysis))
         print(f"results: {base / 'results.md'}, {base / 'results.csv'}, {base / 'curves.png'}")
     return 0
+
+
+def grid_fields(cfg) -> dict:
+    """A resolved grid's values under its flags' names (`--ssl-` for the pretraining part)."""
+    from dataclasses import asdict
+
+    return {**asdict(cfg), **{f"ssl_{k}": v for k, v in asdict(cfg.ssl).items()},
+            **asdict(cfg.recipe), **asdict(cfg.analysis)}
+
+
+def command_parser(name: str) -> argparse.ArgumentParser:
+    return next(a for a in build_parser()._actions
+                if isinstance(a, argparse._SubParsersAction)).choices[name]
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -675,6 +716,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from medssl.training.predict import predict  # lazy: torch
 
     print(f"predictions written to {predict(picture_options(args))}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from medssl.training.export import export  # lazy: torch
+
+    print(f"classifier written to {export(args.run, args.format, args.out)}")
     return 0
 
 
@@ -749,9 +797,18 @@ def build_parser() -> argparse.ArgumentParser:
                    "or a backbone.pt (or its pretraining folder)")
     picture_flags(p, "features.npz")
     p.set_defaults(func=cmd_embed)
+    p = sub.add_parser("export", help="write a finished run's classifier as one ONNX, "
+                       "TorchScript or safetensors file, with classifier.json beside it")
+    p.add_argument("run", help="the run's folder, e.g. runs/covid19/M3/seed0")
+    p.add_argument("--format", required=True, choices=("onnx", "torchscript", "safetensors"))
+    p.add_argument("--out", required=True, help="the folder to write into")
+    p.set_defaults(func=cmd_export)
     for command in sub.choices.values():  # read by main, before the command runs
         command.add_argument("--verbose", action="store_true",
                              help="also show the libraries' banners, tips and warnings")
+        command.add_argument("--config", metavar="FILE.yaml",
+                             help="flags from a YAML file (keys: flag names, dashes or "
+                             "underscores); flags given here win. A run's config.yaml reruns it")
     return parser
 
 
@@ -784,7 +841,13 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command. Whatever goes wrong ends in one message and an exit status, never a
     traceback: 2 for bad input (MedsslError, a refused write), 130 for Ctrl-C, 1 for a bug in
     medssl itself, whose traceback goes to a file (MEDSSL_DEBUG=1 shows it here instead)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    try:  # --config FILE: its flags first, the command line's after (they win)
+        argv = with_config(list(sys.argv[1:] if argv is None else argv), parser)
+    except MedsslError as exc:
+        print(f"medssl: error: {exc}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="medssl: %(message)s")
     # Progress lines, whatever the root level; from one process of a distributed run only.
     logging.getLogger("medssl").setLevel(logging.INFO if is_rank_zero() else logging.WARNING)

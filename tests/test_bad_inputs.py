@@ -313,6 +313,14 @@ CASES = [
      ["--continue-ssl", "Fix: add --priors"]),
     ("protocols-twice", [*GRID, "--out", "{tmp}/grid", "--protocols", "knn", "knn"],
      ["--protocols knn knn", "at most once"]),
+    # Using a run, and configuration files (docs: README, "Using the chosen model").
+    ("predict-missing-run", ["predict", "{tmp}/nothing", "--data-root", "{root}"],
+     ["Run", "nothing does not exist", "Fix"]),
+    ("export-missing-run", ["export", "{tmp}/nothing", "--format", "onnx", "--out", "{tmp}/o"],
+     ["nothing does not exist", "Fix"]),
+    ("config-unknown-key", [*FT, "--config", "{tmp}/c.yaml"],
+     ["'epochz' is no flag", "Did you mean epochs"], None,
+     lambda t: (t / "c.yaml").write_text("epochz: 1\n")),
 ]
 
 

@@ -144,7 +144,7 @@ def test_no_flag_is_accepted_and_then_ignored():
 
     # Read outside the configurations: the command itself, and the CSV column names that
     # become `read_options`.
-    elsewhere = {"command", "func", "verbose", "csv_path_column", "csv_label_column", "csv_split_column",
+    elsewhere = {"command", "func", "verbose", "config", "print_config", "csv_path_column", "csv_label_column", "csv_split_column",
                  "csv_group_column"}
     from medssl.options import AnalysisOptions, RecipeOptions
 

@@ -109,6 +109,7 @@ class Source:
     """What pictures are put through: a finished run's network, or a backbone file's; and the
     preprocessing it was trained with."""
     name: str
+    model: str | None  # the run's model (M3, F-dinov2-vitb14, ...); None for a backbone file
     backbone: torch.nn.Module
     head: torch.nn.Module | None  # a run's; None for a backbone file
     classes: list[str] | None
@@ -124,7 +125,7 @@ def open_source(path: str | Path) -> Source:
     if file.suffix != ".pt" or not file.is_file():
         record = teacher_record(path, "Run")
         net, _ = run_classifier(path, record, "Run")
-        return Source(str(path), net.backbone, net.head, list(record.classes),
+        return Source(str(path), record.model, net.backbone, net.head, list(record.classes),
                       run_config(record), record.prior.get("init", "random"))
     meta = read_backbone_dict(file)
     if not meta.get("arch"):
@@ -136,7 +137,7 @@ def open_source(path: str | Path) -> Source:
     cfg = FinetuneConfig(dataset=meta.get("dataset", "folder"), image_size=meta["image_size"],
                          in_channels=meta.get("in_channels", 3),
                          window=config.get("window", "auto"))
-    return Source(str(file), backbone.eval(), None, None, cfg, meta.get("init", "random"))
+    return Source(str(file), None, backbone.eval(), None, None, cfg, meta.get("init", "random"))
 
 
 def batches(source: Source, opts: PredictOptions, rel: list[str], root: Path):

@@ -9,3 +9,16 @@ def load_image(path, window: str = "auto"):
     from medssl.data.images import load_image as load  # lazy: `import medssl` stays light
 
     return load(path, window)
+
+
+# The Python API (medssl/api.py, docs/api.md): the commands as functions, imported on first use
+# so that `import medssl` stays light.
+API = ("pretrain", "finetune", "compare", "predict", "load_run")
+
+
+def __getattr__(name: str):
+    if name in API:
+        from medssl import api  # lazy: torch, Lightning
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'medssl' has no attribute {name!r}")

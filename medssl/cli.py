@@ -20,7 +20,7 @@ from medssl.runs import finetune_finished
 from medssl.config_files import dump as dump_config
 from medssl.config_files import rerun_values, with_config, write_config
 from medssl.names import (ACCELERATORS, ARCHS, AUGMENT_PRESETS, DUPLICATE_POLICIES, HEADS, INITS,
-                          PROTOCOLS,
+                          LOGGERS, PROTOCOLS,
                           LR_SCALING, LR_SCHEDULES, OPTIMIZERS, PRECISIONS, PRIMARY_CHOICES,
                           SELECT_METRICS, STRATEGIES, method_names, parse_cohort, parse_distill,
                           prior_of)
@@ -278,6 +278,11 @@ def training_options() -> argparse.ArgumentParser:
                    help="save checkpoints/last.ckpt (for --resume) at the end of an epoch once "
                    "this many seconds have passed since the last save, and after the last epoch "
                    "(default 60; 0: every epoch). A resumed run is exact either way")
+    g.add_argument("--logger", dest="loggers", nargs="+", choices=list(LOGGERS),
+                   default=["tensorboard", "csv"], metavar="LOGGER",
+                   help="where the curves go, through Lightning's loggers: tensorboard, csv "
+                   "(default both; the CSV log is always written), mlflow, wandb (each needs "
+                   "its package)")
     g.add_argument("--max-steps", type=int, default=-1, help=argparse.SUPPRESS)
     return p
 
@@ -415,14 +420,20 @@ def shared(args: argparse.Namespace) -> dict:
     return values
 
 
-def cmd_pretrain(args: argparse.Namespace) -> int:
-    from medssl.training.pretrain import PretrainConfig, run_pretrain  # lazy: torch
+def pretrain_config(args: argparse.Namespace):
+    """`medssl pretrain`'s flags as its configuration (the CLI's and the Python API's)."""
+    from medssl.training.pretrain import PretrainConfig  # lazy: torch
 
-    cfg = PretrainConfig(label_fraction=args.label_fraction, init=args.init, seed=args.seed,
-                         prior_weights=args.prior_weights,
-                         out=args.out, resume=args.resume, force=args.force,
-                         **part_from_args(args, SSLOptions), **shared(args))
-    out = run_pretrain(cfg)
+    return PretrainConfig(label_fraction=args.label_fraction, init=args.init, seed=args.seed,
+                          prior_weights=args.prior_weights,
+                          out=args.out, resume=args.resume, force=args.force,
+                          **part_from_args(args, SSLOptions), **shared(args))
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from medssl.training.pretrain import run_pretrain  # lazy: torch
+
+    out = run_pretrain(pretrain_config(args))
     if is_rank_zero():
         # The flags as given: a pretraining resolves its length, optimiser and crops from
         # them (and from the data), and writing the results back as flags would change how.
@@ -519,21 +530,29 @@ def add_finetune_args(p: argparse.ArgumentParser) -> None:
                      "DML-M3+M4 for distillation and mutual learning)")
 
 
+def finetune_config(args: argparse.Namespace):
+    """`medssl finetune`'s flags as its configuration (the CLI's and the Python API's)."""
+    from medssl.training.finetune import FinetuneConfig  # lazy: torch
+
+    return FinetuneConfig(model=args.model or "", mutual=args.mutual,
+                          ssl_checkpoint=args.ssl_checkpoint, prior_weights=args.prior_weights,
+                          allow_other_dataset=args.allow_other_dataset, seed=args.seed,
+                          label_fraction=args.label_fraction, out=args.out, resume=args.resume,
+                          force=args.force, teachers=args.teachers,
+                          **part_from_args(args, RecipeOptions), **shared(args))
+
+
+def finetuned(args: argparse.Namespace):
+    """Run `medssl finetune` (an lr search where --lr-grid asks); the run's folder."""
+    from medssl.experiments.lr_search import finetune_with_lr_grid  # lazy: torch
+    from medssl.training.finetune import run_finetune  # lazy: torch
+
+    cfg = finetune_config(args)
+    return finetune_with_lr_grid(cfg) if cfg.lr_grid else run_finetune(cfg)
+
+
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from medssl.training.finetune import FinetuneConfig, run_finetune  # lazy: torch
-
-    cfg = FinetuneConfig(model=args.model or "", mutual=args.mutual,
-                         ssl_checkpoint=args.ssl_checkpoint, prior_weights=args.prior_weights,
-                         allow_other_dataset=args.allow_other_dataset, seed=args.seed,
-                         label_fraction=args.label_fraction, out=args.out, resume=args.resume,
-                         force=args.force, teachers=args.teachers,
-                         **part_from_args(args, RecipeOptions), **shared(args))
-    if cfg.lr_grid:
-        from medssl.experiments.lr_search import finetune_with_lr_grid  # lazy: torch
-
-        out = finetune_with_lr_grid(cfg)
-    else:
-        out = run_finetune(cfg)
+    out = finetuned(args)
     if is_rank_zero():
         from medssl.records import read_run_record  # lazy: the CLI starts torch-free
 
@@ -603,21 +622,29 @@ def analysis_flags(g) -> None:
                    "difference lies within ± this many points (default 2)")
 
 
-def cmd_compare(args: argparse.Namespace) -> int:
-    from medssl.experiments.compare import CompareConfig, run_compare  # lazy: torch
-    from medssl.experiments.compare import resolve as resolve_grid  # lazy: torch
+def compare_config(args: argparse.Namespace):
+    """`medssl compare`'s flags as the grid's configuration (the CLI's and the Python API's)."""
+    from medssl.experiments.compare import CompareConfig  # lazy: torch
 
     ssl = SSLOptions(**part_from_args(args, SSLOptions, prefix="ssl_"))
-    cfg = CompareConfig(models=args.models, ssl_methods=args.ssl_methods, seeds=args.seeds,
-                        label_fractions=args.label_fractions, out=args.out,
-                        images_dir=args.images_dir, resume=args.resume, ssl=ssl,
-                        cell=args.cell,
-                        shared_ssl=args.shared_ssl, distill=args.distill,
-                        priors=args.priors, continue_ssl=args.continue_ssl,
-                        protocols=args.protocols,
-                        mutual=args.mutual,
-                        analysis=AnalysisOptions(**part_from_args(args, AnalysisOptions)),
-                        recipe=RecipeOptions(**part_from_args(args, RecipeOptions)), **shared(args))
+    return CompareConfig(models=args.models, ssl_methods=args.ssl_methods, seeds=args.seeds,
+                         label_fractions=args.label_fractions, out=args.out,
+                         images_dir=args.images_dir, resume=args.resume, ssl=ssl,
+                         cell=args.cell,
+                         shared_ssl=args.shared_ssl, distill=args.distill,
+                         priors=args.priors, continue_ssl=args.continue_ssl,
+                         protocols=args.protocols,
+                         mutual=args.mutual,
+                         analysis=AnalysisOptions(**part_from_args(args, AnalysisOptions)),
+                         recipe=RecipeOptions(**part_from_args(args, RecipeOptions)),
+                         **shared(args))
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from medssl.experiments.compare import resolve as resolve_grid  # lazy: torch
+    from medssl.experiments.compare import run_compare  # lazy: torch
+
+    cfg = compare_config(args)
     if args.print_config:  # the grid as it would run, nothing run
         print(dump_config(rerun_values(command_parser("compare"), vars(args),
                                        grid_fields(resolve_grid(cfg)))), end="")

@@ -62,19 +62,25 @@ def _tokens(flag: str, action: argparse.Action, value, where: str) -> list[str]:
 
 def tokens_from_yaml(path: str | Path, parser: argparse.ArgumentParser) -> list[str]:
     """The flags a YAML file sets, as command-line tokens for `parser` (one command's)."""
+    return tokens_from_mapping(read_yaml(path), parser, f"--config {path}")
+
+
+def tokens_from_mapping(values: dict, parser: argparse.ArgumentParser, where: str) -> list[str]:
+    """Flag name -> value (a config file's, or the Python API's keyword arguments) as
+    command-line tokens for `parser`; an unknown name is refused with the closest ones."""
     options = _options(parser)
     tokens = []
-    for key, value in read_yaml(path).items():
+    for key, value in values.items():
         dest = str(key).replace("-", "_")
         if dest not in options:
             close = difflib.get_close_matches(dest, list(options), n=2)
             hint = f" Did you mean {' or '.join(c.replace('_', '-') for c in close)}?" if close \
                 else ""
-            raise MedsslError(f"--config {path}: {key!r} is no flag of `medssl {parser.prog.split()[-1]}`."
+            raise MedsslError(f"{where}: {key!r} is no flag of `medssl {parser.prog.split()[-1]}`."
                               f"{hint} Fix: keys are the command's flag names (`--help`).")
         action = options[dest]
         flag = max(action.option_strings, key=len)
-        tokens += _tokens(flag, action, value, f"--config {path}")
+        tokens += _tokens(flag, action, value, where)
     return tokens
 
 

@@ -37,6 +37,8 @@ PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-t
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 STRATEGIES = ("auto", "ddp")
 LR_SCALING = ("auto", "linear", "sqrt", "none")
+# Lightning's loggers medssl offers (training.run_logs): name -> the pip package it needs.
+LOGGERS = {"tensorboard": "tensorboard", "csv": None, "mlflow": "mlflow", "wandb": "wandb"}
 # What `--primary-metric` may name (higher is better for each): report.comparisons.
 PRIMARY_CHOICES = ("balanced_acc", "acc", "macro_f1", "auroc", "qwk", "sens_at_spec")
 

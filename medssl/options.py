@@ -45,6 +45,9 @@ class HardwareOptions:
     checkpoint_interval: float = 60.0  # seconds between last.ckpt saves (0: every epoch)
     max_steps: int = -1  # stop after this many optimiser steps (tests); -1: the epochs decide
     progress: bool = True
+    # Where the curves are logged, through Lightning's loggers (names.LOGGERS); the CSV log is
+    # always written too: the report's curves and overfitting measures are read from it.
+    loggers: list[str] = field(default_factory=lambda: ["tensorboard", "csv"])
 
 
 @dataclass(kw_only=True)
@@ -110,7 +113,7 @@ class AnalysisOptions:
 # the run's identity (medssl.identity): changing it means another run.
 MAY_CHANGE = frozenset({
     "accelerator", "devices", "num_nodes", "strategy", "deterministic", "compile",  # hardware
-    "num_workers", "workers", "cache", "progress", "checkpoint_interval",  # loading, logging
+    "num_workers", "workers", "cache", "progress", "checkpoint_interval", "loggers",  # logging
     "data_root", "out", "base", "resume", "force", "allow_other_dataset",  # places, run control
     "min_gain",  # how a finished pretraining is judged, not what it is
 })

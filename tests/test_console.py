@@ -35,3 +35,22 @@ def test_a_tiny_finetune_says_medssls_lines_and_nothing_of_the_libraries(covid, 
     assert "--imagenet-weights IMAGENET1K_V1 is ignored" in said
     loud = finetune(covid, tmp_path / "loud", "--verbose")
     assert "GPU available" in loud  # the libraries' lines, when asked for
+
+
+def test_logger_chooses_where_the_curves_go_and_a_missing_package_is_named(covid, tmp_path,
+                                                                           cli):
+    import importlib.util
+
+    base = ["finetune", "--dataset", "covid19", "--data-root", covid, "--model", "M1", "--arch",
+            "resnet18", "--image-size", "32", "--epochs", "1", "--batch-size", "8",
+            "--num-workers", "0"]
+    code, _, err = cli(*base, "--logger", "csv", "--out", tmp_path / "csv")
+    assert code == 0, err
+    assert (tmp_path / "csv" / "logs" / "metrics.csv").is_file()  # always: the report reads it
+    assert not (tmp_path / "csv" / "tensorboard").exists()
+    if importlib.util.find_spec("mlflow") is None:  # as on this project's machines
+        code, _, err = cli(*base, "--logger", "mlflow", "--out", tmp_path / "ml")
+        assert code == 2 and "needs the mlflow package" in err and "pip install mlflow" in err
+        assert not (tmp_path / "ml").exists()
+    with pytest.raises(SystemExit):  # an unknown logger: argparse names the choices
+        cli(*base, "--logger", "neptune")

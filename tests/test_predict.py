@@ -109,3 +109,25 @@ def test_embed_takes_a_pretrained_backbone_file(trained, tmp_path, cli):
     assert np.load(tmp_path / "f.npz")["features"].shape[1] == 512
     code, _, err = cli("predict", tmp_path / "ssl" / "backbone.pt", "--data-root", root)
     assert code == 2 and "no classifier head" in err
+
+
+def test_pictures_of_other_channels_are_read_as_the_run_reads_its_own(trained, tmp_path, cli):
+    # A grey, a grey+alpha and an RGBA picture to an RGB run: the reader converts each as it
+    # converts training pictures (data.images.to_rgb); nothing is refused or guessed.
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    _, run = trained
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    rgb = Image.open(io.BytesIO(fx.picture("odd"))).convert("RGB")
+    for mode in ("L", "LA", "RGBA"):
+        rgb.convert(mode).save(folder / f"{mode}.png")
+    code, _, err = cli("predict", run, "--data-root", folder, "--out", tmp_path / "p.csv")
+    assert code == 0, err
+    probs = pd.read_csv(tmp_path / "p.csv").set_index("path").filter(like="prob_")
+    assert len(probs) == 3 and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
+    # Grey with or without alpha is the same picture to the run.
+    assert np.abs(probs.loc["L.png"] - probs.loc["LA.png"]).max() < 1e-5

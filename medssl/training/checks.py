@@ -8,17 +8,31 @@ run folder is half made, and with a traceback from deep inside the Trainer or a 
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 
 from medssl.errors import MedsslError
-from medssl.names import ACCELERATORS, PRECISIONS
+from medssl.names import ACCELERATORS, LOGGERS, PRECISIONS
 from medssl.oserrors import writable_folder
 
 log = logging.getLogger("medssl")
 
 
+def check_loggers(names: list[str]) -> None:
+    """Each asked-for logger known and its package installed, before any work."""
+    for name in names:
+        if name not in LOGGERS:
+            raise MedsslError(f"--logger {name}: choose from {', '.join(LOGGERS)}.")
+        package = LOGGERS[name]
+        if package and importlib.util.find_spec(package) is None:
+            raise MedsslError(f"--logger {name} needs the {package} package, which is not "
+                              f"installed. Fix: pip install {package}, or leave {name} out.")
+
+
 def check_hardware(cfg) -> None:
-    """`--precision`, `--accelerator` and `--devices` against Lightning's values and this machine."""
+    """`--precision`, `--accelerator` and `--devices` against Lightning's values and this
+    machine; the loggers asked for."""
+    check_loggers(getattr(cfg, "loggers", []))
     if cfg.precision is not None and str(cfg.precision) not in PRECISIONS:
         raise MedsslError(f"--precision {cfg.precision} is not a precision Lightning knows. Fix: "
                           f"one of {', '.join(PRECISIONS[:6])} (default: bf16-mixed on a GPU that "

@@ -62,7 +62,7 @@ def make_trainer(cfg, run: RunStart, checkpoints=(), callbacks=(), **options) ->
         max_epochs=cfg.epochs, max_steps=cfg.max_steps, accelerator=cfg.accelerator,
         precision=cfg.precision or default_precision(), **trainer_options(cfg),
         default_root_dir=str(run.out), deterministic=cfg.deterministic or None,
-        logger=run_loggers(run.out, run.resume_at),
+        logger=run_loggers(run.out, run.resume_at, tuple(cfg.loggers)),
         callbacks=[*checkpoints, every_epoch_checkpoint(run.out, cfg.checkpoint_interval),
                    *callbacks, SamplerEpochCheck()],
         plugins=[AtomicCheckpointIO()],

@@ -10,6 +10,7 @@ up with the rows an uninterrupted run writes.
 from __future__ import annotations
 
 import csv
+import os
 import warnings
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 
 from medssl.atomic import atomic_write
+from medssl.training.checks import check_loggers
 from medssl.runs import LOGS, TENSORBOARD, curves_file
 from medssl.training.distributed import is_rank_zero
 
@@ -94,10 +96,27 @@ class ResumableCSVLogger(CSVLogger):
         return writer
 
 
-def run_loggers(out: Path, resume_at: tuple[int, int] | None = None) -> list:
-    """TensorBoard (`<out>/tensorboard`) and the CSV log (`<out>/logs/metrics.csv`)."""
-    return [TensorBoardLogger(str(out), name=TENSORBOARD, version=""),
-            ResumableCSVLogger(Path(out), resume_at)]
+def run_loggers(out: Path, resume_at: tuple[int, int] | None = None,
+                names: tuple[str, ...] = ("tensorboard", "csv")) -> list:
+    """The CSV log (`<out>/logs/metrics.csv`, always: the report reads it), and the loggers
+    asked for: TensorBoard (`<out>/tensorboard`), MLflow (a file store in `<out>/mlruns`
+    unless MLFLOW_TRACKING_URI names a server), Weights & Biases (`<out>/wandb`; WANDB_MODE
+    decides online or offline)."""
+    check_loggers(list(names))
+    loggers = [ResumableCSVLogger(Path(out), resume_at)]
+    if "tensorboard" in names:
+        loggers.insert(0, TensorBoardLogger(str(out), name=TENSORBOARD, version=""))
+    if "mlflow" in names:
+        from pytorch_lightning.loggers import MLFlowLogger
+
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or (Path(out) / "mlruns").resolve().as_uri()
+        loggers.append(MLFlowLogger(experiment_name="medssl", run_name=Path(out).name,
+                                    tracking_uri=uri))
+    if "wandb" in names:
+        from pytorch_lightning.loggers import WandbLogger
+
+        loggers.append(WandbLogger(project="medssl", name=str(out), save_dir=str(out)))
+    return loggers
 
 
 def epoch_curves(run: Path):

@@ -131,3 +131,32 @@ def test_pictures_of_other_channels_are_read_as_the_run_reads_its_own(trained, t
     assert len(probs) == 3 and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
     # Grey with or without alpha is the same picture to the run.
     assert np.abs(probs.loc["L.png"] - probs.loc["LA.png"]).max() < 1e-5
+
+
+def test_tta_averages_the_flips_the_run_trained_with(tmp_path, cli):
+    # IDRiD's finetuning mirrors left and right (a fundus may be either eye): with --tta a
+    # picture and its mirror image get the same probabilities; without, they do not. 28 px: the
+    # centre crop of the 32 px picture leaves 2 px on each side, so mirroring commutes with it.
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    root = fx.make_idrid(tmp_path, per_class=4)
+    code, _, err = cli("finetune", "--dataset", "idrid", "--data-root", root, "--model", "M1",
+                       *FAST, "--image-size", "28", "--out", tmp_path / "run")
+    assert code == 0, err
+    folder = tmp_path / "pair"
+    folder.mkdir()
+    picture = Image.open(io.BytesIO(fx.picture("pair", fmt="PNG"))).convert("RGB")
+    picture.save(folder / "a.png")
+    picture.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(folder / "b.png")
+    gaps = {}
+    for tta in (False, True):
+        out = tmp_path / f"tta{tta}.csv"
+        code, _, err = cli("predict", tmp_path / "run", "--data-root", folder, "--out", out,
+                           *(["--tta"] if tta else []))
+        assert code == 0, err
+        probs = pd.read_csv(out).set_index("path").filter(like="prob_")
+        gaps[tta] = float(np.abs(probs.loc["a.png"] - probs.loc["b.png"]).max())
+    assert gaps[True] < 1e-5 < gaps[False], gaps

@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from medssl import cli
-from medssl.config_files import tokens_from_mapping
+from medssl.config_files import rerun_values, tokens_from_mapping
 from medssl.errors import MedsslError
 from medssl.records import (BackboneRecord, RunRecord, UnreadableRecord, read_backbone_record,
                             read_run_record)
@@ -40,7 +40,6 @@ def parsed(command: str, flags: dict, positional: tuple = ()):
         lines = [line for line in said.getvalue().splitlines() if line.strip()]
         raise MedsslError(lines[-1].split(": error: ", 1)[-1] if lines else
                           f"medssl.{command}(): the arguments were refused") from None
-    args.progress = False
     return args
 
 
@@ -63,14 +62,19 @@ def finetune(**flags) -> RunRecord:
     return record
 
 
-def compare(**flags) -> pd.DataFrame:
-    """`medssl compare`: the grid's results table (results.csv), the report written beside it."""
-    from medssl.experiments.compare import run_compare  # lazy: torch
+def compare(**flags) -> pd.DataFrame | dict:
+    """`medssl compare`: the grid's results table (results.csv), the report and config.yaml
+    written beside it; with `print_config=True`, the resolved grid as a dict, nothing run."""
+    from medssl.experiments.compare import resolve, run_compare  # lazy: torch
     from medssl.report.build import build_report  # lazy: matplotlib
 
     args = parsed("compare", flags)
     cfg = cli.compare_config(args)
+    resolved = cli.grid_fields(resolve(cfg))
+    if args.print_config:
+        return rerun_values(cli.command_parser("compare"), vars(args), resolved)
     base, skipped = run_compare(cfg)
+    cli.rerun_config(args, resolved, base)
     if not cfg.cell:
         build_report(base, cfg.dataset, skipped, cfg.images_dir, cfg.analysis)
     return pd.read_csv(Path(base) / "results.csv") if (Path(base) / "results.csv").is_file() \
@@ -81,7 +85,8 @@ def predict(run, **flags) -> pd.DataFrame:
     """`medssl predict RUN`: the predictions (also written to `out`, default predictions.csv)."""
     from medssl.training.predict import predict as write  # lazy: torch
 
-    args = parsed("predict", flags, (run,))
+    files = flags.pop("files", None) or []  # positional on the command line
+    args = parsed("predict", flags, (run, *([files] if isinstance(files, (str, Path)) else files)))
     return pd.read_csv(write(cli.picture_options(args)))
 
 

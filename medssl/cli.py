@@ -280,9 +280,9 @@ def training_options() -> argparse.ArgumentParser:
                    "(default 60; 0: every epoch). A resumed run is exact either way")
     g.add_argument("--logger", dest="loggers", nargs="+", choices=list(LOGGERS),
                    default=["tensorboard", "csv"], metavar="LOGGER",
-                   help="where the curves go, through Lightning's loggers: tensorboard, csv "
-                   "(default both; the CSV log is always written), mlflow, wandb (each needs "
-                   "its package)")
+                   help="where the curves of the runs it trains go, through Lightning's "
+                   "loggers: tensorboard, csv (default both; the CSV log is always written), "
+                   "mlflow, wandb (each needs its package: pip install medssl[mlflow])")
     g.add_argument("--max-steps", type=int, default=-1, help=argparse.SUPPRESS)
     return p
 
@@ -442,14 +442,9 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
-# Where a run was written and how it was started: not part of what a config.yaml reruns.
-NOT_RERUN = ("out", "resume", "force", "cell", "images_dir")
-
-
 def rerun_config(args: argparse.Namespace, resolved: dict, folder) -> None:
     """config.yaml in the run's folder: the command's flags at the values the run resolved."""
-    values = rerun_values(command_parser(args.command), vars(args), resolved)
-    write_config(folder, {k: v for k, v in values.items() if k.replace("-", "_") not in NOT_RERUN})
+    write_config(folder, rerun_values(command_parser(args.command), vars(args), resolved))
 
 
 def checked_by(check):
@@ -556,7 +551,10 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if is_rank_zero():
         from medssl.records import read_run_record  # lazy: the CLI starts torch-free
 
-        rerun_config(args, read_run_record(out).config, out)
+        config = read_run_record(out).config
+        if config.get("mutual"):  # a cohort's record names its ensemble: --mutual says it
+            config = {k: v for k, v in config.items() if k != "model"}
+        rerun_config(args, config, out)
         print(f"metrics written to {out / 'metrics.json'}")
     return 0
 
@@ -666,11 +664,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def grid_fields(cfg) -> dict:
-    """A resolved grid's values under its flags' names (`--ssl-` for the pretraining part)."""
+    """A resolved grid's values under its flags' names (`--ssl-` for the pretraining part).
+    `models` is left as given: resolved, it holds the models the others need (KD's teachers,
+    M2 per method), which the flags add again."""
     from dataclasses import asdict
 
-    return {**asdict(cfg), **{f"ssl_{k}": v for k, v in asdict(cfg.ssl).items()},
-            **asdict(cfg.recipe), **asdict(cfg.analysis)}
+    values = {**asdict(cfg), **{f"ssl_{k}": v for k, v in asdict(cfg.ssl).items()},
+              **asdict(cfg.recipe), **asdict(cfg.analysis)}
+    del values["models"]
+    return values
 
 
 def command_parser(name: str) -> argparse.ArgumentParser:

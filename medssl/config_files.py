@@ -14,12 +14,29 @@ from pathlib import Path
 from medssl.atomic import atomic_write
 from medssl.errors import MedsslError
 
-# Read by main itself, never from a file.
-NOT_IN_FILES = {"help", "config", "verbose", "version"}
+# Read by main itself, never from a file; and what a written config.yaml leaves out: where the
+# run was written and how it was started (`--out` new, or the default, for a rerun).
+NOT_IN_FILES = {"help", "config", "verbose", "version", "print_config"}
+NOT_RERUN = {"out", "resume", "force", "cell", "images_dir"}
+
+
+def _key(name: str) -> str:
+    return name.lstrip("-").replace("-", "_")
 
 
 def _options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
-    return {a.dest: a for a in parser._actions if a.option_strings and a.dest not in NOT_IN_FILES}
+    """Each option by its flag's name (--no-cache: no_cache, --aug: aug) and by its dest."""
+    out = {}
+    for a in parser._actions:
+        if a.option_strings and a.dest not in NOT_IN_FILES:
+            out.setdefault(a.dest, a)
+            out.update({_key(o): a for o in a.option_strings if o.startswith("--")})
+    return out
+
+
+def flag_name(action: argparse.Action) -> str:
+    """How a config file spells an option: its longest flag without the dashes."""
+    return max(action.option_strings, key=len).lstrip("-")
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -43,15 +60,18 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
-def _tokens(flag: str, action: argparse.Action, value, where: str) -> list[str]:
-    """One key's command-line tokens."""
+def _tokens(flag: str, action: argparse.Action, value, where: str, by_flag: bool) -> list[str]:
+    """One key's command-line tokens (`by_flag`: the key is the flag's name, not its dest)."""
+    name = flag.lstrip("-")
     if value is None:
         return []
-    if action.nargs == 0:  # a switch: its flag where the value is the one the flag sets
+    if action.nargs == 0:  # a switch: `no-cache: true` sets --no-cache, as does `cache: false`
         if not isinstance(value, bool):
-            raise MedsslError(f"{where}: {action.dest.replace('_', '-')} is a switch: true or "
-                              f"false, not {value!r}.")
-        return [flag] if value == action.const else []
+            raise MedsslError(f"{where}: {name} is a switch: true or false, not {value!r}.")
+        return [flag] if value == (True if by_flag else action.const) else []
+    if isinstance(value, list) and action.nargs is None and not isinstance(
+            action, argparse._AppendAction):
+        raise MedsslError(f"{where}: {name} takes one value, not a list ({value!r}).")
     if isinstance(value, dict):  # KEY=VALUE flags (--aug, --method-opt)
         return [t for k, v in value.items() for t in (flag, f"{k}={v}")]
     values = value if isinstance(value, list) else [value]
@@ -71,7 +91,7 @@ def tokens_from_mapping(values: dict, parser: argparse.ArgumentParser, where: st
     options = _options(parser)
     tokens = []
     for key, value in values.items():
-        dest = str(key).replace("-", "_")
+        dest = _key(str(key))
         if dest not in options:
             close = difflib.get_close_matches(dest, list(options), n=2)
             hint = f" Did you mean {' or '.join(c.replace('_', '-') for c in close)}?" if close \
@@ -80,24 +100,28 @@ def tokens_from_mapping(values: dict, parser: argparse.ArgumentParser, where: st
                               f"{hint} Fix: keys are the command's flag names (`--help`).")
         action = options[dest]
         flag = max(action.option_strings, key=len)
-        tokens += _tokens(flag, action, value, where)
+        tokens += _tokens(flag, action, value, where, by_flag=dest != action.dest)
     return tokens
 
 
 def with_config(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
     """argv with `--config FILE` replaced by the flags the file sets, placed before the others
     (so that a flag given on the command line wins)."""
-    if "--config" not in argv or not argv:
+    i = next((i for i, a in enumerate(argv) if a == "--config" or a.startswith("--config=")),
+             None)
+    if i is None:
         return argv
-    i = argv.index("--config")
-    if i + 1 >= len(argv):
-        raise MedsslError("--config needs a file. Fix: --config FILE.yaml.")
-    path, rest = argv[i + 1], argv[:i] + argv[i + 2:]
-    command = rest[0]
+    if argv[i] == "--config":
+        if i + 1 >= len(argv):
+            raise MedsslError("--config needs a file. Fix: --config FILE.yaml.")
+        path, rest = argv[i + 1], argv[:i] + argv[i + 2:]
+    else:
+        path, rest = argv[i].split("=", 1)[1], argv[:i] + argv[i + 1:]
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    if command not in sub.choices:
-        return argv  # argparse names the unknown command
-    return [command, *tokens_from_yaml(path, sub.choices[command]), *rest[1:]]
+    if not rest or rest[0] not in sub.choices:
+        raise MedsslError("--config names no command to configure. Fix: medssl COMMAND "
+                          f"--config {path} (commands: {', '.join(sub.choices)}).")
+    return [rest[0], *tokens_from_yaml(path, sub.choices[rest[0]]), *rest[1:]]
 
 
 def plain(value):
@@ -113,12 +137,23 @@ def plain(value):
 
 def rerun_values(parser: argparse.ArgumentParser, given: dict, resolved: dict) -> dict:
     """The command's flags with the values a run resolved (where its record has the flag's
-    field) or as given: what config.yaml holds, keys as flags are spelt."""
+    field) or as given: what config.yaml holds, keys as the flags are spelt (a switch as
+    `name: true` where it is set; KEY=VALUE flags as a mapping). Places and run control left
+    out (NOT_RERUN)."""
     out = {}
-    for dest in _options(parser):
+    for dest, action in _options(parser).items():
+        if dest != action.dest or dest in NOT_RERUN:
+            continue  # each option once, by its dest
         value = resolved.get(dest, given.get(dest))
+        if action.nargs == 0:
+            if value == action.const:
+                out[flag_name(action)] = True
+            continue
+        if isinstance(value, list) and value and all(
+                isinstance(v, tuple) and len(v) == 2 for v in value):
+            value = dict(value)  # KEY=VALUE flags as given: pairs
         if value is not None and value != [] and value != {}:
-            out[dest.replace("_", "-")] = plain(value)
+            out[flag_name(action)] = plain(value)
     return out
 
 

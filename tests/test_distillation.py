@@ -239,6 +239,12 @@ def test_a_mutual_cohort_of_two_writes_both_members_and_their_ensemble(tmp_path)
     np.testing.assert_allclose(_probs(cohort), np.mean(member_probs, axis=0), atol=1e-6)
     # Two different priors trained together: not one network twice.
     assert not np.allclose(member_probs[0], member_probs[1])
+    # The cohort's own folder holds no one network to predict with: its members do.
+    from medssl.training.predict import open_source
+
+    with pytest.raises(MedsslError, match="is a mutual-learning cohort .* Fix: name one of them"):
+        open_source(cohort)
+    assert open_source(cohort / "M3").model == "DML(M1+M3)/M3"
 
     # A member is a finished run like any other: it can teach.
     kd = run_finetune(replace(base, epochs=1, teachers=[str(cohort / "M3")],

@@ -42,7 +42,7 @@ from medssl.training.harness import RunStart, fit, keep_identity, make_trainer, 
 from medssl.training.loaders import (fill_training_defaults, foundation_defaults, make_loader,
                                     open_cache, prior_file, run_stats)
 from medssl.training.objectives import objective_for
-from medssl.training.run_logs import epoch_curves
+from medssl.training.run_logs import end_loggers, epoch_curves
 from medssl.training.teachers import teacher_model
 
 log = logging.getLogger("medssl")
@@ -298,6 +298,7 @@ def _train(cfg: FinetuneConfig) -> Path:
                           last_test[0], results.selection(*chosen[0]), sources[cfg.model],
                           objective_record, epoch_curves(run.out), lr=cfg.lr,
                           base_models=[cfg.model] if cfg.teachers else None)
+    end_loggers(trainer)
     barrier()  # the other ranks return once the results are there
     return run.out
 

@@ -87,15 +87,15 @@ def pictures(opts: PredictOptions) -> tuple[Path, list[str]]:
 
 def readable(root: Path, rel: list[str], window: str, skip: bool) -> list[str]:
     """The pictures the run's reader can read; the others listed, fatal unless `skip`."""
-    bad = [(p, problem) for p in rel if (problem := image_problem(root / p, window))]
+    bad = dict((p, problem) for p in rel if (problem := image_problem(root / p, window)))
     if bad and not skip:
-        listed = "\n".join(f"  {p}: {problem}" for p, problem in bad[:10])
+        listed = "\n".join(f"  {p}: {problem}" for p, problem in list(bad.items())[:10])
         more = f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else ""
         raise MedsslError(f"{len(bad)} picture(s) cannot be read:\n{listed}{more}\nFix: "
                           "replace them, or pass --skip-bad-images to predict the others.")
-    for p, problem in bad:
+    for p, problem in bad.items():
         log.warning("skipped %s: %s", p, problem)
-    return [p for p in rel if p not in dict(bad)]
+    return [p for p in rel if p not in bad]
 
 
 def run_config(record) -> FinetuneConfig:
@@ -128,9 +128,10 @@ def open_source(path: str | Path) -> Source:
         return Source(str(path), record.model, net.backbone, net.head, list(record.classes),
                       run_config(record), record.prior.get("init", "random"))
     meta = read_backbone_dict(file)
-    if not meta.get("arch"):
-        raise MedsslError(f"{file}: its backbone.json names no arch. Fix: a backbone.pt written "
-                          "by `medssl pretrain`, with its JSON.")
+    missing = [k for k in ("arch", "image_size") if not meta.get(k)]
+    if missing:
+        raise MedsslError(f"{file}: its backbone.json names no {' and no '.join(missing)}. Fix: "
+                          "a backbone.pt written by `medssl pretrain`, with its JSON.")
     backbone = empty_backbone(meta["arch"], meta.get("in_channels", 3), meta.get("image_size"))
     load_strict(backbone, read_state_dict(file, str(file)), str(file))
     config = meta.get("config", {})

@@ -45,6 +45,7 @@ from medssl.training.knn import KNNMonitor, readout_gain
 from medssl.training.loaders import (fill_training_defaults, foundation_defaults, make_loader,
                                     open_cache, prior_file, run_stats)
 from medssl.training.methods import get_method
+from medssl.training.run_logs import end_loggers
 
 log = logging.getLogger("medssl")
 
@@ -218,6 +219,7 @@ def _train(cfg: PretrainConfig) -> Path:
         save_backbone(module.backbone, run.out / BACKBONE, record)
         mark_finished(run.out, SSL_OUTPUTS)
         say_readout(record)
+    end_loggers(trainer)
     barrier()  # the other ranks return once the backbone is there (compare goes on to use it)
     check_gain(run.out, read_backbone_record(run.out / BACKBONE), cfg.min_gain)
     return run.out

@@ -99,24 +99,34 @@ class ResumableCSVLogger(CSVLogger):
 def run_loggers(out: Path, resume_at: tuple[int, int] | None = None,
                 names: tuple[str, ...] = ("tensorboard", "csv")) -> list:
     """The CSV log (`<out>/logs/metrics.csv`, always: the report reads it), and the loggers
-    asked for: TensorBoard (`<out>/tensorboard`), MLflow (a file store in `<out>/mlruns`
-    unless MLFLOW_TRACKING_URI names a server), Weights & Biases (`<out>/wandb`; WANDB_MODE
-    decides online or offline)."""
+    asked for: TensorBoard (`<out>/tensorboard`); MLflow (experiment "medssl", its store where
+    MLFLOW_TRACKING_URI says, else MLflow's ./mlruns: one store for a grid's runs); Weights &
+    Biases (project "medssl", one W&B run per medssl run, ended with it: end_loggers). Each run
+    is named by its folder's last parts (M3/frac0.1/seed0)."""
     check_loggers(list(names))
     loggers = [ResumableCSVLogger(Path(out), resume_at)]
     if "tensorboard" in names:
         loggers.insert(0, TensorBoardLogger(str(out), name=TENSORBOARD, version=""))
+    name = "/".join(Path(out).resolve().parts[-3:])
     if "mlflow" in names:
         from pytorch_lightning.loggers import MLFlowLogger
 
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or (Path(out) / "mlruns").resolve().as_uri()
-        loggers.append(MLFlowLogger(experiment_name="medssl", run_name=Path(out).name,
-                                    tracking_uri=uri))
+        loggers.append(MLFlowLogger(experiment_name="medssl", run_name=name,
+                                    tracking_uri=os.environ.get("MLFLOW_TRACKING_URI")))
     if "wandb" in names:
         from pytorch_lightning.loggers import WandbLogger
 
-        loggers.append(WandbLogger(project="medssl", name=str(out), save_dir=str(out)))
+        loggers.append(WandbLogger(project="medssl", name=name, save_dir=str(out)))
     return loggers
+
+
+def end_loggers(trainer) -> None:
+    """End the W&B run of a finished medssl run: wandb keeps one run per process open, and the
+    next run of a grid would log into it (Lightning's WandbLogger does not end it)."""
+    if any(type(lg).__name__ == "WandbLogger" for lg in trainer.loggers):
+        import wandb
+
+        wandb.finish()
 
 
 def epoch_curves(run: Path):

@@ -19,6 +19,7 @@ from medssl.models.backbones import empty_backbone, load_strict
 from medssl.models.timm_backbones import out_features
 from medssl.models.checkpoints import read_state_dict
 from medssl.records import RunRecord, UnreadableRecord, read_run_record
+from medssl.names import member_folder
 from medssl.runs import SPLIT, best_checkpoint, finetune_finished
 from medssl.training.classifier import make_head
 
@@ -87,6 +88,10 @@ def run_classifier(run: Path, record: RunRecord, who: str) -> tuple[RunClassifie
     frozen and in eval mode; `who` names the run in errors (Teacher, Run)."""
     config = record.config
     checkpoint = best_checkpoint(run)
+    if config.get("mutual") and "/" not in record.model:  # a cohort's folder (not a member's)
+        raise MedsslError(f"{who} {run} is a mutual-learning cohort ({record.model}): its "
+                          "members are runs of their own, in its folder. Fix: name one of them, "
+                          f"e.g. {member_folder(run, config['mutual'][0])}.")
     if not checkpoint.is_file():
         raise MedsslError(f"{who} {run} has no selected checkpoint ({checkpoint}): a frozen "
                           f"protocol's run, or one whose checkpoint was deleted. {FIX_RUN}")

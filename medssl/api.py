@@ -63,22 +63,20 @@ def finetune(**flags) -> RunRecord:
 
 
 def compare(**flags) -> pd.DataFrame | dict:
-    """`medssl compare`: the grid's results table (results.csv), the report and config.yaml
-    written beside it; with `print_config=True`, the resolved grid as a dict, nothing run."""
-    from medssl.experiments.compare import resolve, run_compare  # lazy: torch
-    from medssl.report.build import build_report  # lazy: matplotlib
+    """`medssl compare`: the grid's results table (results.csv; with several datasets, theirs one
+    after another), the report and config.yaml written beside it; with `print_config=True`, the
+    resolved grid as a dict, nothing run."""
+    from medssl.experiments.compare import resolve  # lazy: torch
 
     args = parsed("compare", flags)
-    cfg = cli.compare_config(args)
-    resolved = cli.grid_fields(resolve(cfg))
     if args.print_config:
-        return rerun_values(cli.command_parser("compare"), vars(args), resolved)
-    base, skipped = run_compare(cfg)
-    cli.rerun_config(args, resolved, base)
-    if not cfg.cell:
-        build_report(base, cfg.dataset, skipped, cfg.images_dir, cfg.analysis)
-    return pd.read_csv(Path(base) / "results.csv") if (Path(base) / "results.csv").is_file() \
-        else pd.DataFrame()
+        one = cli.one_dataset(args)[0]
+        return rerun_values(cli.command_parser("compare"), vars(one),
+                            cli.grid_fields(resolve(cli.compare_config(one))))
+    grids = cli.run_comparisons(args, lambda *a, **k: None)  # the report is in its files
+    tables = [pd.read_csv(Path(b) / "results.csv") for b in grids
+              if (Path(b) / "results.csv").is_file() and not args.cell]
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
 
 
 def predict(run, **flags) -> pd.DataFrame:

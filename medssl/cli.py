@@ -9,14 +9,15 @@ import math
 import os
 import sys
 import warnings
+from pathlib import Path
 
 from medssl import __version__
 from medssl.errors import Interrupted, MedsslError
-from medssl.options import (AnalysisOptions, DataOptions, HardwareOptions, ModelOptions,
-                            RecipeOptions, SSLOptions)
+from medssl.options import (AnalysisOptions, DataOptions, HardwareOptions, LaunchOptions,
+                            ModelOptions, RecipeOptions, SSLOptions)
 from medssl.ranges import RANGES
 from medssl.oserrors import describe, writable_file, writable_folder
-from medssl.runs import finetune_finished
+from medssl.runs import FAILED, RUNS, finetune_finished
 from medssl.config_files import dump as dump_config
 from medssl.config_files import rerun_values, with_config, write_config
 from medssl.names import (ACCELERATORS, ARCHS, AUGMENT_PRESETS, DUPLICATE_POLICIES, HEADS, INITS,
@@ -81,11 +82,15 @@ def window_flag(text: str) -> str:
             from None
 
 
-def data_options() -> argparse.ArgumentParser:
-    """Flags every command that reads a dataset shares."""
+def data_options(several: bool = False) -> argparse.ArgumentParser:
+    """Flags every command that reads a dataset shares (`several`: compare's grid per dataset)."""
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", required=True, help="a name from `medssl datasets`")
+    g.add_argument("--dataset", required=True, nargs="+" if several else None,
+                   metavar="DATASET" if several else None,
+                   help="a name from `medssl datasets`" + ("; several: a grid for each, then "
+                                                           "the summary across them" if several
+                                                           else ""))
     g.add_argument("--data-root", help="the unpacked download, or the folder above it "
                    "(default: $MEDSSL_DATA_ROOT or ./data)")
     g.add_argument("--split-seed", type=ranged("split_seed"), default=0,
@@ -603,10 +608,34 @@ def add_compare_args(p: argparse.ArgumentParser) -> None:
                    help="run one cell of the grid alone, as compare logs its name (e.g. "
                    "pretrain:M2:1:0, finetune:M1:0.1, extra:KD(M3→M1):1:2), once the cells it "
                    "needs are finished: for a job of a cluster")
+    launch_flags(p.add_argument_group("running the cells at once (docs/distributed.md)"))
     analysis_flags(p.add_argument_group("judging the results (declared before the runs)"))
     add_ssl_flags(p.add_argument_group("pretraining in the grid (every SSL method gets these; "
                                        "--epochs, --batch-size and --lr are finetuning's)"),
                   prefix="ssl-")
+
+
+def launch_flags(g) -> None:
+    """How many cells of the grid run at once, and where (options.LaunchOptions)."""
+    g.add_argument("--jobs", type=ranged("jobs"), default=1,
+                   help="cells at once on this machine, each in its own process (default 1: one "
+                   "after another); a cell starts once what it needs is finished")
+    g.add_argument("--devices-per-job", type=ranged("devices_per_job"), default=1,
+                   help="GPUs each of --jobs gets (default 1); on the CPU the cores are split")
+    g.add_argument("--launcher", choices=("local", "slurm"),
+                   help="slurm: each wave of ready cells a job array of a SLURM cluster, through "
+                   "submitit; local: the same waves as processes here (to try the plan)")
+    g.add_argument("--slurm-partition")
+    g.add_argument("--slurm-time", type=ranged("slurm_time"), default=240, metavar="MINUTES",
+                   help="a job's limit; a job that meets it is requeued and resumes (default 240)")
+    g.add_argument("--slurm-gpus-per-job", type=ranged("slurm_gpus_per_job"), default=1)
+    g.add_argument("--slurm-cpus-per-job", type=ranged("slurm_cpus_per_job"), default=8)
+    g.add_argument("--slurm-account")
+    g.add_argument("--slurm-max-parallel", type=ranged("slurm_max_parallel"), metavar="N",
+                   help="jobs of an array that run at once (default: as many as SLURM allows)")
+    g.add_argument("--dry-run", action="store_true",
+                   help="print the plan (cells in waves, what each needs, the cost in "
+                   "device-hours from measured step times) and run nothing")
 
 
 def analysis_flags(g) -> None:
@@ -635,32 +664,82 @@ def compare_config(args: argparse.Namespace):
                          mutual=args.mutual,
                          analysis=AnalysisOptions(**part_from_args(args, AnalysisOptions)),
                          recipe=RecipeOptions(**part_from_args(args, RecipeOptions)),
+                         launch=LaunchOptions(**part_from_args(args, LaunchOptions)),
                          **shared(args))
 
 
+def one_dataset(args: argparse.Namespace) -> list[argparse.Namespace]:
+    """compare's flags once per --dataset: with several, each grid in `--out`/<dataset> (default
+    runs/<dataset>), the summary across them in `--out` (default runs)."""
+    datasets = list(dict.fromkeys(args.dataset))
+    if len(datasets) == 1:
+        return [argparse.Namespace(**{**vars(args), "dataset": datasets[0]})]
+    for flag, value in (("--cell", args.cell), ("--print-config", args.print_config),
+                        ("--split-file", args.split_file)):
+        if value:
+            raise MedsslError(f"{flag} is about one grid, and --dataset names {len(datasets)}. "
+                              "Fix: one --dataset with it.")
+    top = Path(args.out) if args.out else RUNS
+    return [argparse.Namespace(**{**vars(args), "dataset": d, "out": str(top / d)})
+            for d in datasets]
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
-    from medssl.experiments.compare import resolve as resolve_grid  # lazy: torch
-    from medssl.experiments.compare import run_compare  # lazy: torch
-
-    cfg = compare_config(args)
-    if args.print_config:  # the grid as it would run, nothing run
-        print(dump_config(rerun_values(command_parser("compare"), vars(args),
-                                       grid_fields(resolve_grid(cfg)))), end="")
-        return 0
-    base, skipped = run_compare(cfg)
-    if is_rank_zero():
-        rerun_config(args, grid_fields(resolve_grid(cfg)), base)
-    if cfg.cell:  # one job of many: the report is built once the grid is whole
-        if is_rank_zero():
-            print(f"cell {cfg.cell} finished in {base}; once every cell is, `medssl report "
-                  f"{base}` (or the same compare without --cell) builds the report")
-        return 0
-    if is_rank_zero():  # one report, from rank 0 of a distributed run
-        from medssl.report.build import build_report  # lazy: matplotlib, Lightning
-
-        print(build_report(base, cfg.dataset, skipped, cfg.images_dir, cfg.analysis))
-        print(f"results: {base / 'results.md'}, {base / 'results.csv'}, {base / 'curves.png'}")
+    run_comparisons(args, print)
     return 0
+
+
+def run_comparisons(args: argparse.Namespace, say) -> list[Path]:
+    """compare (the CLI's and the API's): each --dataset's grid run (or its --cell, or its plan
+    with --dry-run), its config.yaml and report written; with several, the summary across them.
+    `say` gets what the console shows. Cells that failed are the error, said last."""
+    from medssl.experiments.compare import resolve as resolve_grid  # lazy: torch
+    from medssl.experiments.launch import run_grid  # lazy: torch, submitit
+
+    grids = []
+    for one in one_dataset(args):
+        cfg = compare_config(one)
+        if args.print_config:  # the grid as it would run, nothing run
+            say(dump_config(rerun_values(command_parser("compare"), vars(one),
+                                         grid_fields(resolve_grid(cfg)))), end="")
+            return []
+        base, skipped = run_grid(cfg)
+        if is_rank_zero() and not args.dry_run:
+            rerun_config(one, grid_fields(resolve_grid(cfg)), base)
+        grids.append(base)
+        if cfg.cell:  # one job of many: the report is built once the grid is whole
+            if is_rank_zero():
+                say(f"cell {cfg.cell} finished in {base}; once every cell is, `medssl report "
+                    f"{base}` (or the same compare without --cell) builds the report")
+        elif is_rank_zero() and not args.dry_run:  # one report, from rank 0 of a distributed run
+            from medssl.report.build import build_report  # lazy: matplotlib, Lightning
+
+            say(build_report(base, cfg.dataset, skipped, cfg.images_dir, cfg.analysis))
+            say(f"results: {base / 'results.md'}, {base / 'results.csv'}, {base / 'curves.png'}")
+    if len(grids) > 1 and not args.dry_run and is_rank_zero():
+        from medssl.report.summary import write_summary  # lazy: matplotlib, Lightning
+
+        top = Path(args.out) if args.out else RUNS
+        say(write_summary(grids, top, AnalysisOptions(**part_from_args(args, AnalysisOptions))))
+        say(f"summary: {top / 'summary.md'}, {top / 'summary.csv'}")
+    check_no_failed_cells(grids)
+    return grids
+
+
+def check_no_failed_cells(grids: list) -> None:
+    """The cells that failed in this call (their grids' failed.json), said last, as the error."""
+    failed = {}
+    for base in grids:
+        path = Path(base) / FAILED
+        if path.is_file():
+            failed.update({f"{base}: {name}": why for name, why in
+                           json.loads(path.read_text()).items()})
+    if failed:
+        listed = "".join(f"\n  {name}: {why['error']} (log: {why['log']})"
+                         for name, why in list(failed.items())[:10])
+        raise MedsslError(f"{len(failed)} cell(s) failed; the others finished and are in the "
+                          f"report:{listed}\nFix: what the log says, then the same compare with "
+                          "--resume runs what is missing.")
 
 
 def grid_fields(cfg) -> dict:
@@ -670,7 +749,7 @@ def grid_fields(cfg) -> dict:
     from dataclasses import asdict
 
     values = {**asdict(cfg), **{f"ssl_{k}": v for k, v in asdict(cfg.ssl).items()},
-              **asdict(cfg.recipe), **asdict(cfg.analysis)}
+              **asdict(cfg.recipe), **asdict(cfg.analysis), **asdict(cfg.launch)}
     del values["models"]
     return values
 
@@ -681,8 +760,6 @@ def command_parser(name: str) -> argparse.ArgumentParser:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from medssl.report.build import build_report  # lazy: matplotlib, Lightning
 
     grids = [Path(r) for r in args.runs]
@@ -796,7 +873,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_finetune_args(p)
     p.set_defaults(func=cmd_finetune)
 
-    p = sub.add_parser("compare", parents=[data_options(), training_options(),
+    p = sub.add_parser("compare", parents=[data_options(several=True), training_options(),
                                            finetune_recipe_options()],
                        help="run what is missing of the M1-M4 grid and print the results table")
     add_compare_args(p)

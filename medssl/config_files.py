@@ -17,7 +17,7 @@ from medssl.errors import MedsslError
 # Read by main itself, never from a file; and what a written config.yaml leaves out: where the
 # run was written and how it was started (`--out` new, or the default, for a rerun).
 NOT_IN_FILES = {"help", "config", "verbose", "version", "print_config"}
-NOT_RERUN = {"out", "resume", "force", "cell", "images_dir"}
+NOT_RERUN = {"out", "resume", "force", "cell", "images_dir", "dry_run"}
 
 
 def _key(name: str) -> str:

@@ -7,7 +7,9 @@ pretraining, finetuning and grid configurations inherit the parts they concern, 
 - ModelOptions: the backbone and its ImageNet weights;
 - SSLOptions: the pretraining recipe (method, optimiser, schedule, augmentation);
 - RecipeOptions: the finetuning recipe, the same for every prior;
-- AnalysisOptions: how a grid's results are judged (primary endpoint, equivalence margin).
+- AnalysisOptions: how a grid's results are judged (primary endpoint, equivalence margin);
+- LaunchOptions: how a grid's cells are run (one after another, in parallel processes, or as
+  jobs of a SLURM cluster): never part of what a run is.
 """
 
 from __future__ import annotations
@@ -106,6 +108,22 @@ class AnalysisOptions:
     every report of the grid. None: the declared value, else the task's default."""
     primary_metric: str | None = None  # one of names.PRIMARY_CHOICES
     equivalence_margin: float | None = None  # in points (default 2)
+
+
+@dataclass(kw_only=True)
+class LaunchOptions:
+    """Where and how many of a grid's cells run at once (experiments.launch). A cell's result is
+    the same whichever runs it."""
+    jobs: int = 1  # cells at once on this machine, each in its own process
+    devices_per_job: int = 1  # GPUs per cell (CUDA_VISIBLE_DEVICES); on the CPU, cores split
+    launcher: str | None = None  # None: this machine (--jobs); local or slurm: submitit waves
+    slurm_partition: str | None = None
+    slurm_time: int = 240  # minutes a cell's job may run before SLURM requeues it
+    slurm_gpus_per_job: int = 1
+    slurm_cpus_per_job: int = 8
+    slurm_account: str | None = None
+    slurm_max_parallel: int | None = None  # jobs of one array running at once (None: all)
+    dry_run: bool = False  # print the plan (cells, waves, cost) and submit nothing
 
 
 # The settings that may differ between a run and its resume, or its reuse by `compare`: where

@@ -108,6 +108,13 @@ RANGES: dict[str, Range] = {
     "num_workers": Range(0, whole=True, example="4"),
     "workers": Range(1, whole=True, example="2"),
     "num_nodes": Range(1, whole=True, example="1"),
+    # experiments.launch: how many cells at once, and what each asks of a cluster
+    "jobs": Range(1, whole=True, example="2"),
+    "devices_per_job": Range(1, whole=True, example="1"),
+    "slurm_time": Range(1, whole=True, example="240", why="minutes"),
+    "slurm_gpus_per_job": Range(0, whole=True, example="1"),
+    "slurm_cpus_per_job": Range(1, whole=True, example="8"),
+    "slurm_max_parallel": Range(1, whole=True, example="16"),
     "min_gain": Range(-100, 100, example="1",
                       why="points of the val read-outs over a random init of the network"),
     "MEDSSL_MAX_IMAGE_PIXELS": Range(1, whole=True, example="178956970",

@@ -48,6 +48,8 @@ FINETUNE_OUTPUTS = (METRICS, "val_predictions.csv", "test_predictions.csv")  # p
 ANALYSIS = "analysis.json"
 IDENTITY = "identity.json"  # what makes the run's result what it is (medssl.identity)
 SPLIT_IDENTITY = "split.json"  # the flags a grid's shared split was made with
+CELLS = "cells"  # a grid's folder of its cells' logs when they run in processes of their own
+FAILED = "failed.json"  # a grid's cells that failed in its last parallel call, with their logs
 SKIPPED = "skipped.json"  # a grid's models skipped, with why (compare writes, report reads)
 DEFAULT_MARGIN = 2.0  # points: the equivalence margin where none is declared
 

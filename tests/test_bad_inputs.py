@@ -313,6 +313,17 @@ CASES = [
      ["--continue-ssl", "Fix: add --priors"]),
     ("protocols-twice", [*GRID, "--out", "{tmp}/grid", "--protocols", "knn", "knn"],
      ["--protocols knn knn", "at most once"]),
+    # Running the grid's cells at once (experiments.launch)
+    ("jobs-zero", [*GRID, "--jobs", "0"], ["--jobs: 0: must be at least 1"]),
+    ("jobs-and-launcher", [*GRID, "--out", "{tmp}/grid", "--jobs", "2", "--launcher", "local"],
+     ["--jobs", "--slurm-max-parallel", "Fix"]),
+    ("slurm-without-srun", [*GRID, "--out", "{tmp}/grid", "--launcher", "slurm"],
+     ["no srun", "--dry-run"], {"PATH": "/usr/bin:/bin"}),
+    ("slurm-time-zero", [*GRID, "--launcher", "slurm", "--slurm-time", "0"],
+     ["--slurm-time: 0: must be at least 1 (minutes)"]),
+    ("several-datasets-one-cell", ["compare", "--dataset", "covid19", "demo", "--cell",
+                                   "finetune:M1:1", "--data-root", "{root}"],
+     ["--cell is about one grid", "one --dataset"]),
     # Using a run, and configuration files (docs: README, "Using the chosen model").
     ("predict-missing-run", ["predict", "{tmp}/nothing", "--data-root", "{root}"],
      ["Run", "nothing does not exist", "Fix"]),

@@ -220,4 +220,6 @@ def test_a_finished_run_leaves_no_loader_workers_behind(tmp_path, cli):
     assert multiprocessing.active_children() == []
     started = time.monotonic()
     gc.collect()
-    assert time.monotonic() - started < 2  # nothing left that waits on its workers
+    # torch's shutdown waits 5 s for each worker left; a collection under a busy machine's load
+    # took 3 s with none left
+    assert time.monotonic() - started < 4.5  # nothing left that waits on its workers

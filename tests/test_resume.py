@@ -123,7 +123,14 @@ def kill_and_resume(cmd, out: Path, duration: float, rng: random.Random, done) -
     return kills, resumes + resume
 
 
-@pytest.mark.parametrize("kind, workers", [("finetune", 0), ("finetune", 2), ("pretrain", 0),
+# Without loader workers the resume path is the same as with two (the sampler's epoch, the RNG
+# state, the checkpoint): those two cases run with `-m slow` only, to keep CI within its time.
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize("kind, workers", [pytest.param("finetune", 0, marks=SLOW),
+                                           ("finetune", 2),
+                                           pytest.param("pretrain", 0, marks=SLOW),
                                            ("pretrain", 2), ("pretrain-byol", 0),
                                            ("pretrain-swav", 0), ("finetune-kd", 0),
                                            ("finetune-dml", 0)])

@@ -73,7 +73,7 @@ def _shapes(args) -> list[tuple[int, int]]:
     return [_shape(p, side) for p in paths]
 
 
-def _source_stamp(path: Path) -> list[int]:
+def source_stamp(path: Path) -> list[int]:
     """What tells that a source changed: its size and mtime, and its inode and ctime. A copy that
     keeps the mtime (`cp -p`, rsync) still gets a new ctime (and a new file a new inode), and
     nothing can set a ctime back: a picture replaced by another of the same size is noticed."""
@@ -152,7 +152,7 @@ class ImageCache:
         """`reading`: (window, channels)."""
         window, channels = reading
         paths = sorted(set(rel_paths))
-        stamps = {p: _source_stamp(root / p) for p in paths}
+        stamps = {p: source_stamp(root / p) for p in paths}
         index_path, data_path = folder / "index.json", folder / "images.u8"
         old = json.loads(index_path.read_text()) if index_path.is_file() else {}
         old_entries = old.get("entries", []) if old.get("version") == VERSION else []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medssl.data.files import child
+from medssl.data.files import child, subdirs
 from medssl.data.folder import has_class_folders, scan_class_folders
 from medssl.data.registry import DatasetAdapter, ReadOptions, SampleTable, make_samples, register
 
@@ -26,6 +26,10 @@ Covid19-dataset/
     def is_root(self, path: Path) -> bool:
         train, test = child(path, "train"), child(path, "test")
         return bool(train and test and has_class_folders(train, self.classes))
+
+    def only_its_classes(self, root: Path) -> bool:
+        known = {c.lower() for c in self.classes}
+        return all(d.name.lower() in known for d in subdirs(child(root, "train")))
 
     def read(self, root: Path, options: ReadOptions) -> SampleTable:
         rows, problems = [], []

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from medssl.data.scan_cache import findings_file, keep_findings, kept_findings
 from medssl.data.duplicates import find_duplicates
 from medssl.data.files import unread_kinds, unread_note
 from medssl.data.dicom import patient_groups
@@ -71,13 +72,20 @@ def scan_images(table: SampleTable, adapter: DatasetAdapter, workers: int | None
                 progress: bool = True) -> list[Problem]:
     """The one decode pass: every image decoded, the broken ones added to the table's problems
     (and returned), and the copies among the rest found (`table.duplicates`). A group of copies
-    filed under different labels is also a warning."""
-    found, prints = inspect_images(table.root, table.samples["path"].tolist(), workers, progress,
-                                   table.window)
+    filed under different labels is also a warning. Its findings are kept (data.scan_cache): a
+    later run on the same, unchanged files reuses them."""
+    paths = table.samples["path"].tolist()
+    kept_at = findings_file(table.root, paths, table.window, type(adapter).__name__)
+    kept = kept_findings(kept_at)
+    if kept:  # decoded and compared before, every file unchanged
+        found, table.duplicates = kept
+    else:
+        found, prints = inspect_images(table.root, paths, workers, progress, table.window)
+        table.duplicates = find_duplicates(table.root, prints, adapter.image_id, progress,
+                                           table.window)
+        keep_findings(kept_at, len(paths), found, table.duplicates)
     table.problems.extend(found)
     bad = [p for p in found if p.severity == "error"]  # warnings: a multi-frame DICOM
-    table.duplicates = find_duplicates(table.root, prints, adapter.image_id, progress,
-                                       table.window)
     label_of = dict(zip(table.samples["path"], table.samples["label"]))
     for group in table.duplicates:
         labels = sorted({label_of[p] for p in group.paths})

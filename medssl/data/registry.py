@@ -111,9 +111,9 @@ class DatasetAdapter:
             kind = f"a {given.suffix} file" if given.suffix else "a file"
             raise MedsslError(f"--data-root {given} is {kind}, not a folder. Fix: pass the folder "
                               f"the {self.title} download unpacks to.")
-        for candidate in self.candidates(given):
-            if self.is_root(candidate):
-                return candidate.resolve()
+        roots = [c for c in self.candidates(given) if self.is_root(c)]
+        if roots:  # a folder of several downloads: the one holding only this dataset's classes
+            return next((c for c in roots if self.only_its_classes(c)), roots[0]).resolve()
         unread = unread_note(unread_kinds(given))  # a folder of DICOMs, say: say so
         found = f" Found there but {unread}." if unread else ""
         raise MedsslError(self.missing_message(
@@ -121,6 +121,11 @@ class DatasetAdapter:
 
     def candidates(self, given: Path) -> list[Path]:
         return [given, *subdirs(given)]
+
+    def only_its_classes(self, root: Path) -> bool:
+        """Whether a root `is_root` accepts holds no class of another dataset (chest X-ray's
+        NORMAL is also a Covid19 class): preferred where a parent folder holds both."""
+        return True
 
     def missing_message(self, given: Path, what: str) -> str:
         hint = "" if given != self.default_root() else (

@@ -35,13 +35,13 @@ from medssl.models.foundation import parse_prior, prior_spec
 from medssl.models.foundation_load import PriorUnavailable, check_loadable
 from medssl.names import (PROTOCOLS, foundation_model, method_names, model_name, prior_of,
                           task_metrics)
-from medssl.options import (AnalysisOptions, DataOptions, HardwareOptions, ModelOptions,
-                            RecipeOptions, SSLOptions, part_of)
+from medssl.options import (AnalysisOptions, DataOptions, HardwareOptions, LaunchOptions,
+                            ModelOptions, RecipeOptions, SSLOptions, part_of)
 from medssl.oserrors import writable_folder
 from medssl.presets import preset_for
 from medssl.ranges import check_values
 from medssl.records import UnreadableRecord, read_backbone_record, read_run_record
-from medssl.runs import (BACKBONE, SKIPPED, SPLIT, SPLIT_IDENTITY, cleaned_up_on_failure, dataset_dir,
+from medssl.runs import (BACKBONE, FAILED, SKIPPED, SPLIT, SPLIT_IDENTITY, cleaned_up_on_failure, dataset_dir,
                          declare_analysis, finetune_dir, finetune_finished, is_interrupted,
                          last_checkpoint, ssl_finished)
 from medssl.training.checks import check_hardware, check_places, imagenet_weights_for
@@ -82,6 +82,7 @@ class CompareConfig(DataOptions, HardwareOptions, ModelOptions):
     images_dir: str | None = None
     resume: bool = False
     cell: str | None = None  # run this cell of the grid alone (experiments.grid.Cell's name)
+    launch: LaunchOptions = field(default_factory=LaunchOptions)  # how many cells at once, where
 
 
 def resolve(cfg: CompareConfig) -> CompareConfig:
@@ -104,9 +105,10 @@ def resolve(cfg: CompareConfig) -> CompareConfig:
                    label_fractions=cfg.label_fractions or list(preset.label_fractions))
 
 
-def run_compare(cfg: CompareConfig) -> tuple[Path, dict[str, str]]:
+def run_compare(cfg: CompareConfig, runner=None) -> tuple[Path, dict[str, str]]:
     """Run what is missing of the grid (or its one `--cell`); return its folder and the models
-    skipped, with why (the report is the next layer's: cli calls report.build.build_report)."""
+    skipped, with why (the report is the next layer's: cli calls report.build.build_report).
+    `runner`: how the cells run (run_cells's signature; default one after another here)."""
     cfg = resolve(cfg)
     base = Path(cfg.out)
     check_grid_flags(cfg, base)
@@ -125,10 +127,13 @@ def run_compare(cfg: CompareConfig) -> tuple[Path, dict[str, str]]:
                               f"{interrupted[0]}). Fix: pass --resume to continue them where they "
                               "stopped, or delete their folders to start them again.")
     with cleaned_up_on_failure(base, owner=is_rank_zero()):
-        return _run_grid(cfg, base, cell)
+        return _run_grid(cfg, base, cell, runner)
 
 
-def _run_grid(cfg: CompareConfig, base: Path, only: Cell | None) -> tuple[Path, dict[str, str]]:
+def _run_grid(cfg: CompareConfig, base: Path, only: Cell | None,
+              runner=None) -> tuple[Path, dict[str, str]]:
+    """The grid's shared work (skips, split, analysis plan), then its cells: one after another,
+    or by `runner(cfg, base, cells, common, skipped)` (experiments.launch: in other processes)."""
     base.mkdir(parents=True, exist_ok=True)
     skipped = imagenet_skips(cfg)
     foundation_skips(cfg, skipped)
@@ -138,6 +143,8 @@ def _run_grid(cfg: CompareConfig, base: Path, only: Cell | None) -> tuple[Path, 
     # (every --cell job writes the whole of it: each knows every reason).
     if is_rank_zero():
         atomic_write(base / SKIPPED, lambda p: p.write_text(json.dumps(skipped, indent=2)))
+        if only is None:  # a whole grid's call: the failures of an earlier one are its to redo
+            (base / FAILED).unlink(missing_ok=True)
     split = shared_split(cfg, base)
     check_primary_metric(cfg, split)
     if is_rank_zero():  # declared before any run: what the results will be judged by
@@ -149,20 +156,32 @@ def _run_grid(cfg: CompareConfig, base: Path, only: Cell | None) -> tuple[Path, 
     cells = plan(cfg, base, models)
     if only is not None:
         cells = [check_runnable(cfg, base, only, cells, skipped)]
+    (runner or run_cells)(cfg, base, cells, common, skipped)
+    return base, skipped
+
+
+def run_cells(cfg: CompareConfig, base: Path, cells: list[Cell], common: dict,
+              skipped: dict) -> None:
+    """The cells one after another, in the plan's order (each after what it needs)."""
     finetunes = [c for c in cells if c.kind == "finetune"]
     for cell in cells:
-        if cell.kind == "pretrain":
-            run_pretrain_cell(cfg, base, cell, common)
-        elif cell.kind == "frozen":
-            run_frozen_cell(cfg, base, cell, common)
-        elif cell.kind == "finetune":
+        if cell.kind == "finetune":
             log.info("[%d/%d] %s at label fraction %g, seeds %s (cell %s)",
                      finetunes.index(cell) + 1, len(finetunes), cell.model, cell.label_fraction,
                      " ".join(map(str, cfg.seeds)), cell.name)
-            run_finetune_cell(cfg, base, cell, common)
-        else:
-            run_extra_cell(cfg, base, cell, common, skipped)
-    return base, skipped
+        run_cell(cfg, base, cell, common, skipped)
+
+
+def run_cell(cfg: CompareConfig, base: Path, cell: Cell, common: dict, skipped: dict) -> None:
+    """One cell, here: what it needs is finished (its order, or check_runnable)."""
+    if cell.kind == "pretrain":
+        run_pretrain_cell(cfg, base, cell, common)
+    elif cell.kind == "frozen":
+        run_frozen_cell(cfg, base, cell, common)
+    elif cell.kind == "finetune":
+        run_finetune_cell(cfg, base, cell, common)
+    else:
+        run_extra_cell(cfg, base, cell, common, skipped)
 
 
 def extra_skips(cfg: CompareConfig, skipped: dict) -> None:

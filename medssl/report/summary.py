@@ -224,6 +224,11 @@ def write_summary(grids: list[Path], out: Path, analysis=None) -> str:
         raise MedsslError("A summary across datasets needs at least two grids. Fix: pass two or "
                           "more grid folders (runs/ham10000 runs/isic ...).")
     frame, md = summarise_grids(tables)
+    if frame.empty:
+        models = sorted({m for t in tables.values() for m in t["model"]})
+        raise MedsslError(f"The summary compares priors across datasets, and the grids hold "
+                          f"{', '.join(models)} alone: nothing to compare. Fix: grids with two "
+                          "or more models (the default M1-M4).")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     fractions = sorted(frame["label_fraction"].unique(), reverse=True)

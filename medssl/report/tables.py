@@ -22,7 +22,7 @@ from medssl.records import RunRecord, UnreadableRecord, read_run_record
 from medssl.report.answer import answer, unlearned_priors
 from medssl.report.comparisons import (METRIC_TITLES, REFERENCES, Task, adjust, comparisons,
                                        default_primary, store)
-from medssl.runs import DEFAULT_MARGIN, MARKER, SPLIT, declared_analysis, finetune_finished
+from medssl.runs import DEFAULT_MARGIN, FAILED, MARKER, SPLIT, declared_analysis, finetune_finished
 
 # (column, split, metric) in the order of the study's table, then the added metrics.
 COLUMNS = [("train_acc", "train", "acc"), ("train_loss", "train", "loss"),
@@ -480,6 +480,20 @@ def by_protocol(runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return {p: runs[runs["protocol"] == p] for p in PROTOCOLS if (runs["protocol"] == p).any()}
 
 
+def failed_note(base: Path) -> str:
+    """The cells of the grid's last parallel call that failed (failed.json), with their logs:
+    their rows are missing or partial, and the table says so."""
+    path = base / FAILED
+    failed = json.loads(path.read_text()) if path.is_file() else {}
+    if not failed:
+        return ""
+    listed = "".join(f"\n- `{name}`: {why['error']} (log: {why['log']})"
+                     for name, why in failed.items())
+    return (f"\n**{len(failed)} cell(s) failed** in the last run of this grid; the models they "
+            "hold are missing above or have fewer seeds. Rerun the same compare with --resume "
+            f"once the cause is fixed:{listed}\n")
+
+
 def write_results(base: Path, skipped_models: dict[str, str] | None = None,
                   analysis=None) -> tuple[pd.DataFrame, str, list[str]]:
     """results.csv and results.md in `base`, from its finished runs; returns (summary, md,
@@ -517,6 +531,7 @@ def write_results(base: Path, skipped_models: dict[str, str] | None = None,
     if skipped:  # said in the table itself, so that it never looks complete when it is not
         names = ", ".join(str(Path(r).relative_to(base)) for r in skipped)
         md += f"\nNot included, unfinished (`medssl report` says why): {names}\n"
+    md += failed_note(Path(base))
     summary = pd.concat(summaries, ignore_index=True)
     atomic_write(Path(base) / "results.csv", lambda p: summary.to_csv(p, index=False))
     atomic_write(Path(base) / "results.md", lambda p: p.write_text(md))

@@ -5,6 +5,7 @@ sampler check, atomic checkpoint files), and fit with Ctrl-C and SIGTERM reporte
 
 from __future__ import annotations
 
+import logging
 import signal
 import time
 import warnings
@@ -22,6 +23,8 @@ from medssl.identity import check_same_run, write_identity
 from medssl.runs import LAST, last_checkpoint, open_run_folder
 from medssl.training.distributed import is_rank_zero, trainer_options
 from medssl.training.run_logs import run_loggers
+
+log = logging.getLogger("medssl")
 
 
 @dataclass(frozen=True)
@@ -41,7 +44,10 @@ def open_run(cfg, outputs: tuple[str, ...]) -> RunStart:
     out = Path(cfg.out)
     writer = is_rank_zero()
     resume_from = open_run_folder(out, outputs, cfg.force, cfg.resume, owner=writer)
-    return RunStart(out, writer, resume_from, resume_point(resume_from), time.time())
+    point = resume_point(resume_from)
+    if point:
+        log.info("%s: resumed from its checkpoint after epoch %d", out, point[0])
+    return RunStart(out, writer, resume_from, point, time.time())
 
 
 def keep_identity(run: RunStart, identity: dict) -> None:
@@ -210,7 +216,10 @@ def fit(trainer, out: Path, *args, **kwargs) -> None:
         # batch, or the signal reaches the loader's workers first and their death surfaces as
         # an error; either way it is a stop, not a bug, and the saved epoch can be resumed.
         sigterm = trainer.received_sigterm and not isinstance(exc, KeyboardInterrupt)
-        if not sigterm and not (isinstance(exc, SystemExit) and trainer.interrupted):
+        # Lightning's sys.exit(1) after a Ctrl-C, raised while handling the KeyboardInterrupt;
+        # any other exit (submitit requeueing a pre-empted job) goes on as it is.
+        ctrl_c = isinstance(exc, SystemExit) and isinstance(exc.__context__, KeyboardInterrupt)
+        if not sigterm and not (ctrl_c and trainer.interrupted):
             raise
         signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning set it to ignore
         # The run is over: torch's SIGCHLD handler would otherwise report the workers the

@@ -15,7 +15,9 @@ def atomic_write(path: Path, write) -> None:
     A failed write (the disk full, say) removes its temporary file and leaves `path` as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    # Its own temporary name per process: the cells of a grid running at once (experiments.
+    # launch) may write the same shared file, and one's rename must not take the other's.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         write(tmp)
         os.replace(tmp, path)

@@ -146,7 +146,7 @@ def test_no_flag_is_accepted_and_then_ignored():
     # become `read_options`.
     elsewhere = {"command", "func", "verbose", "config", "print_config", "csv_path_column", "csv_label_column", "csv_split_column",
                  "csv_group_column"}
-    from medssl.options import AnalysisOptions, RecipeOptions
+    from medssl.options import AnalysisOptions, LaunchOptions, RecipeOptions
 
     commands = {
         "pretrain": ([], {f.name for f in fields(PretrainConfig)}),
@@ -155,7 +155,8 @@ def test_no_flag_is_accepted_and_then_ignored():
         "compare": ([], {f.name for f in fields(CompareConfig)}
                     | {"ssl_" + f.name for f in fields(SSLOptions)}
                     | {f.name for f in fields(RecipeOptions)}
-                    | {f.name for f in fields(AnalysisOptions)}),
+                    | {f.name for f in fields(AnalysisOptions)}
+                    | {f.name for f in fields(LaunchOptions)}),
     }
     for command, (extra, known) in commands.items():
         args = build_parser().parse_args([command, "--dataset", "demo", *extra])

@@ -5,8 +5,8 @@ findings of the first.
 Kept: the problems of the pass (broken files, warnings) and the groups of copies, in one small
 JSON file per dataset folder under $MEDSSL_CACHE_DIR/scans. The key covers everything the
 findings follow from: the folder, every file's path and stamp (size, mtime, inode and ctime, as
-the image cache tells a changed source), the `--window`, the layout (its image ids name copies)
-and VERSION. Any change in any of them, one file added or replaced, means the pass runs again.
+the image cache tells a changed source), the `--window`, the layout (its image ids name copies),
+the pixel limit and the decoders' versions, and VERSION. Any change in any of them, one file added or replaced, means the pass runs again.
 """
 
 from __future__ import annotations
@@ -16,10 +16,14 @@ import json
 import logging
 from pathlib import Path
 
+import PIL
+import pydicom
+
 from medssl.atomic import atomic_write
 from medssl.data.cache import source_stamp
 from medssl.data.duplicates import DuplicateGroup
 from medssl.data.files import cache_dir
+from medssl.data.images import max_pixels
 from medssl.data.registry import Problem
 
 VERSION = 1  # raised whenever the pass or the copy search finds differently
@@ -28,7 +32,11 @@ log = logging.getLogger("medssl")
 
 def findings_file(root: Path, rel_paths: list[str], window: str, layout: str) -> Path:
     """The findings' file of these images as they are now."""
-    digest = hashlib.sha256(f"{Path(root).resolve()}|{window}|{layout}|v{VERSION}".encode())
+    # What the pass's verdicts follow from besides the files: the pixel limit it applies and
+    # the decoders' versions (a newer pydicom may read what an older one could not).
+    readers = f"{max_pixels()}|{PIL.__version__}|{pydicom.__version__}"
+    digest = hashlib.sha256(f"{Path(root).resolve()}|{window}|{layout}|{readers}|v{VERSION}"
+                            .encode())
     for rel in sorted(rel_paths):
         try:
             stamp = source_stamp(Path(root) / rel)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -133,21 +134,21 @@ def run_compare(cfg: CompareConfig, runner=None) -> tuple[Path, dict[str, str]]:
 def _run_grid(cfg: CompareConfig, base: Path, only: Cell | None,
               runner=None) -> tuple[Path, dict[str, str]]:
     """The grid's shared work (skips, split, analysis plan), then its cells: one after another,
-    or by `runner(cfg, base, cells, common, skipped)` (experiments.launch: in other processes)."""
-    base.mkdir(parents=True, exist_ok=True)
+    or by `runner(cfg, base, cells, common, skipped)` (experiments.launch: in other processes).
+    A --dry-run writes nothing of the grid: its split is made aside, nothing is declared."""
+    planning = cfg.launch.dry_run
     skipped = imagenet_skips(cfg)
     foundation_skips(cfg, skipped)
     models = [m for m in cfg.models if m not in skipped]
     extra_skips(cfg, skipped)
-    # Remembered for `medssl report`, which rebuilds the table without rerunning this check
-    # (every --cell job writes the whole of it: each knows every reason).
-    if is_rank_zero():
-        atomic_write(base / SKIPPED, lambda p: p.write_text(json.dumps(skipped, indent=2)))
-        if only is None:  # a whole grid's call: the failures of an earlier one are its to redo
-            (base / FAILED).unlink(missing_ok=True)
-    split = shared_split(cfg, base)
+    if planning:
+        split = planned_split(cfg, base)
+    else:
+        base.mkdir(parents=True, exist_ok=True)
+        record_skips(base, skipped, only)
+        split = shared_split(cfg, base)
     check_primary_metric(cfg, split)
-    if is_rank_zero():  # declared before any run: what the results will be judged by
+    if is_rank_zero() and not planning:  # declared before any run: what results are judged by
         declare_analysis(base, cfg.analysis)
     # Every run of the grid gets the grid's data, hardware and model parts whole, on its split.
     common = {**part_of(cfg, DataOptions, HardwareOptions, ModelOptions),
@@ -158,6 +159,27 @@ def _run_grid(cfg: CompareConfig, base: Path, only: Cell | None,
         cells = [check_runnable(cfg, base, only, cells, skipped)]
     (runner or run_cells)(cfg, base, cells, common, skipped)
     return base, skipped
+
+
+def record_skips(base: Path, skipped: dict, only: Cell | None) -> None:
+    """skipped.json, remembered for `medssl report`, which rebuilds the table without rerunning
+    the checks (every --cell job writes the whole of it: each knows every reason); a whole
+    grid's call clears the failures of an earlier one (failed.json): they are its to redo."""
+    if is_rank_zero():
+        atomic_write(base / SKIPPED, lambda p: p.write_text(json.dumps(skipped, indent=2)))
+        if only is None:
+            (base / FAILED).unlink(missing_ok=True)
+
+
+def planned_split(cfg: CompareConfig, base: Path) -> Path:
+    """The grid's split for a plan: its own where it has one, else made in a folder of its own
+    that the grid never reads (a plan must not fix the split a later call would make)."""
+    if (base / SPLIT).is_file():
+        return base / SPLIT
+    path = Path(tempfile.mkdtemp(prefix="medssl-plan-")) / SPLIT
+    table = open_dataset(data_config(cfg), cfg.workers, progress=cfg.progress)
+    write_split_csv(table.samples, path, cfg.duplicates)
+    return path
 
 
 def run_cells(cfg: CompareConfig, base: Path, cells: list[Cell], common: dict,
@@ -371,7 +393,8 @@ def check_grid_flags(cfg: CompareConfig, base: Path) -> None:
     check_protocols(cfg)
     if cfg.recipe.lr_grid:
         check_grid(cfg.recipe.lr_grid, cfg.recipe.lr)
-    check_hardware(cfg)
+    if cfg.launch.launcher != "slurm":  # a SLURM grid's driver needs no GPU: its jobs do
+        check_hardware(cfg)
     check_places(base, cfg.cache, cfg)
     if cfg.images_dir:
         writable_folder(cfg.images_dir, "--images-dir")

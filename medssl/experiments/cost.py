@@ -23,14 +23,14 @@ from medssl.experiments.grid import Cell, extra_runs
 from medssl.models.backbones import empty_backbone
 from medssl.presets import preset_for
 from medssl.records import UnreadableRecord, read_run_record
-from medssl.runs import SPLIT, finetune_finished
+from medssl.runs import finetune_finished
 
 FORWARD_SHARE = 1 / 3  # a forward pass of a frozen protocol, against a training step's cost
 
 
-def split_counts(base: Path) -> dict[str, int]:
+def split_counts(split_file: Path) -> dict[str, int]:
     """Images per split of the grid's split.csv (those left out of training not counted)."""
-    split = pd.read_csv(Path(base) / SPLIT, usecols=["split"], dtype=str)["split"]
+    split = pd.read_csv(split_file, usecols=["split"], dtype=str)["split"]
     return split.value_counts().to_dict()
 
 
@@ -95,9 +95,10 @@ def timed_rate(cfg, steps: int = 3, batch: int = 8) -> tuple[float, str]:
         f"{size} px, batch {batch}"
 
 
-def grid_cost(cfg, base: Path, cells: list[Cell]) -> tuple[dict[str, float], float, str]:
+def grid_cost(cfg, base: Path, split_file: Path,
+              cells: list[Cell]) -> tuple[dict[str, float], float, str]:
     """(cell -> training images, images/s, where that rate comes from)."""
-    counts = split_counts(base)
+    counts = split_counts(split_file)
     images = {c.name: cell_images(cfg, c, counts) for c in cells}
     rate = measured_rate(base)
     if rate:

@@ -37,12 +37,14 @@ from submitit.helpers import Checkpointable, DelayedSubmission
 
 from medssl.atomic import atomic_write
 from medssl.errors import MedsslError
-from medssl.experiments.compare import CompareConfig, pretraining_needed, run_cell, run_compare
+from medssl.experiments.compare import (CompareConfig, check_grid_flags, pretraining_needed,
+                                        resolve, run_cell, run_compare)
 from medssl.experiments.cost import grid_cost
 from medssl.experiments.grid import Cell, cell_runs, depends_on, finished
 from medssl.experiments.schedule import Board, duration, waves
 from medssl.options import LaunchOptions
 from medssl.runs import CELLS, FAILED
+from medssl.training.distributed import is_rank_zero
 
 log = logging.getLogger("medssl")
 LAUNCHERS = ("local", "slurm")
@@ -60,30 +62,75 @@ def cell_folder(base: Path, name: str) -> Path:
 def run_grid(cfg: CompareConfig) -> tuple[Path, dict[str, str]]:
     """`compare`: the grid's cells one after another, or with --jobs / --launcher in processes of
     their own (a --cell is always one process's work)."""
+    check_launch(cfg)
     launch = cfg.launch
     if cfg.cell or (launch.jobs == 1 and not launch.launcher and not launch.dry_run):
         return run_compare(cfg)
-    check_launch(cfg)
     return run_compare(cfg, runner=launch_cells)
 
 
+def check_grid(cfg: CompareConfig) -> None:
+    """What a grid would refuse at its start (its flags, its launch), refused now: with several
+    datasets, before the first grid runs."""
+    check_launch(cfg)
+    resolved = resolve(cfg)
+    check_grid_flags(resolved, Path(resolved.out))
+
+
+# Each launch flag, the modes it means something in ("pool": --jobs on this machine); set
+# elsewhere it is refused, never ignored.
+APPLIES = {"devices_per_job": ("pool",), "slurm_partition": ("slurm",),
+           "slurm_time": ("slurm",), "slurm_gpus_per_job": ("slurm",),
+           "slurm_cpus_per_job": ("slurm",), "slurm_account": ("slurm",),
+           "slurm_max_parallel": ("slurm", "local")}
+
+
 def check_launch(cfg: CompareConfig) -> None:
-    """What the launch asks of this machine, refused before any work."""
+    """What the launch asks of this machine, and flags that mean nothing where they are given,
+    refused before any work."""
     launch = cfg.launch
     if launch.launcher not in (None, *LAUNCHERS):
         raise MedsslError(f"--launcher {launch.launcher}: choose local or slurm.")
+    if cfg.cell and (launch.jobs > 1 or launch.launcher or launch.dry_run):
+        raise MedsslError(f"--cell {cfg.cell} runs that one cell here, and --jobs, --launcher "
+                          "and --dry-run are about the whole grid. Fix: drop them, or --cell.")
     if launch.launcher and launch.jobs > 1:
         raise MedsslError("--jobs sets the cells at once on this machine; with --launcher the "
                           "cluster does (--slurm-max-parallel). Fix: pass one of the two.")
+    mode = launch.launcher or "pool"
+    defaults = LaunchOptions()
+    for name, modes in APPLIES.items():
+        if getattr(launch, name) != getattr(defaults, name) and mode not in modes:
+            where = " or ".join("--jobs" if m == "pool" else f"--launcher {m}" for m in modes)
+            raise MedsslError(f"--{name.replace('_', '-')} applies with {where} only. Fix: drop "
+                              "it, or add what it applies to.")
     if launch.launcher == "slurm" and not launch.dry_run and not shutil.which("srun"):
         raise MedsslError("--launcher slurm submits with sbatch and srun, and this machine has "
                           "no srun: it is no node of a SLURM cluster. Fix: run compare on the "
                           "cluster's login node, or --dry-run to print the plan here.")
-    if launch.launcher is None and gpu_ids(cfg) and launch.jobs * launch.devices_per_job > len(
-            gpu_ids(cfg)):
+    if launch.launcher is None and launch.jobs > 1:
+        check_pool(cfg)
+    if launch.launcher == "local" and gpu_ids(cfg):
+        raise MedsslError("--launcher local runs the SLURM plan on this machine without giving "
+                          "each cell a GPU of its own. Fix: --jobs N here (a GPU for each of N "
+                          "cells); --launcher local is for trying the plan on a CPU.")
+
+
+def check_pool(cfg: CompareConfig) -> None:
+    """--jobs N: enough GPUs for N × --devices-per-job, and each cell's --devices that many."""
+    launch, gpus = cfg.launch, gpu_ids(cfg)
+    if not gpus and launch.devices_per_job != 1:
+        raise MedsslError(f"--devices-per-job {launch.devices_per_job}: no GPU is visible here, "
+                          "and on the CPU the cores are shared out between the --jobs. Fix: "
+                          "drop it.")
+    if gpus and launch.jobs * launch.devices_per_job > len(gpus):
         raise MedsslError(f"--jobs {launch.jobs} × --devices-per-job {launch.devices_per_job} "
                           f"needs {launch.jobs * launch.devices_per_job} GPUs, and this machine "
-                          f"shows {len(gpu_ids(cfg))}. Fix: fewer --jobs.")
+                          f"shows {len(gpus)}. Fix: fewer --jobs.")
+    if gpus and cfg.devices not in (1, launch.devices_per_job):
+        raise MedsslError(f"--devices {cfg.devices} with --jobs: each cell runs on its "
+                          f"--devices-per-job GPUs ({launch.devices_per_job}). Fix: "
+                          f"--devices-per-job {cfg.devices} instead.")
 
 
 def gpu_ids(cfg: CompareConfig) -> list[int]:
@@ -105,7 +152,7 @@ def launch_cells(cfg: CompareConfig, base: Path, cells: list[Cell], common: dict
                  skipped: dict) -> None:
     """compare's runner: the cells that only check finished runs here, the rest in processes."""
     if cfg.launch.dry_run:
-        print_plan(cfg, base, cells, skipped)
+        print_plan(cfg, base, cells, skipped, Path(common["split_file"]))
         return
     todo = []
     for cell in cells:  # reuse checks take seconds: not worth a process
@@ -121,16 +168,29 @@ def launch_cells(cfg: CompareConfig, base: Path, cells: list[Cell], common: dict
     names = [c.name for c in todo]
     board = Board({c.name: [d.name for d in depends_on(cfg, c) if d.name in names]
                    for c in todo})
-    work = replace(cfg, progress=False, launch=LaunchOptions())  # what each process runs
+    work = worker_config(cfg)
     if cfg.launch.launcher:
         run_waves(work, base, board, cfg.launch)
     else:
         run_pool(work, base, board, cfg.launch)
-    failed = {n: board.why[n] for n, s in board.state.items() if s == "failed"}
-    if failed:
-        atomic_write(base / FAILED, lambda p: p.write_text(json.dumps(
-            {n: {"error": why, "log": str(cell_folder(base, n) / CELL_LOG)}
-             for n, why in failed.items()}, indent=2)))
+    by_name = {c.name: c for c in todo}
+    failed = {n: {"error": board.why[n], "log": str(cell_folder(base, n) / CELL_LOG),
+                  "runs": [str(r) for r in cell_runs(cfg, base, by_name[n])]}
+              for n, s in board.state.items() if s == "failed"}
+    if failed:  # what the report marks (until their runs finish) and compare's last message
+        atomic_write(base / FAILED, lambda p: p.write_text(json.dumps(failed, indent=2)))
+
+
+def worker_config(cfg: CompareConfig) -> CompareConfig:
+    """What each cell's process runs: the grid's configuration as one cell's, without progress
+    bars (its log is a file), on the GPUs its job gets."""
+    launch = cfg.launch
+    devices = cfg.devices
+    if launch.launcher == "slurm":
+        devices = max(1, launch.slurm_gpus_per_job) if launch.slurm_gpus_per_job else 1
+    elif launch.jobs > 1 and gpu_ids(cfg):
+        devices = launch.devices_per_job
+    return replace(cfg, progress=False, devices=devices, launch=LaunchOptions())
 
 
 class CellJob(Checkpointable):
@@ -143,13 +203,13 @@ class CellJob(Checkpointable):
         folder.mkdir(parents=True, exist_ok=True)
         if threads:  # this process's share of the cores
             torch.set_num_threads(threads)
-        handler = logging.FileHandler(folder / CELL_LOG)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
         medssl_log = logging.getLogger("medssl")
+        handler = cell_log(folder) if is_rank_zero() else logging.NullHandler()  # one writer
         medssl_log.addHandler(handler)
-        medssl_log.setLevel(logging.INFO)
-        atomic_write(folder / RUNNING, lambda p: p.write_text(json.dumps(
-            {"pid": os.getpid(), "host": socket.gethostname(), "resume": cfg.resume})))
+        medssl_log.setLevel(logging.INFO if is_rank_zero() else logging.WARNING)
+        if is_rank_zero():
+            atomic_write(folder / RUNNING, lambda p: p.write_text(json.dumps(
+                {"pid": os.getpid(), "host": socket.gethostname(), "resume": cfg.resume})))
         try:
             log.info("cell %s starts (pid %d%s)", name, os.getpid(),
                      ", resuming its runs" if cfg.resume else "")
@@ -159,6 +219,9 @@ class CellJob(Checkpointable):
         except MedsslError as exc:  # the input's fault, said in one message: no retry
             log.error("cell %s failed: %s", name, exc)
             return {"error": str(exc)}
+        except Exception:  # a bug or a stop: its traceback in the cell's log, then submitit's
+            log.exception("cell %s stopped", name)
+            raise
         finally:
             medssl_log.removeHandler(handler)
             handler.close()
@@ -167,6 +230,12 @@ class CellJob(Checkpointable):
         """Called by submitit on pre-emption or timeout: the same cell again, resuming its runs
         from their last checkpoints (saved every --checkpoint-interval seconds)."""
         return DelayedSubmission(self, replace(cfg, resume=True), name, threads)
+
+
+def cell_log(folder: Path) -> logging.Handler:
+    handler = logging.FileHandler(folder / CELL_LOG)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    return handler
 
 
 def cpu_share(at_once: int) -> int:
@@ -184,7 +253,8 @@ def outcome(job) -> tuple[str, str]:
     except Exception as exc:  # the process died, or raised what is not a MedsslError
         # submitit's message: its first line says what happened (no result: the process was
         # killed), then the process's error stream
-        return "crashed", str(exc).strip().splitlines()[0][:500] if str(exc).strip() else ""
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else "no result"
+        return "crashed", f"{first} (its error stream: {job.paths.stderr})"
     if isinstance(result, dict) and result.get("error"):
         return "error", result["error"]
     return "done", ""
@@ -195,10 +265,10 @@ def run_pool(cfg: CompareConfig, base: Path, board: Board, launch: LaunchOptions
     gpus = gpu_ids(cfg)
     per = launch.devices_per_job
     slots = [tuple(gpus[i * per:(i + 1) * per]) if gpus else () for i in range(launch.jobs)]
-    threads = None if gpus else cpu_share(launch.jobs)
+    threads = cpu_share(launch.jobs)  # the loaders' and the CPU side's share on GPUs too
     free, running, tries = list(slots), {}, {}
     log.info("%d cells to run, %d at once (%s each)", len(board.state), launch.jobs,
-             f"GPU {per}" if gpus else f"{threads} CPU thread(s)")
+             f"{per} GPU(s)" if gpus else f"{threads} CPU thread(s)")
     try:
         while not board.over:
             for name in board.ready()[:len(free)]:
@@ -251,11 +321,14 @@ def settle(board: Board, base: Path, name: str, state: str, why: str) -> None:
 
 def slurm_parameters(launch: LaunchOptions, local: bool = False) -> dict:
     """The submitit (AutoExecutor) parameters of every job of the grid's arrays."""
-    params = dict(timeout_min=DAYS if local else launch.slurm_time, nodes=1, tasks_per_node=1,
+    # One task per GPU, as Lightning expects under SLURM (docs/distributed.md): a cell of two
+    # GPUs is a two-process DDP run, each process a task.
+    params = dict(timeout_min=DAYS if local else launch.slurm_time, nodes=1,
+                  tasks_per_node=max(1, launch.slurm_gpus_per_job),
                   gpus_per_node=launch.slurm_gpus_per_job, cpus_per_task=launch.slurm_cpus_per_job,
                   name="medssl-cell")
-    if local:  # this machine: a cluster's options mean nothing here
-        return params
+    if local:  # this machine's CPU (check_launch): a cluster's options mean nothing here
+        return {**params, "gpus_per_node": 0, "tasks_per_node": 1}
     # USR2 two minutes before the limit: submitit requeues the job, which resumes from its last
     # checkpoint (saved every --checkpoint-interval, 60 s by default).
     params["slurm_signal_delay_s"] = 120
@@ -280,41 +353,63 @@ def make_executor(base: Path, launch: LaunchOptions):
 
 
 def run_waves(cfg: CompareConfig, base: Path, board: Board, launch: LaunchOptions) -> None:
-    """--launcher: a job array per wave, each once the wave before it is done."""
+    """--launcher: a job array per wave, each once the wave before it is done. A job that ends
+    without a result (a pre-emption submitit could not requeue, a lost node) is submitted once
+    more, resuming its runs."""
     executor = make_executor(base, launch)
     for k, wave in enumerate(waves(list(board.state), board.needs)):
         todo = [n for n in wave if board.state[n] == "waiting"]  # not those a failure blocked
-        if not todo:
-            continue
-        # --launcher local: every cell of the wave at once, sharing this machine's cores
-        threads = cpu_share(len(todo)) if launch.launcher == "local" else None
-        jobs = executor.map_array(CellJob(), [cfg] * len(todo), todo, [threads] * len(todo))
-        log.info("wave %d: %d cell(s) submitted as job array %s", k + 1, len(todo),
-                 jobs[0].job_id.split("_")[0])
-        for name in todo:
-            board.start(name)
-        running = dict(zip(todo, jobs))
-        try:
-            while running:
-                for name, job in list(running.items()):
-                    if job.done():
-                        del running[name]
-                        settle(board, base, name, *outcome(job))
-                        log.info("%s", board.line(len(todo)))
-                time.sleep(POLL_S)
-        except BaseException:
-            for job in running.values():
-                job.cancel()
-            raise
+        # --launcher local: this machine's cores, at most --slurm-max-parallel cells at once
+        size = (launch.slurm_max_parallel or len(todo)) if launch.launcher == "local" \
+            else len(todo)
+        for start in range(0, len(todo), max(1, size)):
+            part = todo[start:start + max(1, size)]
+            threads = cpu_share(len(part)) if launch.launcher == "local" else None
+            crashed = run_array(executor, cfg, base, board, part, threads, k + 1)
+            if crashed:
+                log.warning("%s stopped without a result: submitting again, resuming their runs",
+                            ", ".join(crashed))
+                run_array(executor, replace(cfg, resume=True), base, board, crashed, threads,
+                          k + 1, last_try=True)
 
 
-def print_plan(cfg: CompareConfig, base: Path, cells: list[Cell], skipped: dict) -> None:
+def run_array(executor, cfg: CompareConfig, base: Path, board: Board, names: list[str],
+              threads: int | None, wave: int, last_try: bool = False) -> list[str]:
+    """One job array of `names`, waited for; returns the cells that crashed (a first time)."""
+    jobs = executor.map_array(CellJob(), [cfg] * len(names), names, [threads] * len(names))
+    log.info("wave %d: %d cell(s) submitted as job array %s", wave, len(names),
+             jobs[0].job_id.split("_")[0])
+    for name in names:
+        board.start(name)
+    running, crashed = dict(zip(names, jobs)), []
+    try:
+        while running:
+            for name, job in list(running.items()):
+                if job.done():
+                    del running[name]
+                    state, why = outcome(job)
+                    if state == "crashed" and not last_try:
+                        board.state[name] = "waiting"
+                        crashed.append(name)
+                        continue
+                    settle(board, base, name, state, why)
+                    log.info("%s", board.line(len(names)))
+            time.sleep(POLL_S)
+    except BaseException:
+        for job in running.values():
+            job.cancel()
+        raise
+    return crashed
+
+
+def print_plan(cfg: CompareConfig, base: Path, cells: list[Cell], skipped: dict,
+               split_file: Path) -> None:
     """--dry-run: the cells in their waves with what each needs, the cost, and (--launcher slurm)
     what every job asks of the cluster. Nothing is submitted."""
     todo = [c for c in cells if c.model not in skipped and not finished(cfg, base, c)]
     names = [c.name for c in todo]
     needs = {c.name: [d.name for d in depends_on(cfg, c) if d.name in names] for c in todo}
-    images, rate, how = grid_cost(cfg, base, todo)
+    images, rate, how = grid_cost(cfg, base, split_file, todo)
     print(f"plan of {base}: {len(todo)} cell(s) to run ({len(cells) - len(todo)} finished or "
           "skipped)")
     for k, wave in enumerate(waves(names, needs)):

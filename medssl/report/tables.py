@@ -22,7 +22,7 @@ from medssl.records import RunRecord, UnreadableRecord, read_run_record
 from medssl.report.answer import answer, unlearned_priors
 from medssl.report.comparisons import (METRIC_TITLES, REFERENCES, Task, adjust, comparisons,
                                        default_primary, store)
-from medssl.runs import DEFAULT_MARGIN, FAILED, MARKER, SPLIT, declared_analysis, finetune_finished
+from medssl.runs import DEFAULT_MARGIN, FAILED, MARKER, is_finished, SPLIT, declared_analysis, finetune_finished
 
 # (column, split, metric) in the order of the study's table, then the added metrics.
 COLUMNS = [("train_acc", "train", "acc"), ("train_loss", "train", "loss"),
@@ -480,11 +480,21 @@ def by_protocol(runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return {p: runs[runs["protocol"] == p] for p in PROTOCOLS if (runs["protocol"] == p).any()}
 
 
+def finished_after(run: Path, record: Path) -> bool:
+    marker = run / MARKER
+    return is_finished(run) and marker.stat().st_mtime_ns > record.stat().st_mtime_ns
+
+
 def failed_note(base: Path) -> str:
     """The cells of the grid's last parallel call that failed (failed.json), with their logs:
     their rows are missing or partial, and the table says so."""
     path = base / FAILED
     failed = json.loads(path.read_text()) if path.is_file() else {}
+    # A cell whose runs have all finished since (a later --cell job) is failed no more; one
+    # whose runs finished before it failed (a pretraining refused by --ssl-min-gain) still is.
+    failed = {name: why for name, why in failed.items()
+              if not why.get("runs") or not all(finished_after(Path(r), path)
+                                                for r in why["runs"])}
     if not failed:
         return ""
     listed = "".join(f"\n- `{name}`: {why['error']} (log: {why['log']})"

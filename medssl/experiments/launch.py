@@ -420,8 +420,8 @@ def print_plan(cfg: CompareConfig, base: Path, cells: list[Cell], skipped: dict,
             print(f"  {name}  ~{duration(images[name] / rate)}{after}")
     hours = sum(images.values()) / rate / 3600
     print(f"cost: {sum(images.values()):.3g} training images at {rate:.1f} images/s ({how}): "
-          f"about {hours:.2f} device-hours in all, {duration(hours * 3600)} on one device (a "
-          "pretraining image counted twice, two views; a frozen protocol's pass as a third)")
+          f"about {hours:.2f} device-hours in all (a pretraining image counted twice, two "
+          "views; a frozen protocol's pass as a third)")
     if cfg.launch.launcher == "slurm":
         params = slurm_parameters(cfg.launch)
         print("each job (submitit AutoExecutor): " + ", ".join(f"{k}={v}" for k, v in

@@ -188,7 +188,10 @@ def compute_record(source: dict, trainer, wall_time_s: float, images_seen: int) 
             "pretrain_gpu_hours": source.get("ssl_gpu_hours"),
             # cost beside gain: the network's size and the run's pace (the report's columns)
             "parameters": network_parameters(module) if module else None,
-            "images_per_s": round(images_seen / wall_time_s, 1) if wall_time_s > 0 else None}
+            "images_per_s": round(images_seen / wall_time_s, 1) if wall_time_s > 0 else None,
+            # On the CPU a run's numbers follow its thread count (the order of a float sum):
+            # `compare --jobs N` gives each cell 1/N of them (experiments.launch.cpu_share).
+            "cpu_threads": torch.get_num_threads()}
 
 
 def write_predictions(path: Path, dataset, table, probs) -> None:

@@ -328,6 +328,8 @@ CASES = [
      ["--devices-per-job 2: no GPU is visible here", "Fix: drop it"]),
     ("slurm-flag-without-slurm", [*GRID, "--slurm-partition", "gpu"],
      ["--slurm-partition applies with --launcher slurm only", "Fix"]),
+    ("devices-beside-slurm-gpus", [*GRID, "--launcher", "slurm", "--dry-run", "--devices", "4"],
+     ["--devices 4 with --launcher slurm", "--slurm-gpus-per-job 4 instead"]),
     ("several-datasets-one-cell", ["compare", "--dataset", "covid19", "demo", "--cell",
                                    "finetune:M1:1", "--data-root", "{root}"],
      ["--cell is about one grid", "one --dataset"]),

@@ -110,6 +110,10 @@ def check_launch(cfg: CompareConfig) -> None:
                           "cluster's login node, or --dry-run to print the plan here.")
     if launch.launcher is None and launch.jobs > 1:
         check_pool(cfg)
+    if launch.launcher == "slurm" and cfg.devices not in (1, launch.slurm_gpus_per_job):
+        raise MedsslError(f"--devices {cfg.devices} with --launcher slurm: each cell runs on its "
+                          f"job's --slurm-gpus-per-job GPUs ({launch.slurm_gpus_per_job}). Fix: "
+                          f"--slurm-gpus-per-job {cfg.devices} instead.")
     if launch.launcher == "local" and gpu_ids(cfg):
         raise MedsslError("--launcher local runs the SLURM plan on this machine without giving "
                           "each cell a GPU of its own. Fix: --jobs N here (a GPU for each of N "
@@ -187,7 +191,7 @@ def worker_config(cfg: CompareConfig) -> CompareConfig:
     launch = cfg.launch
     devices = cfg.devices
     if launch.launcher == "slurm":
-        devices = max(1, launch.slurm_gpus_per_job) if launch.slurm_gpus_per_job else 1
+        devices = max(1, launch.slurm_gpus_per_job)
     elif launch.jobs > 1 and gpu_ids(cfg):
         devices = launch.devices_per_job
     return replace(cfg, progress=False, devices=devices, launch=LaunchOptions())

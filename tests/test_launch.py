@@ -70,6 +70,9 @@ def test_jobs_and_the_local_launcher_give_the_sequential_results(tmp_path):
         log = (cell_folder(runs[name], "finetune:M2:1") / "cell.log").read_text()
         assert "cell finetune:M2:1 finished" in log  # each cell's log in its own folder
         assert "grid: 3/3 cells done, 0 running, 0 waiting, 0 failed" in said[name]
+        # each run records the threads it trained on (here OMP_NUM_THREADS=1, shared by two)
+        record = json.loads((runs[name] / "M1" / "seed0" / "metrics.json").read_text())
+        assert record["compute"]["cpu_threads"] == 1
 
 
 def wait_for_a_checkpoint(grid, last: Path, running: Path, other_than: int | None) -> int:

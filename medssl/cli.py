@@ -798,7 +798,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def picture_flags(p, default_out: str) -> None:
-    """The pictures `predict` and `embed` take, and how they run."""
+    """The pictures `predict`, `embed` and `explain` take, and how they run."""
     p.add_argument("files", nargs="*", help="pictures (or --data-root, --csv)")
     p.add_argument("--data-root", help="every picture under this folder")
     p.add_argument("--csv", help="the pictures of this CSV's `path` column (relative to its "
@@ -840,6 +840,43 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     print(f"features written to {embed(picture_options(args))}")
     return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from medssl.report.gradcam import explain  # lazy: torch, matplotlib
+
+    sheet = explain(picture_options(args))
+    print(f"Grad-CAM sheet written to {sheet} (its numbers: {sheet.with_suffix('.csv')})")
+    return 0
+
+
+def picture_commands(sub) -> None:
+    """The commands that apply a finished run to pictures: predict, embed, explain, export."""
+    p = sub.add_parser("predict", help="apply a finished finetuning run to new pictures: one "
+                       "row per picture with each class's probability and the predicted class")
+    p.add_argument("run", help="the run's folder, e.g. runs/covid19/M3/seed0")
+    picture_flags(p, "predictions.csv")
+    p.add_argument("--tta", action="store_true",
+                   help="average the predictions over the flips the run trained with")
+    p.set_defaults(func=cmd_predict)
+    p = sub.add_parser("embed", help="write each picture's backbone features (a run's, or a "
+                       "backbone.pt's) with its path")
+    p.add_argument("run", metavar="RUN_OR_BACKBONE", help="a finished finetuning run's folder, "
+                   "or a backbone.pt (or its pretraining folder)")
+    picture_flags(p, "features.npz")
+    p.set_defaults(func=cmd_embed)
+    p = sub.add_parser("explain", help="draw where a finished finetuning run looks: each "
+                       "picture with its Grad-CAM map for the predicted class (a PNG, and a CSV "
+                       "of the maps' values beside it)")
+    p.add_argument("run", help="the run's folder, e.g. runs/covid19/M3/seed0")
+    picture_flags(p, "gradcam.png")
+    p.set_defaults(func=cmd_explain)
+    p = sub.add_parser("export", help="write a finished run's classifier as one ONNX, "
+                       "TorchScript or safetensors file, with classifier.json beside it")
+    p.add_argument("run", help="the run's folder, e.g. runs/covid19/M3/seed0")
+    p.add_argument("--format", required=True, choices=("onnx", "torchscript", "safetensors"))
+    p.add_argument("--out", required=True, help="the folder to write into")
+    p.set_defaults(func=cmd_export)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -892,26 +929,7 @@ def build_parser() -> argparse.ArgumentParser:
     analysis_flags(p.add_argument_group("judging the results (default: what each grid declared "
                                         "before its runs)"))
     p.set_defaults(func=cmd_report)
-    p = sub.add_parser("predict", help="apply a finished finetuning run to new pictures: one "
-                       "row per picture with each class's probability and the predicted class")
-    p.add_argument("run", help="the run's folder, e.g. runs/covid19/M3/seed0")
-    picture_flags(p, "predictions.csv")
-    p.add_argument("--tta", action="store_true",
-                   help="average the predictions over the flips the run trained with")
-    p.set_defaults(func=cmd_predict)
-
-    p = sub.add_parser("embed", help="write each picture's backbone features (a run's, or a "
-                       "backbone.pt's) with its path")
-    p.add_argument("run", metavar="RUN_OR_BACKBONE", help="a finished finetuning run's folder, "
-                   "or a backbone.pt (or its pretraining folder)")
-    picture_flags(p, "features.npz")
-    p.set_defaults(func=cmd_embed)
-    p = sub.add_parser("export", help="write a finished run's classifier as one ONNX, "
-                       "TorchScript or safetensors file, with classifier.json beside it")
-    p.add_argument("run", help="the run's folder, e.g. runs/covid19/M3/seed0")
-    p.add_argument("--format", required=True, choices=("onnx", "torchscript", "safetensors"))
-    p.add_argument("--out", required=True, help="the folder to write into")
-    p.set_defaults(func=cmd_export)
+    picture_commands(sub)
     for command in sub.choices.values():  # read by main, before the command runs
         command.add_argument("--verbose", action="store_true",
                              help="also show the libraries' banners, tips and warnings")

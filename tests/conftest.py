@@ -1,6 +1,8 @@
 import json
 import os
+import shutil
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -55,3 +57,31 @@ def own_group() -> None:
     terminal's Ctrl-C or a batch system's SIGTERM reaches a run and its loader workers."""
     ctrl_c_as_usual()
     os.setpgrp()
+
+
+# The browser of the report.html tests (tests/test_report_html.py, tests/test_figures.py).
+INSTALL = ("Fix: `apt-get install chromium` (Debian; .ci/run does it) and `pip install -r "
+           "requirements.txt` (playwright).")
+
+
+def unavailable(why: str):
+    """Skip where the browser is missing; under CI fail instead, as CI must run this test."""
+    if os.environ.get("CI", "").lower() not in ("", "0", "false"):
+        pytest.fail(f"{why} (CI is set, so this test must run). {INSTALL}")
+    pytest.skip(f"{why}. {INSTALL}")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """One headless Chromium for the module: a launch takes about a second."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        unavailable("playwright is not installed")
+    executable = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(executable).is_file():
+        unavailable("No chromium found")
+    with sync_playwright() as p:
+        launched = p.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        yield launched
+        launched.close()

@@ -387,7 +387,7 @@ def test_bad_grid_specs_are_refused_when_parsed(cli, capsys, tmp_path, flag, val
 
 
 def test_figures_give_other_models_colours_the_study_models_do_not_use():
-    from medssl.report.figures import COLOURS, colours
+    from medssl.report.curves import COLOURS, colours
 
     given = colours(["M1", "M3", "KD(M3→M1)", "DML(M1+M3)", "DML(M1+M3)/M1"])
     others = [given[m] for m in ("KD(M3→M1)", "DML(M1+M3)", "DML(M1+M3)/M1")]

@@ -83,4 +83,11 @@ def test_the_summary_is_built_from_two_grids(tmp_path, cli):
     assert sorted(ranks.loc[ranks["metric"] == "test_acc", "model"]) == ["M1", "M2"]
     assert "Friedman" in stdout and "not run: needs at least 3 models" in stdout
     assert (tmp_path / "summary" / "summary_accuracy.png").is_file()
+    bars = pd.read_csv(tmp_path / "summary" / "summary_accuracy.csv")  # the figure's numbers
+    assert len(bars) == 4 and set(bars["dataset"]) == {"covid19", "chest_xray"}
+    # One page for the summary: its tables, and each dataset's own answer with its forest plot,
+    # every image inlined.
+    page = (tmp_path / "summary" / "report.html").read_text()
+    assert "Each dataset&#39;s own answer" in page or "Each dataset's own answer" in page
+    assert page.count("data:image/png;base64,") == 3 and 'src="../' not in page
     assert (tmp_path / "summary" / "summary.md").read_text() in stdout

@@ -1,4 +1,5 @@
-"""Rebuild a grid's results from its finished runs: results.csv, results.md, the curve figures."""
+"""Rebuild a grid's results from its finished runs: results.csv, results.md, the figures with
+their CSVs, and report.html, the one page that holds them all."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from pathlib import Path
 
 from medssl.errors import MedsslError
 from medssl.report.figures import write_figures
+from medssl.report.html import data_audit, write_html
 from medssl.report.tables import collect_runs, write_results
 from medssl.records import read_run_record
-from medssl.runs import SKIPPED, unfinished_reason
+from medssl.runs import SKIPPED, SPLIT, unfinished_reason
 
 log = logging.getLogger("medssl")
 
@@ -51,10 +53,27 @@ def build_report(base: Path, dataset: str | None = None,
                           f"Fix: run `medssl compare --dataset {dataset or 'NAME'}` (with --resume "
                           "to continue interrupted runs), or `medssl finetune`, first.")
     runs, _ = collect_runs(base)
+    dataset = dataset or runs["dataset"].iloc[0]
     runs = runs[runs["protocol"] == "finetune"]  # the frozen protocols have no curves
-    dataset = dataset or (runs["dataset"].iloc[0] if len(runs) else None)
-    for figure in write_figures(base, runs, dataset):
+    answered = summary[summary["protocol"] == summary["protocol"].iloc[0]]  # the answer's table
+    figures = write_figures(base, runs, answered, dataset)
+    for figure in figures:
         if images_dir:
             Path(images_dir).mkdir(parents=True, exist_ok=True)
             shutil.copy(figure, Path(images_dir) / f"{dataset}_{figure.name}")
+    write_html(base / "report.html", f"medssl: which prior for {dataset}?",
+               with_answer_figures(md, figures), figures, data_audit(base / SPLIT))
     return md
+
+
+ANSWER_FIGURES = {"forest.png": "Paired differences on the primary endpoint",
+                  "label_efficiency.png": "The primary endpoint against the label fraction"}
+
+
+def with_answer_figures(md: str, figures: list[Path]) -> str:
+    """results.md for the page, with the pictures of the answer right under it (before the
+    first table)."""
+    shown = "".join(f"![{title}]({name})\n\n" for name, title in ANSWER_FIGURES.items()
+                    if any(f.name == name for f in figures))
+    at = md.find("\n## Results")
+    return md if at < 0 or not shown else md[:at] + "\n" + shown + md[at:]

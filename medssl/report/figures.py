@@ -1,114 +1,83 @@
-"""Curve figures like the study's: train, train_eval (the clean pass over labelled train
-images) and val accuracy and loss per epoch, the models overlaid (mean over seeds), one figure per
-label fraction, read from each run's `logs/metrics.csv`; and a reliability diagram per model from
-its test predictions."""
+"""Which figures a comparison gets, under which names, each with its CSV (report.figure_io):
+
+- `forest.png` (the answer: paired differences and their intervals) and, with two or more label
+  fractions, `label_efficiency.png`;
+- per label fraction (the largest unsuffixed, the others `_frac<f>`): `curves`, `confusion`,
+  `reliability` and, for a binary task, `roc` (ROC and precision-recall);
+- `gradcam.png`: where each model looks, on the same test images;
+- and every figure as an image in TensorBoard (`<grid>/tensorboard`), beside the runs' curves.
+"""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pandas as pd
 
-from medssl.atomic import atomic_write
-from medssl.report.comparisons import test_predictions
-from medssl.training.run_logs import epoch_curves
+from medssl.report.confusion import confusion_figure, operating_figure, reliability_figure
+from medssl.report.curves import curves_figure
+from medssl.report.forest import forest_figure, label_efficiency_figure
+from medssl.report.gradcam import gradcam_figure
+from medssl.runs import TENSORBOARD
 
-COLOURS = {"M1": "tab:grey", "M2": "tab:blue", "M3": "tab:orange", "M4": "tab:green"}
-# Every other model (M2-byol, KD(M3→M1), DML(M3+M4)/M3, ...) a colour the study's four do not use.
-OTHER_COLOURS = ("tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan",
-                 "black", "gold", "navy", "teal")
-
-
-def colours(models) -> dict[str, str]:
-    """A colour per model: the study's four fixed, the others in sorted order."""
-    others = sorted(m for m in set(models) if m not in COLOURS)
-    return {**{m: c for m, c in COLOURS.items()},
-            **{m: OTHER_COLOURS[i % len(OTHER_COLOURS)] for i, m in enumerate(others)}}
+log = logging.getLogger("medssl")
 
 
-def curves_figure(runs: pd.DataFrame, path: Path, title: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")  # no screen needed
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    colour = colours(runs["model"])
-    for model, group in runs.groupby("model", sort=True):
-        mean = pd.concat([epoch_curves(Path(r)) for r in group["run"]]).groupby(level=0).mean()
-        epochs = mean.index + 1
-        for ax, metric in zip(axes, ("acc", "loss")):
-            for split, style in (("train", "--"), ("train_eval", ":"), ("val", "-")):
-                if f"{split}/{metric}" in mean:
-                    ax.plot(epochs, mean[f"{split}/{metric}"], style, color=colour[model],
-                            label=f"{model} {split}")
-    for ax, metric in zip(axes, ("accuracy", "loss")):
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(metric)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8, ncol=2)
-    fig.suptitle(title)
-    fig.tight_layout()
-    # The format named, since the temporary file's name does not end in it.
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format=path.suffix[1:]))
-    plt.close(fig)
-    return path
+def suffixed(name: str, frac: float, first: bool) -> str:
+    return f"{name}.png" if first else f"{name}_frac{frac:g}.png"
 
 
-RELIABILITY_BINS = 15  # as the ECE in metrics.json
-
-
-def reliability_figure(runs: pd.DataFrame, path: Path, title: str) -> Path:
-    """Per model, test accuracy against confidence in 15 equal-width bins (the seeds' test
-    predictions pooled); the diagonal is perfect calibration, each bar names its image count."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    models = sorted(runs["model"].unique())
-    cols = min(4, len(models))
-    rows = -(-len(models) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
-    edges = np.linspace(0, 1, RELIABILITY_BINS + 1)
-    colour = colours(models)
-    for ax, model in zip(axes.flat, models):
-        confidence, right = [], []
-        for pred in test_predictions(runs[runs["model"] == model]).values():
-            confidence.append(pred.probs.max(1))
-            right.append(pred.probs.argmax(1) == pred.labels)
-        confidence, right = np.concatenate(confidence), np.concatenate(right)
-        which = np.clip(np.digitize(confidence, edges[1:-1]), 0, RELIABILITY_BINS - 1)
-        count = np.bincount(which, minlength=RELIABILITY_BINS)
-        acc = np.bincount(which, weights=right, minlength=RELIABILITY_BINS) / np.maximum(count, 1)
-        filled = count > 0
-        ax.bar(edges[:-1][filled], acc[filled], width=1 / RELIABILITY_BINS, align="edge",
-               color=colour[model], edgecolor="black", linewidth=0.4)
-        for x, n in zip(edges[:-1][filled], count[filled]):  # how many images each bar rests on
-            ax.text(x + 0.5 / RELIABILITY_BINS, 0.02, str(n), ha="center", fontsize=5, rotation=90)
-        ax.plot([0, 1], [0, 1], "k--", linewidth=0.8)
-        ax.set(xlim=(0, 1), ylim=(0, 1), title=model, xlabel="confidence", ylabel="accuracy")
-    for ax in list(axes.flat)[len(models):]:
-        ax.axis("off")
-    fig.suptitle(title)
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format=path.suffix[1:]))
-    plt.close(fig)
-    return path
-
-
-def write_figures(base: Path, runs: pd.DataFrame, dataset: str) -> list[Path]:
-    """`curves.png` for label fraction 1 (or the largest), `curves_frac<f>.png` for the others;
-    `reliability.png` (and `reliability_frac<f>.png`) likewise."""
+def fraction_figures(base: Path, runs: pd.DataFrame, dataset: str) -> list[Path]:
+    """The figures drawn once per label fraction."""
     written = []
     fractions = sorted(runs["label_fraction"].unique(), reverse=True)
+    positive = runs["positive_index"].dropna()
     for i, frac in enumerate(fractions):
-        name = "curves.png" if i == 0 else f"curves_frac{frac:g}.png"
         subset = runs[runs["label_fraction"] == frac]
-        title = f"{dataset}: train (dashed) and val (solid), mean of seeds, label fraction {frac:g}"
-        written.append(curves_figure(subset, Path(base) / name, title))
-        name = "reliability.png" if i == 0 else f"reliability_frac{frac:g}.png"
-        written.append(reliability_figure(
-            subset, Path(base) / name, f"{dataset}: test reliability, label fraction {frac:g}"))
+        at = f"label fraction {frac:g}"
+        written.append(curves_figure(subset, base / suffixed("curves", frac, i == 0),
+                                     f"{dataset}: training curves, {at}"))
+        written.append(confusion_figure(
+            subset, base / suffixed("confusion", frac, i == 0),
+            f"{dataset}: test confusion, row-normalised, seeds pooled, {at}"))
+        if runs["n_classes"].max() == 2 and len(positive):
+            written.append(operating_figure(
+                subset, base / suffixed("roc", frac, i == 0), int(positive.iloc[0]),
+                f"{dataset}: test ROC and precision-recall, {at}"))
+        written.append(reliability_figure(subset, base / suffixed("reliability", frac, i == 0),
+                                          f"{dataset}: test reliability, {at}"))
     return written
+
+
+def write_figures(base: Path, runs: pd.DataFrame, summary: pd.DataFrame,
+                  dataset: str) -> list[Path]:
+    """Every figure of a grid's finetuned runs (`runs`, collect_runs' rows) and their table
+    (`summary`, results.csv's rows of the finetuning protocol); returns the files written."""
+    base = Path(base)
+    answer = [forest_figure(summary, base / "forest.png",
+                            f"{dataset}: paired differences on the primary endpoint"),
+              label_efficiency_figure(summary, base / "label_efficiency.png",
+                                      f"{dataset}: the primary endpoint against the labels")]
+    written = [p for p in answer if p] + fraction_figures(base, runs, dataset)
+    cams = gradcam_figure(runs, base / "gradcam.png")
+    if cams:
+        written.append(cams)
+    log_to_tensorboard(base / TENSORBOARD, written)
+    return written
+
+
+def log_to_tensorboard(folder: Path, figures: list[Path]) -> None:
+    """The figures as images of one TensorBoard run (`<grid>/tensorboard`), replacing those of
+    an earlier report, so that `tensorboard --logdir GRID` shows them beside the runs."""
+    import numpy as np
+    from PIL import Image
+    from torch.utils.tensorboard import SummaryWriter
+
+    for old in folder.glob("events.out.tfevents.*"):  # a rebuilt report: its figures only
+        old.unlink()
+    with SummaryWriter(str(folder)) as writer:
+        for path in figures:
+            with Image.open(path) as img:
+                writer.add_image(f"figures/{path.stem}", np.asarray(img.convert("RGB")), 0,
+                                 dataformats="HWC")

@@ -12,6 +12,7 @@ numbers.
 from __future__ import annotations
 
 import math
+import os
 from itertools import combinations
 from pathlib import Path
 
@@ -22,6 +23,9 @@ from scipy import stats
 from medssl.atomic import atomic_write
 from medssl.errors import MedsslError
 from medssl.report.build import build_report
+from medssl.report.curves import colours
+from medssl.report.figure_io import legend_outside, pyplot, save_figure
+from medssl.report.html import write_html
 from medssl.report.statistics import holm
 from medssl.report.tables import by_protocol, collect_runs, judged_by, summarise
 
@@ -176,12 +180,9 @@ def limits_statement(n: int) -> str:
 
 
 def figure(tables: dict[str, pd.DataFrame], frac: float, path: Path) -> Path:
-    """Test accuracy per dataset and model, mean ± sd over seeds (like the study's Fig. 4)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Test accuracy per dataset and model, mean ± sd over seeds (like the study's Fig. 4); its
+    CSV holds the bars."""
+    plt = pyplot()
     means = dataset_scores(tables, frac, "test_acc")
     sds = pd.DataFrame({d: t[t["label_fraction"] == frac].set_index("model")["test_acc_sd"]
                         for d, t in tables.items()}).T
@@ -189,23 +190,39 @@ def figure(tables: dict[str, pd.DataFrame], frac: float, path: Path) -> Path:
     width = 0.8 / max(1, len(models))
     fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(means), 4))
     x = np.arange(len(means))
+    colour = colours(models)
     for i, model in enumerate(models):
         ax.bar(x + i * width, means[model] * 100, width, yerr=sds[model].fillna(0) * 100,
-               label=model, capsize=2)
+               label=model, capsize=2, color=colour[model])
     ax.set_xticks(x + width * (len(models) - 1) / 2, means.index)
     ax.set_ylabel("test accuracy %")
     ax.set_title(f"Test accuracy per dataset, label fraction {frac:g} (mean ± sd over seeds)")
-    ax.legend(fontsize=8, ncol=min(4, len(models)))
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format=path.suffix[1:]))
-    plt.close(fig)
-    return path
+    legend_outside(fig, *ax.get_legend_handles_labels())
+    data = pd.DataFrame([{"dataset": d, "model": m, "label_fraction": frac,
+                          "test_acc_mean": means.at[d, m], "test_acc_sd": sds.at[d, m]}
+                         for d in means.index for m in models])
+    return save_figure(fig, path, data)
+
+
+def answers(grids: dict[str, Path], out: Path) -> str:
+    """Each dataset's own answer (its results.md's, over its seeds and test images) and its
+    forest plot, for the summary's page."""
+    parts = ["## Each dataset's own answer\n"]
+    for dataset, grid in grids.items():
+        md = (grid / "results.md").read_text()
+        answer = md[:md.find("\n## Results")] if "\n## Results" in md else md
+        answer = answer.replace("## Answer", f"### {dataset}", 1)
+        forest = grid / "forest.png"
+        if forest.is_file():
+            answer += f"\n![{dataset}: paired differences]({os.path.relpath(forest, out)})\n"
+        parts.append(answer)
+    return "\n".join(parts)
 
 
 def write_summary(grids: list[Path], out: Path, analysis=None) -> str:
     """Rebuild each grid's table, then summary.md, summary.csv and summary_accuracy.png in `out`."""
-    tables = {}
+    tables, grids_of = {}, {}
     for grid in grids:
         build_report(grid, analysis=analysis)  # each grid's own table and figures, refreshed
         runs, _ = collect_runs(grid)
@@ -220,6 +237,7 @@ def write_summary(grids: list[Path], out: Path, analysis=None) -> str:
             raise MedsslError(f"Two grids hold {dataset} ({grid} and another): one grid per "
                               "dataset. Fix: pass each dataset's grid folder once.")
         tables[dataset] = summarise(runs, judged_by(runs, grid, analysis)[0])
+        grids_of[dataset] = Path(grid)
     if len(tables) < 2:
         raise MedsslError("A summary across datasets needs at least two grids. Fix: pass two or "
                           "more grid folders (runs/ham10000 runs/isic ...).")
@@ -236,4 +254,7 @@ def write_summary(grids: list[Path], out: Path, analysis=None) -> str:
     md += "\n![test accuracy per dataset](summary_accuracy.png)\n"
     atomic_write(out / "summary.csv", lambda p: frame.to_csv(p, index=False))
     atomic_write(out / "summary.md", lambda p: p.write_text(md))
+    title, _, body = md.partition("\n")  # the page's title is summary.md's first line
+    write_html(out / "report.html", title.lstrip("# "), body + "\n" + answers(grids_of, out),
+               [out / "summary_accuracy.png"])
     return md

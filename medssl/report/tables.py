@@ -521,6 +521,7 @@ def write_results(base: Path, skipped_models: dict[str, str] | None = None,
         summary = summarise(own, task)
         summary.insert(0, "protocol", protocol)
         summary["duplicate_policy"] = runs["duplicate_policy"].iloc[0]
+        summary["equivalence_margin"] = margin  # as a fraction, as the differences are
         summaries.append(summary)
         unlearned = unlearned_priors(own)
         if i == 0:

@@ -22,7 +22,7 @@ from medssl.runs import (FINETUNE_OUTPUTS, LABELLED, SELECTION_VAL, SPLIT, best_
                          curves_file, mark_finished, predictions_file)
 from medssl.training.distributed import gpu_hours, scaled_lr, scaling_rule
 from medssl.training.metrics import classification_metrics, metric_options
-from medssl.training.run_logs import epoch_curves
+from medssl.training.run_logs import epoch_curves, log_hparams
 
 log = logging.getLogger("medssl")
 
@@ -139,7 +139,9 @@ class RunResults:
             "medssl_version": __version__, "wall_time_s": round(wall, 1),
             "config": {**asdict(cfg), **({"model": name} if cfg.mutual else {})},
         }
-        write_run_record(out, RunRecord(**metrics))
+        record = RunRecord(**metrics)
+        write_run_record(out, record)
+        log_hparams(out, record, cfg.loggers)
         mark_finished(out, FINETUNE_OUTPUTS)
         log.info("%s %s seed %d: selected epoch %s, test acc %.3f, balanced acc %.3f",
                  cfg.dataset, name, cfg.seed, selection["epoch"] or "per member",

@@ -38,6 +38,7 @@ from medssl.training.finetune_results import write_predictions
 from medssl.training.harness import RunStart, keep_identity, open_run
 from medssl.training.loaders import make_loader, open_cache, run_stats
 from medssl.training.metrics import classification_metrics, metric_options
+from medssl.training.run_logs import log_hparams
 
 log = logging.getLogger("medssl")
 
@@ -214,6 +215,7 @@ def write_frozen(cfg: FinetuneConfig, run: RunStart, data, feats: dict, probs: d
         prior=source, split_file=SPLIT, data=data.data_info, medssl_version=__version__,
         wall_time_s=round(wall, 1), config=asdict(cfg))
     write_run_record(run.out, record)
+    log_hparams(run.out, record, cfg.loggers)
     mark_finished(run.out, FINETUNE_OUTPUTS)
     log.info("%s %s (%s) seed %d: %s, test acc %.3f, balanced acc %.3f", cfg.dataset, cfg.model,
              cfg.protocol, cfg.seed, ", ".join(f"{k} {v}" for k, v in choice.items()

@@ -141,17 +141,30 @@ def open_source(path: str | Path) -> Source:
     return Source(str(file), None, backbone.eval(), None, None, cfg, meta.get("init", "random"))
 
 
-def batches(source: Source, opts: PredictOptions, rel: list[str], root: Path):
-    """(normalised batch on the device, its images' count) of the pictures, in order."""
+def raw_batches(source: Source, opts: PredictOptions, rel: list[str], root: Path):
+    """The pictures, in order, as the run's reader and centre crop make them: uint8 batches
+    (B, channels, size, size) on the CPU, before normalisation (what a figure shows)."""
     samples = pd.DataFrame({"path": rel, "label": "?", "group": rel, "split": "test"})
     table = SampleTable(source.cfg.dataset, root, ["?"], samples, window=source.cfg.window)
     cfg = replace(source.cfg, batch_size=opts.batch_size, num_workers=opts.num_workers, seed=0)
     loader = make_loader(table, samples, eval_crop(cfg.image_size), cfg, cache=None,
                          persistent=False)
-    device = device_of(opts)
-    normalize = Normalize(*run_stats(source.init, preset_for(cfg.dataset),
-                                     cfg.in_channels)).to(device)
     for x, _ in tqdm(loader, desc="pictures", disable=not opts.progress, unit="batch"):
+        yield x
+
+
+def normalizer(source: Source, opts: PredictOptions) -> Normalize:
+    """uint8 batch -> the network's input: the normalisation of the run's prior, on the device."""
+    cfg = source.cfg
+    return Normalize(*run_stats(source.init, preset_for(cfg.dataset),
+                                cfg.in_channels)).to(device_of(opts))
+
+
+def batches(source: Source, opts: PredictOptions, rel: list[str], root: Path):
+    """The pictures, in order, as normalised batches on the device (the network's input)."""
+    device = device_of(opts)
+    normalize = normalizer(source, opts)
+    for x in raw_batches(source, opts, rel, root):
         yield normalize(x.to(device))
 
 

@@ -106,7 +106,9 @@ def run_loggers(out: Path, resume_at: tuple[int, int] | None = None,
     check_loggers(list(names))
     loggers = [ResumableCSVLogger(Path(out), resume_at)]
     if "tensorboard" in names:
-        loggers.insert(0, TensorBoardLogger(str(out), name=TENSORBOARD, version=""))
+        # No placeholder hp_metric at the start: log_hparams writes the run's real ones at its end.
+        loggers.insert(0, TensorBoardLogger(str(out), name=TENSORBOARD, version="",
+                                            default_hp_metric=False))
     name = "/".join(Path(out).resolve().parts[-3:])
     if "mlflow" in names:
         from pytorch_lightning.loggers import MLFlowLogger
@@ -118,6 +120,28 @@ def run_loggers(out: Path, resume_at: tuple[int, int] | None = None,
 
         loggers.append(WandbLogger(project="medssl", name=name, save_dir=str(out)))
     return loggers
+
+
+HPARAM_METRICS = ("acc", "balanced_acc", "macro_f1", "auroc", "loss", "qwk")
+
+
+def log_hparams(out: Path, record, loggers: list[str]) -> None:
+    """The finished run in TensorBoard's HParams tab: what it is (prior, method, protocol, lr,
+    seed, label fraction) and its final val and test metrics (`hparams/val_acc`, ...), so that
+    `tensorboard --logdir GRID` compares the priors run by run. `record`: its RunRecord."""
+    if "tensorboard" not in loggers or not is_rank_zero():
+        return
+    params = {"dataset": record.dataset, "prior": record.model, "protocol": record.protocol,
+              "method": record.prior.get("method") or "none",
+              "init": record.prior.get("init") or "none",
+              "lr": record.lr if record.lr is not None else "none", "seed": record.seed,
+              "label_fraction": record.label_fraction}
+    metrics = {f"hparams/{split}_{k}": float(getattr(record, split)[k])
+               for split in ("val", "test") for k in HPARAM_METRICS
+               if isinstance(getattr(record, split).get(k), (int, float))}
+    logger = TensorBoardLogger(str(out), name=TENSORBOARD, version="", default_hp_metric=False)
+    logger.log_hyperparams(params, metrics, step=0)
+    logger.finalize("success")
 
 
 def end_loggers(trainer) -> None:

@@ -336,6 +336,11 @@ CASES = [
     # Using a run, and configuration files (docs: README, "Using the chosen model").
     ("predict-missing-run", ["predict", "{tmp}/nothing", "--data-root", "{root}"],
      ["Run", "nothing does not exist", "Fix"]),
+    ("explain-missing-run", ["explain", "{tmp}/nothing", "--data-root", "{root}"],
+     ["Run", "nothing does not exist", "Fix"]),
+    ("explain-out-not-a-picture", ["explain", "{tmp}/nothing", "--data-root", "{root}", "--out",
+                                   "{tmp}/maps.csv"],
+     ["--out", "maps.csv", "the sheet is a picture", "Fix"]),
     ("export-missing-run", ["export", "{tmp}/nothing", "--format", "onnx", "--out", "{tmp}/o"],
      ["nothing does not exist", "Fix"]),
     ("config-unknown-key", [*FT, "--config", "{tmp}/c.yaml"],

@@ -170,3 +170,14 @@ def test_local_images_inlined_and_missing_figure_noted(tmp_path):
     assert 'id="figures"' not in text  # curves.png is shown once, in the Markdown
     assert "[figure gone.png is missing]" in text
     assert list(tmp_path.glob(".*.tmp")) == []
+
+
+def test_figures_given_relative_to_the_working_folder_are_found(tmp_path, monkeypatch):
+    # `medssl compare` writes into runs/<dataset> by default: the page and its figures are then
+    # relative paths, taken from the working folder (not twice under the page's folder).
+    monkeypatch.chdir(tmp_path)
+    grid = Path("runs") / "demo"
+    grid.mkdir(parents=True)
+    shown = figure(grid / "curves.png", [1, 2])
+    page = write_html(grid / "report.html", "relative", "## Answer\n\nM1.\n", [shown])
+    assert page.read_text().count("data:image/png;base64,") == 1

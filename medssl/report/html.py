@@ -148,7 +148,8 @@ def write_html(path: Path, title: str, markdown_text: str, figures: list[Path],
     """Write `path`: `markdown_text` as HTML (each `## ` section in a <section> whose id is its
     heading's slug: `## Answer` -> id="answer"), local images inlined as data: URIs, every file
     of `figures` the Markdown does not show appended under "Figures" with a link to its
-    same-stem CSV, and `audit` (Markdown, see data_audit) in its own section."""
+    same-stem CSV, and `audit` (Markdown, see data_audit) in its own section. Relative paths in
+    `figures` are taken from the working folder, as any path given to Python."""
     path = Path(path)
     base = path.parent
     shown: set[Path] = set()
@@ -159,7 +160,10 @@ def write_html(path: Path, title: str, markdown_text: str, figures: list[Path],
         if heading:
             toc.append((id_, heading))
         sections.append((id_, Markup(to_html(text, base, shown))))
-    extra = [figure_entry(f, base) for f in figures if resolve(f, base) not in shown]
+    # The figures are paths as Python takes them (relative to the working folder: a grid's
+    # default is runs/<dataset>); the Markdown's images are relative to the page.
+    extra = [figure_entry(Path(f).resolve(), base) for f in figures
+             if Path(f).resolve() not in shown]
     if extra:
         toc.append(("figures", "Figures"))
     if audit:

@@ -717,13 +717,14 @@ def run_comparisons(args: argparse.Namespace, say) -> list[Path]:
             from medssl.report.build import build_report  # lazy: matplotlib, Lightning
 
             say(build_report(base, cfg.dataset, skipped, cfg.images_dir, cfg.analysis))
-            say(f"results: {base / 'results.md'}, {base / 'results.csv'}, {base / 'curves.png'}")
+            say(f"results: {base / 'report.html'} (the answer, tables and figures on one page), "
+                f"{base / 'results.md'}, {base / 'results.csv'}; `tensorboard --logdir {base}`")
     if len(grids) > 1 and not args.dry_run and is_rank_zero():
         from medssl.report.summary import write_summary  # lazy: matplotlib, Lightning
 
         top = Path(args.out) if args.out else RUNS
         say(write_summary(grids, top, AnalysisOptions(**part_from_args(args, AnalysisOptions))))
-        say(f"summary: {top / 'summary.md'}, {top / 'summary.csv'}")
+        say(f"summary: {top / 'report.html'}, {top / 'summary.md'}, {top / 'summary.csv'}")
     if not args.cell and not args.dry_run:  # this call's failures: failed.json of its grids
         check_no_failed_cells(grids)
     return grids

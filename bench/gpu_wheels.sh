@@ -8,8 +8,10 @@ grep -qx "/.whl/" .git/info/exclude 2>/dev/null || { mkdir -p .git/info; echo "/
 mkdir -p .whl
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-  -d .whl lightly==1.6.0 hydra-core==1.3.8 omegaconf==2.3.1
+  -d .whl lightly==1.6.0 hydra-core==1.3.8 omegaconf==2.3.1 submitit==1.5.4 ttach==0.0.3
 # hydra-core pins antlr4-python3-runtime 4.9.*, published as source only: build its (pure
 # Python) wheel here.
 python3 -m pip wheel -q --no-deps -w .whl antlr4-python3-runtime==4.9.3
+# grad-cam (the figures' class-activation maps) is published as source only too; pure Python.
+python3 -m pip wheel -q --no-deps -w .whl grad-cam==1.5.7
 ls -l .whl

@@ -13,7 +13,7 @@ def load_image(path, window: str = "auto"):
 
 # The Python API (medssl/api.py, docs/api.md): the commands as functions, imported on first use
 # so that `import medssl` stays light.
-API = ("pretrain", "finetune", "compare", "predict", "load_run")
+API = ("pretrain", "finetune", "compare", "predict", "explain", "load_run")
 
 
 def __getattr__(name: str):

@@ -5,6 +5,7 @@ keyword arguments (underscores for dashes) and return what the run wrote.
     table = medssl.compare(dataset="demo", models=["M1", "M2"], seeds=[0, 1])
     run = medssl.finetune(dataset="covid19", data_root="~/data", model="M3", seed=1)
     predictions = medssl.predict("runs/covid19/M3/seed0", data_root="~/new")
+    maps = medssl.explain("runs/covid19/M3/seed0", files=["a.png"], out="sheet.png")
     record = medssl.load_run("runs/covid19/M3/seed0")
 
 Each call goes through the command line's own parser (the same checks, the same ranges) and the
@@ -86,6 +87,16 @@ def predict(run, **flags) -> pd.DataFrame:
     files = flags.pop("files", None) or []  # positional on the command line
     args = parsed("predict", flags, (run, *([files] if isinstance(files, (str, Path)) else files)))
     return pd.read_csv(write(cli.picture_options(args)))
+
+
+def explain(run, **flags) -> pd.DataFrame:
+    """`medssl explain RUN`: where the run looks, as the CSV of its sheet (each picture's map,
+    cell by cell); the sheet is written to `out` (default gradcam.png), the CSV beside it."""
+    from medssl.report.gradcam import explain as draw  # lazy: torch, matplotlib
+
+    files = flags.pop("files", None) or []  # positional on the command line
+    args = parsed("explain", flags, (run, *([files] if isinstance(files, (str, Path)) else files)))
+    return pd.read_csv(draw(cli.picture_options(args)).with_suffix(".csv"))
 
 
 def load_run(path) -> RunRecord | BackboneRecord:

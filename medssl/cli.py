@@ -794,7 +794,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     writable_folder(args.out, "--out")
     print(write_summary(grids, Path(args.out), analysis))
-    print(f"summary: {Path(args.out) / 'summary.md'}, {Path(args.out) / 'summary.csv'}")
+    print(f"summary: {Path(args.out) / 'report.html'}, {Path(args.out) / 'summary.md'}, "
+          f"{Path(args.out) / 'summary.csv'}")
     return 0
 
 

@@ -340,3 +340,14 @@ def test_a_resnets_map_is_taken_at_the_deepest_stage_with_four_cells_a_side(size
     net = torchvision.models.resnet18()
     layer, reshape = target_layer(net, size)
     assert layer is getattr(net, stage)[-1] and reshape is None
+
+
+def test_the_python_api_explains_as_the_command_does(corner_run, tmp_path):
+    import medssl
+
+    root, run = corner_run
+    maps = medssl.explain(run, files=[str(root / "patch" / "0.png")], out=tmp_path / "s.png")
+    assert (tmp_path / "s.png").is_file()
+    assert maps.equals(pd.read_csv(tmp_path / "s.csv")) and set(maps["path"]) == {"0.png"}
+    with pytest.raises(MedsslError, match="the sheet is a picture"):  # the command's check
+        medssl.explain(run, files=[str(root / "patch" / "0.png")], out=tmp_path / "s.txt")

@@ -41,6 +41,7 @@ SPLIT = "split.csv"  # the split a run used; in a grid's folder, the split all i
 LABELLED = "labelled_train.csv"  # the labelled train images, at a label fraction below 1
 SELECTION_VAL = "selection_val.csv"  # the val images selection saw, at a label fraction
 TENSORBOARD = "tensorboard"  # a run's TensorBoard events
+LR_SEARCH = "lr-search"  # a grid's folder of the learning rates a search tried and did not choose
 LOGS = "logs"  # the CSV log's folder; its file, metrics.csv, is Lightning's CSVLogger's name
 CURVES = "metrics.csv"
 SSL_OUTPUTS = (BACKBONE, BACKBONE_JSON)

@@ -11,11 +11,13 @@ import pytest
 from matplotlib.figure import Figure
 
 from medssl.cli import main
+from medssl.data import fixtures as fx
 from tests.test_finetune import FAST
 from tests.test_report_html import network_loads, open_page
 
 # Two priors trained, M3 asked for and skipped offline (its fix on the page), two seeds, two
-# label fractions: every figure of the quick start, at a size the tests afford (about a minute).
+# label fractions: every figure of the quick start, at a size the tests afford (about a minute;
+# the learning-rate search's runs are tested below on their own).
 DEMO = ["--models", "M1", "M2", "M3", "--seeds", "0", "1", "--label-fractions", "1", "0.5",
         "--epochs", "2", "--ssl-epochs", "1", "--lr", "1e-3", *FAST]
 
@@ -161,9 +163,11 @@ def test_every_run_logs_the_same_scalars_and_its_hparams_and_the_grid_its_figure
     assert len(runs) == 8  # M1 and M2, two seeds, two fractions
     tags = set()
     for run in runs:
-        events = EventAccumulator(str(run / "tensorboard"))
+        curves = EventAccumulator(str(run / "tensorboard"))
+        curves.Reload()
+        tags.add(tuple(sorted(curves.Tags()["scalars"])))
+        events = EventAccumulator(str(run / "tensorboard" / "hparams"))
         events.Reload()
-        tags.add(tuple(sorted(events.Tags()["scalars"])))
         start = plugin_data_pb2.HParamsPluginData.FromString(
             events.PluginTagToContent("hparams")["_hparams_/session_start_info"])
         hparams = start.session_start_info.hparams
@@ -172,13 +176,48 @@ def test_every_run_logs_the_same_scalars_and_its_hparams_and_the_grid_its_figure
         assert hparams["lr"].number_value == record["lr"]
         assert hparams["seed"].number_value == record["seed"]
         assert hparams["label_fraction"].number_value == record["label_fraction"]
+        assert hparams["lr_role"].string_value == "given"  # one rate, no search
         # The final metrics the HParams tab shows are the run's own.
         final = events.Scalars("hparams/test_balanced_acc")[-1].value
         assert final == pytest.approx(record["test"]["balanced_acc"], abs=1e-6)
-    assert len(tags) == 1 and "hparams/val_loss" in next(iter(tags))
+        assert "hparams/val_loss" in events.Tags()["scalars"]
+    assert len(tags) == 1 and "val/loss" in next(iter(tags))  # every run: the same curves
     figures = EventAccumulator(str(grid / "tensorboard"), size_guidance={"images": 0})
     figures.Reload()
     assert {"figures/forest", "figures/gradcam", "figures/curves"} <= set(figures.Tags()["images"])
+
+
+def hparams_of(run: Path) -> dict:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    events = EventAccumulator(str(run / "tensorboard" / "hparams"))
+    events.Reload()
+    sessions = [k for k in events.PluginTagToContent("hparams") if k.endswith("start_info")]
+    assert sessions == ["_hparams_/session_start_info"]  # one line of the tab per run
+    start = plugin_data_pb2.HParamsPluginData.FromString(
+        events.PluginTagToContent("hparams")[sessions[0]])
+    return dict(start.session_start_info.hparams)
+
+
+def test_a_searchs_rates_are_candidates_and_the_chosen_runs_line_says_so(tmp_path, cli,
+                                                                         monkeypatch):
+    # Each rate trains under lr-search/ and the chosen one is copied out: its HParams line must
+    # be rewritten, or the table's run would call itself a candidate (and the candidates'
+    # test scores look like choices).
+    root = fx.make_covid19(tmp_path, per_class=8)
+    monkeypatch.chdir(tmp_path)  # the search runs go under runs/covid19/
+    code, _, err = cli("finetune", "--dataset", "covid19", "--data-root", root, "--model", "M1",
+                       "--lr-grid", "1e-3", "1e-2", "--epochs", "1", *FAST,
+                       "--out", tmp_path / "chosen")
+    assert code == 0, err
+    chosen = hparams_of(tmp_path / "chosen")
+    record = json.loads((tmp_path / "chosen" / "metrics.json").read_text())
+    assert chosen["lr_role"].string_value == "chosen on val"
+    assert chosen["lr"].number_value == record["lr_selected"]
+    candidates = sorted(p.parent for p in (tmp_path / "runs").rglob("metrics.json"))
+    assert len(candidates) == 2 and {hparams_of(c)["lr_role"].string_value for c in candidates} \
+        == {"candidate of a learning-rate search"}
 
 
 def test_the_demos_page_opens_offline_with_its_images_and_answer(demo, browser):
@@ -233,3 +272,39 @@ def test_operating_points_and_confusion_pool_the_seeds(tmp_path):
                                                           "PNEUMONIA", "NORMAL"))
     assert confusion["count"].tolist() == expected.ravel().tolist()
     assert confusion.groupby("true")["share"].sum().tolist() == pytest.approx([1, 1])
+
+
+def test_frozen_protocols_get_the_prediction_figures_and_no_curves(tmp_path):
+    # A grid of linear probes alone trains no network: no curves, the rest from its predictions.
+    from medssl.report.figures import fraction_figures
+
+    runs = binary_runs(tmp_path).assign(protocol="linear", label_fraction=1.0, n_classes=2,
+                                        positive_index=1.0)
+    written = fraction_figures(tmp_path, runs, "chest_xray")
+    assert sorted(p.name for p in written) == ["confusion.png", "reliability.png", "roc.png"]
+    assert all(p.with_suffix(".csv").is_file() for p in written)
+
+
+def test_the_forest_plot_draws_own_base_comparisons_in_a_panel_of_their_own():
+    from medssl.report.forest import forest_table
+
+    def row(model, base, m1, own, frac=1.0):
+        cells = {"model": model, "label_fraction": frac, "seeds": 3, "base": base,
+                 "primary_metric": "balanced_acc", "equivalence_margin": 0.02,
+                 "vs_M1_seeds": 3, "vs_base_seeds": 2}
+        for ref, diff in (("M1", m1), ("M3", np.nan), ("base", own)):
+            cells.update({f"test_balanced_acc_vs_{ref}_{k}": v for k, v in (
+                ("diff", diff), ("low_holm", diff - 0.1), ("high_holm", diff + 0.1),
+                ("p_holm", 0.5))})
+        return cells
+
+    summary = pd.DataFrame([row("M1", None, np.nan, np.nan),
+                            row("KD(M2→M1)", "M1", 0.01, 0.01),  # its base is M1: drawn there
+                            row("DML(M1+M2)", "M1+M2 ensemble", 0.05, -0.02),
+                            row("F-x+simclr", "F-x", 0.08, 0.03)])
+    table = forest_table(summary)
+    own = table[table["reference"] == "base"]
+    assert list(own["model"]) == ["F-x+simclr", "DML(M1+M2)"]  # ordered by estimate
+    assert list(own["against"]) == ["F-x", "M1+M2 ensemble"] and set(own["seeds"]) == {2}
+    assert list(table.loc[table["reference"] == "M1", "model"]) == [
+        "F-x+simclr", "DML(M1+M2)", "KD(M2→M1)"]

@@ -137,18 +137,43 @@ def test_network_check_catches_a_remote_image(browser, tmp_path):
     remote = "http://127.0.0.1:9/x.png"  # the discard port: nothing answers
     path = write_html(tmp_path / "report.html", "remote",
                       RESULTS_MD + f"\n![remote]({remote})\n", [])
-    assert remote in path.read_text()  # a remote src is left as written
-    page, seen = open_page(browser, path)
+    text = path.read_text()
+    # A remote image in the Markdown is not loaded: a note says so instead.
+    assert f'src="{remote}"' not in text and f"[remote image {remote} not shown" in text
+    # The check itself: the same page with the image put back (as a bug would) is caught...
+    hostile = tmp_path / "hostile.html"
+    hostile.write_text(text.replace("</body>", f'<img src="{remote}" alt="x"></body>'))
+    page, seen = open_page(browser, hostile)
     page.close()
-    assert any(remote in load for load in network_loads(seen, path.as_uri()))
-    # Without the CSP the image is requested: the same check sees the request itself.
+    assert any(remote in load for load in network_loads(seen, hostile.as_uri()))
+    # ...and without the CSP the image is requested: the same check sees the request itself.
     bare = tmp_path / "no_csp.html"
-    bare.write_text("\n".join(line for line in path.read_text().splitlines()
+    bare.write_text("\n".join(line for line in hostile.read_text().splitlines()
                               if "Content-Security-Policy" not in line))
     page, seen = open_page(browser, bare)
     page.close()
     assert remote in seen["requests"]
     assert remote in network_loads(seen, bare.as_uri())
+
+
+def test_markup_in_a_report_shows_as_written_and_never_runs(browser, tmp_path):
+    # Reports quote error messages (`<urlopen error ...>`), paths and names a user chose: they
+    # must show as written, and a name like a script tag must not run.
+    said = "M3 skipped: the weights are not available offline (<urlopen error [Errno -2]>)."
+    hostile = "| F-x<script>window.pwned = 1</script> | 2 | 1.00 | — |"
+    md = RESULTS_MD.replace("| M4 | 2 |", hostile + "\n| M4 | 2 |") + f"\n{said}\n"
+    path = write_html(tmp_path / "report.html", "<b>title</b>", md, [])
+    page, seen = open_page(browser, path)
+    try:
+        body = page.locator("body").inner_text()
+        assert "(<urlopen error [Errno -2]>)" in body and "<b>title</b>" in body
+        assert "F-x<script>window.pwned = 1</script>" in body
+        assert page.evaluate("window.pwned === undefined")
+        # The page's own script still runs (its hash is in the CSP): sorting works.
+        assert page.locator("#results th").first.get_attribute("title") == "Sort by this column"
+        assert seen["errors"] == [] and seen["page_errors"] == []
+    finally:
+        page.close()
 
 
 def test_data_audit_counts(tmp_path):

@@ -27,12 +27,13 @@ from medssl.identity import check_same_run
 from medssl.names import model_folder
 from medssl.ranges import check_value
 from medssl.records import UnreadableRecord, read_run_record, write_run_record
-from medssl.runs import (CHECKPOINTS, FINETUNE_OUTPUTS, dataset_dir, finetune_dir,
+from medssl.runs import (CHECKPOINTS, FINETUNE_OUTPUTS, LR_SEARCH, dataset_dir, finetune_dir,
                          finetune_finished, last_checkpoint, mark_finished)
 from medssl.training import finetune  # called as finetune.run_finetune: tests replace it
+from medssl.training.run_logs import log_hparams
 
 log = logging.getLogger("medssl")
-SEARCH_FOLDER = "lr-search"
+SEARCH_FOLDER = LR_SEARCH
 
 
 def search_dir(base: Path, model: str, frac: float, lr: float, seed: int) -> Path:
@@ -124,8 +125,11 @@ def adopt(search_run: Path, out: Path, grid: list[float], lr: float, record: dic
         shutil.rmtree(out)
     shutil.copytree(search_run, out, copy_function=link_checkpoints)
     chosen = read_run_record(out)
-    write_run_record(out, replace(chosen, **lr_choice(grid, lr, record),
-                                  config={**chosen.config, "out": str(out)}))
+    adopted = replace(chosen, **lr_choice(grid, lr, record),
+                      config={**chosen.config, "out": str(out)})
+    write_run_record(out, adopted)
+    # Its HParams line was the search's candidate's: now the table's run, at the rate chosen.
+    log_hparams(out, adopted, chosen.config.get("loggers") or [], role="chosen on val")
     mark_finished(out, FINETUNE_OUTPUTS)
     return out
 

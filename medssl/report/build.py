@@ -54,9 +54,9 @@ def build_report(base: Path, dataset: str | None = None,
                           "to continue interrupted runs), or `medssl finetune`, first.")
     runs, _ = collect_runs(base)
     dataset = dataset or runs["dataset"].iloc[0]
-    runs = runs[runs["protocol"] == "finetune"]  # the frozen protocols have no curves
+    runs = runs[runs["protocol"] == summary["protocol"].iloc[0]]  # the answer's protocol
     answered = summary[summary["protocol"] == summary["protocol"].iloc[0]]  # the answer's table
-    figures = write_figures(base, runs, answered, dataset)
+    figures = [f.resolve() for f in write_figures(base, runs, answered, dataset)]
     for figure in figures:
         if images_dir:
             Path(images_dir).mkdir(parents=True, exist_ok=True)
@@ -73,7 +73,9 @@ ANSWER_FIGURES = {"forest.png": "Paired differences on the primary endpoint",
 def with_answer_figures(md: str, figures: list[Path]) -> str:
     """results.md for the page, with the pictures of the answer right under it (before the
     first table)."""
-    shown = "".join(f"![{title}]({name})\n\n" for name, title in ANSWER_FIGURES.items()
+    stem = {name: name.rsplit(".", 1)[0] for name in ANSWER_FIGURES}
+    shown = "".join(f"![{title}]({name})\n\n*{title}; its numbers: [{stem[name]}.csv]"
+                    f"({stem[name]}.csv)*\n\n" for name, title in ANSWER_FIGURES.items()
                     if any(f.name == name for f in figures))
     at = md.find("\n## Results")
     return md if at < 0 or not shown else md[:at] + "\n" + shown + md[at:]

@@ -19,6 +19,8 @@ def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
+    # Names and paths are drawn as written: a `$` in a model name or a file name is no maths.
+    matplotlib.rcParams["text.parse_math"] = False
     import matplotlib.pyplot as plt
 
     return plt

@@ -2,8 +2,8 @@
 
 - `forest.png` (the answer: paired differences and their intervals) and, with two or more label
   fractions, `label_efficiency.png`;
-- per label fraction (the largest unsuffixed, the others `_frac<f>`): `curves`, `confusion`,
-  `reliability` and, for a binary task, `roc` (ROC and precision-recall);
+- per label fraction (the largest unsuffixed, the others `_frac<f>`): `curves` (finetuned runs),
+  `confusion`, `reliability` and, for a binary task, `roc` (ROC and precision-recall);
 - `gradcam.png`: where each model looks, on the same test images;
 - and every figure as an image in TensorBoard (`<grid>/tensorboard`), beside the runs' curves.
 """
@@ -29,15 +29,17 @@ def suffixed(name: str, frac: float, first: bool) -> str:
 
 
 def fraction_figures(base: Path, runs: pd.DataFrame, dataset: str) -> list[Path]:
-    """The figures drawn once per label fraction."""
+    """The figures drawn once per label fraction; the training curves for finetuned runs only
+    (a frozen protocol trains no network)."""
     written = []
     fractions = sorted(runs["label_fraction"].unique(), reverse=True)
     positive = runs["positive_index"].dropna()
     for i, frac in enumerate(fractions):
         subset = runs[runs["label_fraction"] == frac]
         at = f"label fraction {frac:g}"
-        written.append(curves_figure(subset, base / suffixed("curves", frac, i == 0),
-                                     f"{dataset}: training curves, {at}"))
+        if (subset["protocol"] == "finetune").all():
+            written.append(curves_figure(subset, base / suffixed("curves", frac, i == 0),
+                                         f"{dataset}: training curves, {at}"))
         written.append(confusion_figure(
             subset, base / suffixed("confusion", frac, i == 0),
             f"{dataset}: test confusion, row-normalised, seeds pooled, {at}"))
@@ -50,19 +52,35 @@ def fraction_figures(base: Path, runs: pd.DataFrame, dataset: str) -> list[Path]
     return written
 
 
+# The figures a grid may have: those an earlier report drew and this one does not (a label
+# fraction or a comparison gone) are removed with their CSVs, never left to look current.
+FIGURE_STEMS = ("forest", "label_efficiency", "gradcam", "curves", "confusion", "roc",
+                "reliability")
+
+
 def write_figures(base: Path, runs: pd.DataFrame, summary: pd.DataFrame,
                   dataset: str) -> list[Path]:
-    """Every figure of a grid's finetuned runs (`runs`, collect_runs' rows) and their table
-    (`summary`, results.csv's rows of the finetuning protocol); returns the files written."""
+    """Every figure of the runs the answer is about (`runs`: collect_runs' rows of one
+    protocol, finetuning where it ran) and their table (`summary`: results.csv's rows of that
+    protocol); returns the files written."""
     base = Path(base)
     answer = [forest_figure(summary, base / "forest.png",
                             f"{dataset}: paired differences on the primary endpoint"),
               label_efficiency_figure(summary, base / "label_efficiency.png",
                                       f"{dataset}: the primary endpoint against the labels")]
     written = [p for p in answer if p] + fraction_figures(base, runs, dataset)
-    cams = gradcam_figure(runs, base / "gradcam.png")
-    if cams:
-        written.append(cams)
+    try:
+        cams = gradcam_figure(runs, base / "gradcam.png")
+    except Exception as exc:  # noqa: BLE001 -- the maps are one figure: the report goes on
+        log.warning("gradcam.png not drawn (%s: %s); the other figures and report.html are",
+                    type(exc).__name__, exc)
+        cams = None
+    written += [cams] if cams else []
+    for stem in FIGURE_STEMS:
+        for old in base.glob(f"{stem}*.png"):
+            if old not in written and (old.stem == stem or old.stem.startswith(f"{stem}_frac")):
+                old.unlink()
+                old.with_suffix(".csv").unlink(missing_ok=True)
     log_to_tensorboard(base / TENSORBOARD, written)
     return written
 

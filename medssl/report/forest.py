@@ -1,7 +1,7 @@
 """The answer as pictures, drawn from the results table (results.csv) alone:
 
-- `forest.png`: each prior's paired difference from the reference (M1, and M3 in a panel of its
-  own) on the primary endpoint, with the very interval the table prints (Holm-adjusted), one row
+- `forest.png`: each prior's paired difference from the reference (M1; M3 and a model's own
+  base, as in the table, in panels of their own) on the primary endpoint, with the very interval the table prints (Holm-adjusted), one row
   per prior and label fraction, ordered by estimate, a zero line and the equivalence margin as a
   band;
 - `label_efficiency.png`: the primary metric against the label fraction (log axis), one line per
@@ -19,31 +19,39 @@ from medssl.report.comparisons import METRIC_TITLES, REFERENCES
 from medssl.report.curves import colours
 from medssl.report.figure_io import MAX_LINES, chunks, legend_outside, pyplot, save_figure
 
-FOREST_COLUMNS = ["reference", "label_fraction", "model", "seeds", "diff", "low_holm",
+FOREST_COLUMNS = ["reference", "against", "label_fraction", "model", "seeds", "diff", "low_holm",
                   "high_holm", "p_holm", "equivalence_margin"]
+PANELS = (*REFERENCES, "base")  # M1, M3, then each model's own base (KD, DML, F-x+method)
 
 
 def forest_table(summary: pd.DataFrame) -> pd.DataFrame:
     """One row per compared prior, label fraction and reference, in drawing order: the primary
     endpoint's difference and Holm-adjusted interval, exactly results.csv's values (fractions
-    of 1: 0.05 is drawn as +5 points)."""
+    of 1: 0.05 is drawn as +5 points). `reference` names results.csv's columns (M1, M3, base);
+    `against` what the model was compared with (a base: its model trained alone, or the
+    ensemble of a cohort's members trained alone). `seeds`: the seeds the pair shares."""
     primary = summary["primary_metric"].iloc[0]
     rows = []
-    for ref in REFERENCES:
+    for ref in PANELS:
         key = f"test_{primary}_vs_{ref}"
         if f"{key}_diff" not in summary:
             continue
         shown = summary.dropna(subset=[f"{key}_diff"])
+        if ref == "base":  # a base of M1 or M3 is that panel's comparison, drawn there
+            shown = shown[~shown["base"].isin(REFERENCES)]
         for _, r in shown.iterrows():
-            rows.append({"reference": ref, "label_fraction": r["label_fraction"],
-                         "model": r["model"], "seeds": r["seeds"], "diff": r[f"{key}_diff"],
-                         "low_holm": r[f"{key}_low_holm"], "high_holm": r[f"{key}_high_holm"],
-                         "p_holm": r[f"{key}_p_holm"],
+            rows.append({"reference": ref, "against": r["base"] if ref == "base" else ref,
+                         "label_fraction": r["label_fraction"], "model": r["model"],
+                         "seeds": r.get(f"vs_{ref}_seeds", r["seeds"]),
+                         "diff": r[f"{key}_diff"], "low_holm": r[f"{key}_low_holm"],
+                         "high_holm": r[f"{key}_high_holm"], "p_holm": r[f"{key}_p_holm"],
                          "equivalence_margin": r.get("equivalence_margin", np.nan)})
     table = pd.DataFrame(rows, columns=FOREST_COLUMNS)
+    order = {ref: i for i, ref in enumerate(PANELS)}
     # Full labels first (as the table), and within a fraction the largest gain on top.
-    return table.sort_values(["reference", "label_fraction", "diff"],
-                             ascending=[True, False, False]).reset_index(drop=True)
+    return (table.assign(panel=table["reference"].map(order))
+            .sort_values(["panel", "label_fraction", "diff"], ascending=[True, False, False])
+            .drop(columns="panel").reset_index(drop=True))
 
 
 def points(value: float) -> str:
@@ -83,17 +91,21 @@ def draw_forest(ax, rows: pd.DataFrame, ref: str, primary: str) -> None:
                 fmt="none", ecolor="black", elinewidth=1.2, capsize=3)
     ax.scatter(rows["diff"], y, s=36, zorder=3, edgecolor="black",
                color=["black" if e else "white" for e in excludes])
-    ax.set_yticks(y, [f"{m}, {f * 100:g}% labels" for m, f in
-                      zip(rows["model"], rows["label_fraction"])])
+    own = "" if ref in REFERENCES else " vs {}"
+    ax.set_yticks(y, [f"{m}{own.format(a)}, {f * 100:g}% labels" for m, a, f in
+                      zip(rows["model"], rows["against"], rows["label_fraction"])])
     for yi, (_, r) in zip(y, rows.iterrows()):  # the interval in numbers, as the table has it
-        ax.annotate(f"{points(r['diff'])} [{points(r['low_holm'])}, {points(r['high_holm'])}]",
-                    (1.02, yi), xycoords=("axes fraction", "data"), va="center", fontsize=8)
+        span = (f"[{points(r['low_holm'])}, {points(r['high_holm'])}]"
+                if np.isfinite([r["low_holm"], r["high_holm"]]).all() else "(no interval)")
+        ax.annotate(f"{points(r['diff'])} {span}", (1.02, yi),
+                    xycoords=("axes fraction", "data"), va="center", fontsize=8)
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v * 100:+g}"))
     ax.set_ylim(-0.7, len(rows) - 0.3)
-    ax.set_xlabel(f"Δ {primary} vs {ref}, points (Holm-adjusted interval)")
+    other = ref if ref in REFERENCES else "its own base"
+    ax.set_xlabel(f"Δ {primary} vs {other}, points (Holm-adjusted interval)")
     band = (f"; shaded: ±{margin.iloc[0] * 100:g} points, the equivalence margin"
             if len(margin) else "")
-    ax.set_title(f"vs {ref}: ● interval excludes 0, ○ does not{band}", fontsize=9)
+    ax.set_title(f"vs {other}: ● interval excludes 0, ○ does not{band}", fontsize=9)
     ax.grid(axis="x", alpha=0.3)
 
 

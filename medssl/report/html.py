@@ -4,6 +4,7 @@ and its data audit as a single self-contained page that loads nothing from anywh
 from __future__ import annotations
 
 import base64
+import hashlib
 import mimetypes
 import os
 import re
@@ -171,6 +172,7 @@ def write_html(path: Path, title: str, markdown_text: str, figures: list[Path],
     page = jinja2.Environment(autoescape=True).from_string(TEMPLATE).render(
         title=title, toc=toc, sections=sections, figures=extra,
         audit=Markup(to_html(audit, base, shown)) if audit else "")
+    page = with_script_hash(page)
     atomic_write(path, lambda tmp: tmp.write_text(page, encoding="utf-8"))
     return path
 
@@ -190,8 +192,25 @@ def split_sections(markdown_text: str) -> list[tuple[str, str]]:
 
 
 def to_html(text: str, base: Path, shown: set[Path]) -> str:
-    """Markdown -> HTML with the markdown package: tables, and local images inlined."""
-    return markdown.markdown(text, extensions=["tables", "sane_lists", InlineImages(base, shown)])
+    """Markdown -> HTML with the markdown package: tables, and local images inlined. Raw HTML in
+    the text is escaped, never passed through: the reports quote error messages
+    (`<urlopen error ...>`), paths and class names, which must show as written and must not
+    become markup or script."""
+    md = markdown.Markdown(extensions=["tables", "sane_lists", InlineImages(base, shown)])
+    md.preprocessors.deregister("html_block")
+    md.inlinePatterns.deregister("html")
+    return md.convert(text)
+
+
+def with_script_hash(page: str) -> str:
+    """The page's Content-Security-Policy allowing its own script alone (by its SHA-256), no
+    form submission and no <base>: nothing but the page's own code runs, whatever a report
+    quotes."""
+    start = page.rindex("<script>") + len("<script>")
+    script = page[start:page.index("</script>", start)]
+    digest = base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii")
+    return page.replace("script-src 'unsafe-inline'",
+                        f"script-src 'sha256-{digest}'; form-action 'none'; base-uri 'none'", 1)
 
 
 class InlineImages(Extension):
@@ -209,8 +228,8 @@ class InlineImages(Extension):
 
 class InlineImagesProcessor(Treeprocessor):
     """Each <img> whose src is a file beside the page gets that file's bytes as a data: URI, so
-    the page needs no other file (and the CSP would refuse to load one). A remote src is left as
-    written; a local one that does not exist becomes a visible note, not a broken image."""
+    the page needs no other file (and the CSP would refuse to load one). A remote src and a
+    local one that does not exist become a visible note, not a load or a broken image."""
 
     def __init__(self, md, base: Path, shown: set[Path]):
         super().__init__(md)
@@ -220,7 +239,12 @@ class InlineImagesProcessor(Treeprocessor):
         for img in list(root.iter("img")):
             src = img.get("src", "")
             parts = urlsplit(src)
-            if parts.scheme or parts.netloc or not parts.path:  # http:, data:, //host/...
+            if parts.scheme == "data":
+                continue
+            if parts.scheme or parts.netloc or not parts.path:  # http:, //host/...: not loaded
+                img.tag, img.text = "span", f"[remote image {src} not shown: the page loads nothing]"
+                img.attrib.clear()
+                img.set("class", "missing")
                 continue
             file = resolve(unquote(parts.path), self.base)
             if file.is_file():

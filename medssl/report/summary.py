@@ -206,16 +206,21 @@ def figure(tables: dict[str, pd.DataFrame], frac: float, path: Path) -> Path:
 
 
 def answers(grids: dict[str, Path], out: Path) -> str:
-    """Each dataset's own answer (its results.md's, over its seeds and test images) and its
-    forest plot, for the summary's page."""
+    """Each dataset's own answer (its results.md's, over its seeds and test images), its forest
+    plot and a link to its own page, for the summary's page."""
     parts = ["## Each dataset's own answer\n"]
     for dataset, grid in grids.items():
         md = (grid / "results.md").read_text()
         answer = md[:md.find("\n## Results")] if "\n## Results" in md else md
         answer = answer.replace("## Answer", f"### {dataset}", 1)
         forest = grid / "forest.png"
-        if forest.is_file():
-            answer += f"\n![{dataset}: paired differences]({os.path.relpath(forest, out)})\n"
+        if forest.is_file():  # drawn by this rebuild (build_report removes a stale one)
+            data = os.path.relpath(forest.with_suffix(".csv"), out)
+            answer += (f"\n![{dataset}: paired differences]({os.path.relpath(forest, out)})\n\n"
+                       f"*Its numbers: [forest.csv]({data})*\n")
+        # The tables, recipe, skipped priors and data audit are on the dataset's own page.
+        answer += (f"\n{dataset}'s own page, with its tables, recipe, skipped priors and data "
+                   f"audit: [report.html]({os.path.relpath(grid / 'report.html', out)})\n")
         parts.append(answer)
     return "\n".join(parts)
 

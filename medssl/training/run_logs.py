@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import warnings
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from pytorch_lightning.loggers.logger import rank_zero_experiment
 
 from medssl.atomic import atomic_write
 from medssl.training.checks import check_loggers
-from medssl.runs import LOGS, TENSORBOARD, curves_file
+from medssl.runs import LOGS, LR_SEARCH, TENSORBOARD, curves_file
 from medssl.training.distributed import is_rank_zero
 
 
@@ -123,23 +124,34 @@ def run_loggers(out: Path, resume_at: tuple[int, int] | None = None,
 
 
 HPARAM_METRICS = ("acc", "balanced_acc", "macro_f1", "auroc", "loss", "qwk")
+HPARAMS = "hparams"  # <run>/tensorboard/hparams: the run's line in the HParams tab
 
 
-def log_hparams(out: Path, record, loggers: list[str]) -> None:
+def log_hparams(out: Path, record, loggers: list[str], role: str | None = None) -> None:
     """The finished run in TensorBoard's HParams tab: what it is (prior, method, protocol, lr,
-    seed, label fraction) and its final val and test metrics (`hparams/val_acc`, ...), so that
-    `tensorboard --logdir GRID` compares the priors run by run. `record`: its RunRecord."""
+    seed, label fraction, and the lr's role) and its final val and test metrics
+    (`hparams/val_acc`, ...), so that `tensorboard --logdir GRID` compares the priors run by
+    run. `record`: its RunRecord. Written to a folder of its own, replaced when a search's run
+    is adopted as the chosen one (experiments.lr_search.adopt)."""
     if "tensorboard" not in loggers or not is_rank_zero():
         return
+    # A learning-rate search trains every rate under lr-search/ and copies the chosen one out:
+    # the tab says which rates were candidates, so that no one picks a rate by its test scores.
+    role = role or ("candidate of a learning-rate search" if LR_SEARCH in Path(out).parts
+                    else "given")
     params = {"dataset": record.dataset, "prior": record.model, "protocol": record.protocol,
               "method": record.prior.get("method") or "none",
-              "init": record.prior.get("init") or "none",
-              "lr": record.lr if record.lr is not None else "none", "seed": record.seed,
-              "label_fraction": record.label_fraction}
+              "init": record.prior.get("init") or "none", "seed": record.seed,
+              "label_fraction": record.label_fraction, "lr_role": role}
+    if record.lr is not None:  # kNN has none: the key left out keeps lr a number in the tab
+        params["lr"] = record.lr
     metrics = {f"hparams/{split}_{k}": float(getattr(record, split)[k])
                for split in ("val", "test") for k in HPARAM_METRICS
                if isinstance(getattr(record, split).get(k), (int, float))}
-    logger = TensorBoardLogger(str(out), name=TENSORBOARD, version="", default_hp_metric=False)
+    folder = Path(out) / TENSORBOARD / HPARAMS
+    shutil.rmtree(folder, ignore_errors=True)  # one session per run, the latest
+    logger = TensorBoardLogger(str(Path(out) / TENSORBOARD), name=HPARAMS, version="",
+                               default_hp_metric=False)
     logger.log_hyperparams(params, metrics, step=0)
     logger.finalize("success")
 

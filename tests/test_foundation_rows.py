@@ -77,6 +77,14 @@ def test_compare_adds_a_timm_prior_from_a_file_and_skips_an_absent_one(covid, pr
     assert "F-dinov2-vitb14 skipped" in said and "timm/vit_base_patch14_dinov2.lvd142m" in said
     assert "Apache-2.0" in said and not (tmp_path / "grid" / "F-dinov2-vitb14").exists()
     assert "F-dinov3-vitb16 skipped" in said  # named in --models, its weights not here either
+    # compare's Grad-CAM draws the ViT row too, at its last block through the library's reshape
+    # transform, beside M1's ResNet map, on the same test images.
+    cams = pd.read_csv(tmp_path / "grid" / "gradcam.csv")
+    vit, m1 = cams[cams["model"] == PRIOR], cams[cams["model"] == "M1"]
+    assert set(vit["layer"]) == {"blocks.11.norm1"}
+    assert set(m1["layer"]) == {"layer2.3"}  # ResNet-50 at 32 px: its deepest 4x4 stage
+    assert list(vit["path"].unique()) == list(m1["path"].unique())
+    assert vit["value"].between(0, 1).all()
 
 
 def test_continue_ssl_pretrains_from_the_priors_weights(covid, prior_file, tmp_path, cli,

@@ -8,10 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from medssl.report.comparisons import test_predictions
 from medssl.report.curves import colours
 from medssl.report.figure_io import MAX_LINES, chunks, legend_outside, pyplot, save_figure
+from medssl.training.metrics import operating_point
 
 
 def pooled(runs: pd.DataFrame, model: str):
@@ -76,7 +78,7 @@ def confusion_figure(runs: pd.DataFrame, path: Path, title: str) -> Path:
 def operating_table(runs: pd.DataFrame, positive: int) -> pd.DataFrame:
     """Per model the pooled ROC and precision-recall curves of the positive class, and each
     seed's operating point: its val-chosen threshold applied to its test predictions."""
-    from sklearn.metrics import precision_recall_curve, roc_curve
+    from sklearn.metrics import precision_recall_curve, precision_score, roc_curve
 
     rows = []
     for model in sorted(runs["model"].unique()):
@@ -91,15 +93,18 @@ def operating_table(runs: pd.DataFrame, positive: int) -> pd.DataFrame:
         for seed, pred in each.items():
             if pred.threshold is None:
                 continue  # an ensemble has no val-chosen threshold
-            said = pred.probs[:, positive] >= pred.threshold
-            is_pos = pred.labels == positive
-            tpr_s = (said & is_pos).sum() / max(is_pos.sum(), 1)
-            fpr_s = (said & ~is_pos).sum() / max((~is_pos).sum(), 1)
-            precision_s = (said & is_pos).sum() / max(said.sum(), 1)
-            rows += [{"model": model, "curve": "roc_operating_point", "x": fpr_s, "y": tpr_s,
+            # The run's own rule (P(positive) >= threshold), as its metrics.json counted it.
+            point = operating_point(torch.tensor(pred.probs), torch.tensor(pred.labels),
+                                    positive, pred.threshold)
+            tpr = np.nan if point["sensitivity"] is None else point["sensitivity"]
+            fpr = np.nan if point["specificity"] is None else 1 - point["specificity"]
+            precision = precision_score(pred.labels == positive,
+                                        pred.probs[:, positive] >= pred.threshold,
+                                        zero_division=0)
+            rows += [{"model": model, "curve": "roc_operating_point", "x": fpr, "y": tpr,
                       "threshold": pred.threshold, "seed": seed},
-                     {"model": model, "curve": "pr_operating_point", "x": tpr_s,
-                      "y": precision_s, "threshold": pred.threshold, "seed": seed}]
+                     {"model": model, "curve": "pr_operating_point", "x": tpr,
+                      "y": precision, "threshold": pred.threshold, "seed": seed}]
     return pd.DataFrame(rows, columns=["model", "curve", "x", "y", "threshold", "seed"])
 
 

@@ -308,3 +308,47 @@ def test_the_forest_plot_draws_own_base_comparisons_in_a_panel_of_their_own():
     assert list(own["against"]) == ["F-x", "M1+M2 ensemble"] and set(own["seeds"]) == {2}
     assert list(table.loc[table["reference"] == "M1", "model"]) == [
         "F-x+simclr", "DML(M1+M2)", "KD(M2→M1)"]
+
+
+def test_a_rebuilt_report_removes_stale_figures_and_survives_a_failing_gradcam(demo, monkeypatch,
+                                                                              caplog):
+    # A figure an earlier report drew and this one does not must not look current; and the
+    # Grad-CAM maps are one figure: their failure is a warning, the page is still written.
+    from medssl.report import figures
+    from medssl.report.build import build_report
+
+    grid, _ = demo
+    for name in ("curves_frac0.3", "forest"):  # a fraction gone, and a figure about to be redrawn
+        (grid / f"{name}.png").write_bytes(b"old")
+        (grid / f"{name}.csv").write_text("old\n")
+    (grid / "notes.png").write_bytes(b"mine")  # not one of medssl's figures: left alone
+    (grid / "report.html").unlink()
+
+    def broken(runs, path):
+        raise RuntimeError("no memory left")
+
+    monkeypatch.setattr(figures, "gradcam_figure", broken)
+    build_report(grid)
+    assert not (grid / "curves_frac0.3.png").exists() and not (grid / "curves_frac0.3.csv").exists()
+    assert (grid / "forest.png").read_bytes() != b"old" and (grid / "notes.png").exists()
+    assert not (grid / "gradcam.png").exists() and (grid / "report.html").is_file()
+    assert "gradcam.png not drawn (RuntimeError: no memory left)" in caplog.text
+
+
+def test_names_are_drawn_as_written_not_as_maths(tmp_path):
+    # A `$` in a model name or a path would otherwise turn into mathtext, and the label would
+    # no longer read as the CSV does.
+    from medssl.report.forest import forest_figure
+
+    drawn, save = [], Figure.savefig
+    summary = pd.DataFrame([{"model": "F-$x$", "label_fraction": 1.0, "seeds": 2, "base": None,
+                             "primary_metric": "balanced_acc", "equivalence_margin": 0.02,
+                             "vs_M1_seeds": 2, **{f"test_balanced_acc_vs_M1_{k}": v for k, v in (
+                                 ("diff", 0.1), ("low_holm", 0.0), ("high_holm", 0.2),
+                                 ("p_holm", 0.05))}}])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Figure, "savefig", lambda fig, *a, **k: (drawn.append(fig), save(fig, *a, **k)))
+        forest_figure(summary, tmp_path / "forest.png", "names")
+    (label,) = drawn[0].axes[0].get_yticklabels()
+    assert label.get_text() == "F-$x$, 100% labels"
+    assert label._preprocess_math(label.get_text())[1] is False  # plain text, no maths
